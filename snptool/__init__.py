@@ -1,0 +1,43 @@
+"""snptool: explain and prune trained image classifiers by single-unit performance.
+
+The step functions are the Python API; the CLI is a thin layer over them:
+
+    from snptool import run_train, TrainConfig
+    run_train("vgg11", "digits", "vgg11.safetensors", TrainConfig(epochs=10))
+"""
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "run_train": "snptool.train",
+    "TrainResult": "snptool.train",
+    "InputOverrides": "snptool.train",
+    "run_evaluate": "snptool.evaluate",
+    "EvaluateResult": "snptool.evaluate",
+    "run_import": "snptool.importer",
+    "ImportResult": "snptool.importer",
+    "run_layers": "snptool.taps",
+    "LayersResult": "snptool.taps",
+    "read_checkpoint": "snptool.checkpoint",
+    "write_checkpoint": "snptool.checkpoint",
+    "Checkpoint": "snptool.checkpoint",
+    "load_data": "snptool.data",
+    "build_model": "snptool.architectures",
+    "TrainConfig": "snptool.config",
+    "EvaluateConfig": "snptool.config",
+    "ImportConfig": "snptool.config",
+    "DataConfig": "snptool.config",
+    "InputSpec": "snptool.config",
+    "SnpError": "snptool.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    """Import the API lazily, so `snptool --help` does not load torch."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'snptool' has no attribute {name!r}")

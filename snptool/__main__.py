@@ -1,0 +1,3 @@
+from snptool.cli import main
+
+main()

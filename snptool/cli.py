@@ -1,0 +1,318 @@
+"""The `snptool` command line: one short function per subcommand over the library API.
+
+Human output goes to stderr; `--json` prints the result on stdout. Bad input ends with one
+line on stderr and exit status 2 (a traceback only with --debug or SNPTOOL_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from snptool import __version__
+from snptool.config import DataConfig, EvaluateConfig, TrainConfig
+from snptool.errors import SnpError, UsageError
+
+app = typer.Typer(
+    name="snptool",
+    help="Explain and prune trained image classifiers by the labels every single unit serves.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": bool(os.environ.get("SNPTOOL_DEBUG"))}
+
+# Flags shared by several commands, declared once.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="File to write (atomically).", dir_okay=False)]
+ArchKwargsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--arch-kwargs", help='Architecture keyword arguments: JSON \'{"k": v}\' or k=v pairs.'),
+]
+TestFractionOpt = Annotated[
+    float, typer.Option("--test-fraction", help="Test share where a data set has no test split.")
+]
+SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of that train/test split.")]
+DataRootOpt = Annotated[
+    str | None, typer.Option("--data-root", help="Folder of downloadable data sets (default ~/.cache/snptool/data).")
+]
+DownloadOpt = Annotated[bool, typer.Option("--download", help="Fetch a missing torchvision data set (needs network).")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Data-loading worker processes for image folders.")]
+SizeOpt = Annotated[str | None, typer.Option("--input-size", help="Model input size: S or HxW.")]
+ChannelsOpt = Annotated[int | None, typer.Option("--channels", help="Model input channels: 1 or 3.")]
+MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean on [0, 1] pixels, e.g. 0.5,0.5,0.5.")]
+StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std on [0, 1] pixels, e.g. 0.5,0.5,0.5.")]
+ResizeOpt = Annotated[
+    int | None, typer.Option("--resize", help="Resize image files' shorter side to this, then centre-crop.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"snptool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Explain and prune trained image classifiers by the labels every single unit serves."""
+    from snptool import console
+
+    _state["debug"] = debug or bool(os.environ.get("SNPTOOL_DEBUG"))
+    console.set_quiet(quiet)
+
+
+def _reports_errors(command: Callable) -> Callable:
+    """Turn SnpError into one stderr line + exit 2, and Ctrl-C into exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from snptool import console
+
+        try:
+            return command(*args, **kwargs)
+        except SnpError as error:
+            if _state["debug"]:
+                raise
+            console.error(str(error))
+            raise typer.Exit(error.exit_code) from None
+        except KeyboardInterrupt:
+            console.error("interrupted; no output was written or replaced.")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _command(name: str | None = None) -> Callable:
+    def register(function: Callable) -> Callable:
+        return app.command(name)(_reports_errors(function))
+
+    return register
+
+
+def _data_config(test_fraction: float, split_seed: int, root: str | None, download: bool, workers: int) -> DataConfig:
+    return DataConfig(test_fraction=test_fraction, split_seed=split_seed, root=root, download=download, workers=workers)
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0.5,0.5,0.5.") from None
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise UsageError(f"--input-size {text!r} must be S or HxW with positive integers, e.g. 32 or 224x224.")
+    return parts[0], parts[1]
+
+
+@_command()
+def train(
+    output: OutputOpt,
+    arch: Annotated[str | None, typer.Option("--arch", help="Architecture spec (see `snptool models`).")] = None,
+    data: Annotated[str, typer.Option("--data", help="Data spec: digits, cifar10[:DIR], npz:FILE, …")] = "digits",
+    arch_kwargs: ArchKwargsOpt = None,
+    epochs: Annotated[int, typer.Option(help="Epochs in total (a resumed run continues to this).")] = TrainConfig.epochs,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = TrainConfig.learning_rate,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = TrainConfig.nesterov,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = TrainConfig.weight_decay,
+    lr_decay: Annotated[float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")] = TrainConfig.lr_decay,
+    lr_step: Annotated[int, typer.Option(help="Δt: epochs between lr decays.")] = TrainConfig.lr_step,
+    augment: Annotated[bool, typer.Option(help="Random translation and flip.")] = TrainConfig.augment,
+    translate: Annotated[int, typer.Option(help="Largest translation in pixels.")] = TrainConfig.translate,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = TrainConfig.seed,
+    device: DeviceOpt = TrainConfig.device,
+    eval_batch_size: Annotated[int, typer.Option(help="Batch size of the per-epoch test.")] = TrainConfig.eval_batch_size,
+    resume: Annotated[Path | None, typer.Option(help="Continue from the last state a train run wrote.")] = None,
+    best_output: Annotated[Path | None, typer.Option(help="Where the best epoch goes (default OUT.best.safetensors).")] = None,
+    input_size: SizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    test_fraction: TestFractionOpt = DataConfig.test_fraction,
+    split_seed: SplitSeedOpt = DataConfig.split_seed,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Train a model with the research's recipe; writes the last and the best epoch.
+
+    Example: snptool train --arch vgg11 --data cifar10 --epochs 300 -o vgg11.safetensors
+    """
+    from snptool import console
+    from snptool.architectures import parse_arch_kwargs
+    from snptool.train import InputOverrides, run_train
+
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, learning_rate=lr, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, lr_decay=lr_decay, lr_step=lr_step, augment=augment,
+        translate=translate, flip=flip, seed=seed, device=device, eval_batch_size=eval_batch_size,
+    )
+    inputs = InputOverrides(
+        channels=channels, size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        resize=resize,
+    )
+    result = run_train(
+        arch, data, output, config,
+        arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        inputs=inputs, resume=resume, best_output=best_output,
+    )
+    console.log(
+        f"best test accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch}) → {result.best_output}; "
+        f"final {result.final_accuracy:.4f} → {result.output}"
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command("import")
+def import_weights(
+    weights: Annotated[Path, typer.Argument(help="Third-party .pt/.pth/.th or .safetensors file.", dir_okay=False)],
+    output: OutputOpt,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture spec of the weights.")] = "",
+    arch_kwargs: ArchKwargsOpt = None,
+    num_classes: Annotated[int | None, typer.Option(help="Number of classes (checked against the model).")] = None,
+    class_names: Annotated[str | None, typer.Option(help="Comma-separated class names, in label order.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Data spec the model belongs to (gives class names).")] = None,
+    input_size: SizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    strict: Annotated[bool, typer.Option(help="Refuse weights with missing or unexpected tensors.")] = True,
+    json_output: JsonOpt = False,
+) -> None:
+    """Turn a third-party weights file into an snptool checkpoint (no pickled code runs).
+
+    Example: snptool import resnet20.th --arch resnet.py:resnet20 --data npz:cifar10_test.npz --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o resnet20.safetensors
+    """
+    from snptool import console
+    from snptool.architectures import default_input_size, parse_arch_kwargs
+    from snptool.config import ImportConfig
+    from snptool.importer import run_import
+    from snptool.train import InputOverrides
+
+    spec = InputOverrides(
+        channels=channels, size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        resize=resize,
+    ).resolve(default_input_size(arch) or (3, 32, 32))
+    names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
+    config = ImportConfig(
+        arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), num_classes=num_classes,
+        class_names=names, input=spec, data=data, strict=strict,
+    )
+    result = run_import(weights, output, config)
+    console.log(f"imported {result.tensors} tensors into {result.output} ({result.num_classes} classes)")
+    if result.stripped_prefix:
+        console.log(f"stripped the key prefix {result.stripped_prefix!r}")
+    for label, names_ in (("missing", result.missing), ("unexpected", result.unexpected)):
+        if names_:
+            console.log(f"warning: {len(names_)} {label} tensors: {', '.join(names_[:8])}")
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def layers(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.", dir_okay=False)],
+    taps_only: Annotated[bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """List the layers whose units can be analysed, with shape, unit kind and unit count.
+
+    Example: snptool layers vgg11.safetensors --json
+    """
+    from snptool import console
+    from snptool.taps import run_layers
+
+    result = run_layers(checkpoint, probe_taps_only=taps_only)
+    rows = [
+        (l.layer, l.module, l.shape, l.unit, l.units, l.positions, "yes" if l.probe_tap else "")
+        for l in result.layers
+    ]
+    console.table(str(checkpoint), ["layer", "module", "shape", "unit", "units", "positions", "probe tap"], rows)
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.", dir_okay=False)],
+    data: Annotated[str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")] = None,
+    split: Annotated[str, typer.Option("--split", help="train, test or all.")] = EvaluateConfig.split,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = EvaluateConfig.batch_size,
+    device: DeviceOpt = EvaluateConfig.device,
+    test_fraction: TestFractionOpt = DataConfig.test_fraction,
+    split_seed: SplitSeedOpt = DataConfig.split_seed,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Top-1 accuracy of a checkpoint, overall and per class.
+
+    Example: snptool evaluate vgg11.safetensors --data cifar10 --json
+    """
+    from snptool import console
+    from snptool.evaluate import run_evaluate
+
+    result = run_evaluate(
+        checkpoint, data, EvaluateConfig(split=split, batch_size=batch_size, device=device),
+        _data_config(test_fraction, split_seed, data_root, download, workers),
+    )
+    rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
+    console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
+    console.log(f"accuracy {result.accuracy:.4f} on {result.samples} images")
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def models(json_output: JsonOpt = False) -> None:
+    """List the architectures registered in model_defs.
+
+    Example: snptool models --json
+    """
+    from snptool import console
+    from snptool.architectures import list_architectures
+
+    rows = list_architectures()
+    console.table("architectures", ["name", "input", "description"], [
+        (r["name"], r["input_size"], r["description"]) for r in rows
+    ])
+    if json_output:
+        console.emit_json(rows)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,372 @@
+"""Data specs → splits of labelled images, and the preprocessing a checkpoint asks for.
+
+Specs: `digits` (scikit-learn, embedded; the default), `cifar10[:DIR]`, `cifar100[:DIR]`,
+`flowers102[:DIR]`, `imagenet:DIR`, `imagefolder:DIR`, `npz:FILE`. Splits: `train`, `test`,
+`all`. Where a data set has no test split it is split per class, seeded (DataConfig).
+
+Images travel as uint8 [B, C, H, W] batches; `prepare_batch` turns them into what the model
+was trained on (channels, size, [0, 1] scaling, mean/std) and `augment_batch` applies the
+research's augmentation (translation up to ±N px with zero fill, horizontal flip).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snptool.config import DataConfig, InputSpec, check_split
+from snptool.errors import DataError, InputFileError
+from snptool.files import require_file, sha256_file
+
+DEFAULT_ROOT = Path.home() / ".cache" / "snptool" / "data"
+SPEC_KINDS = ("digits", "cifar10", "cifar100", "flowers102", "imagenet", "imagefolder", "npz")
+
+
+class ArrayImages:
+    """Images held in memory as uint8 [N, C, H, W] with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> ArrayImages:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return ArrayImages(self.images[index], self.labels[index])
+
+    def batches(self, order: np.ndarray, batch_size: int, spec: InputSpec, workers: int):
+        for start in range(0, len(order), batch_size):
+            index = torch.as_tensor(order[start : start + batch_size], dtype=torch.long)
+            yield self.images[index], self.labels[index]
+
+
+class FileImages(torch.utils.data.Dataset):
+    """Images read from files (or a torchvision data set) one by one, resized with PIL."""
+
+    def __init__(self, load: Callable[[int], Any], labels: np.ndarray) -> None:
+        self._load = load  # index -> PIL image
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self._spec: InputSpec | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = resize_pil(self._load(index), self._spec)
+        array = np.asarray(image, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.copy()).permute(2, 0, 1), self.labels[index]
+
+    def subset(self, indices: np.ndarray) -> FileImages:
+        indices = np.asarray(indices)
+        return FileImages(lambda i: self._load(int(indices[i])), self.labels.numpy()[indices])
+
+    def batches(self, order: np.ndarray, batch_size: int, spec: InputSpec, workers: int):
+        self._spec = spec
+        sampler = [int(i) for i in order]
+        loader = torch.utils.data.DataLoader(
+            self, batch_size=batch_size, sampler=sampler, num_workers=workers
+        )
+        yield from loader
+
+
+def resize_pil(image: Any, spec: InputSpec | None) -> Any:
+    """Convert a PIL image to the spec's channels and size (shorter side, centre crop)."""
+    from PIL import Image
+
+    image = image.convert("L" if spec is not None and spec.channels == 1 else "RGB")
+    if spec is None:
+        return image
+    if spec.resize:
+        scale = spec.resize / min(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.BILINEAR)
+        left = (image.width - spec.width) // 2
+        top = (image.height - spec.height) // 2
+        return image.crop((left, top, left + spec.width, top + spec.height))
+    if image.size != (spec.width, spec.height):
+        image = image.resize((spec.width, spec.height), Image.BILINEAR)
+    return image
+
+
+@dataclass
+class DataSplit:
+    """One split of a data set: its images, class names and where it came from."""
+
+    spec: str
+    split: str
+    images: ArrayImages | FileImages
+    class_names: list[str]
+    native_shape: tuple[int, int, int] | None
+    config: DataConfig
+    source_file: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.images.labels
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def batches(
+        self,
+        spec: InputSpec,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        workers: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """uint8 image batches [B, C, H, W] and int64 labels, in order or shuffled by seed."""
+        order = np.arange(len(self))
+        if shuffle:
+            order = np.random.default_rng(seed).permutation(len(self))
+        return self.images.batches(order, batch_size, spec, self.config.workers if workers is None else workers)
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def record(self) -> dict[str, Any]:
+        """What to store in an output's metadata to name this data exactly."""
+        record: dict[str, Any] = {
+            "spec": self.spec,
+            "split": self.split,
+            "samples": len(self),
+            "test_fraction": self.config.test_fraction,
+            "split_seed": self.config.split_seed,
+        }
+        if self.source_file is not None:
+            record["sha256"] = sha256_file(self.source_file)
+        return record
+
+
+def load_data(spec: str, split: str = "train", config: DataConfig | None = None) -> DataSplit:
+    """Load one split (`train`, `test` or `all`) of the data set a spec names."""
+    config = config or DataConfig()
+    check_split(split)
+    kind, _, argument = spec.partition(":")
+    loader = _LOADERS.get(kind)
+    if loader is None:
+        raise DataError(f"unknown data spec {spec!r}; use one of {', '.join(SPEC_KINDS)} (e.g. npz:FILE).")
+    data = loader(spec, argument, split, config)
+    if len(data) == 0:
+        raise DataError(f"the {split} split of {spec} holds no images; check the data set.")
+    return data
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic per-class split into (train indices, test indices), both sorted."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(members) * test_fraction))
+        if len(members) >= 2:
+            n_test = min(max(n_test, 1), len(members) - 1)
+        test.append(members[:n_test])
+        train.append(members[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _select(images, labels: np.ndarray, split: str, config: DataConfig, test_mask: np.ndarray | None = None):
+    if split == "all":
+        return images
+    if test_mask is None:
+        train_idx, test_idx = stratified_split(labels, config.test_fraction, config.split_seed)
+    else:
+        train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+    return images.subset(train_idx if split == "train" else test_idx)
+
+
+def _digits(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    labels = bunch.target.astype(np.int64)
+    full = ArrayImages(torch.from_numpy(images), torch.from_numpy(labels))
+    names = [str(n) for n in bunch.target_names]
+    return DataSplit(spec, split, _select(full, labels, split, config), names, (1, 8, 8), config)
+
+
+def _npz(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    if not argument:
+        raise DataError("npz needs a file: --data npz:path/to/file.npz.")
+    path = require_file(argument, "data file")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise InputFileError(f"{path} is not a readable .npz file ({error}); check the file.") from None
+    for key in ("images", "labels"):
+        if key not in arrays:
+            raise DataError(f"{path} has no {key!r} array; an npz data set needs 'images' and 'labels'.")
+    images, labels = arrays["images"], arrays["labels"].astype(np.int64).reshape(-1)
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise DataError(f"{path}: 'images' must be uint8 NHWC (or NHW), not {images.dtype} {images.shape}.")
+    if len(images) != len(labels):
+        raise DataError(f"{path}: {len(images)} images but {len(labels)} labels.")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: labels must be 0, 1, 2, …; found {labels.min()}.")
+    if images.ndim == 3:
+        images = images[..., None]
+    if "class_names" in arrays:
+        names = [str(n) for n in arrays["class_names"].reshape(-1)]
+    else:
+        names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
+    if len(labels) and labels.max() >= len(names):
+        raise DataError(f"{path}: label {labels.max()} has no entry in 'class_names' ({len(names)} names).")
+    test_mask = arrays["test"].astype(bool).reshape(-1) if "test" in arrays else None
+    if test_mask is not None and len(test_mask) != len(labels):
+        raise DataError(f"{path}: 'test' has {len(test_mask)} entries for {len(labels)} images.")
+    full = ArrayImages(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels))
+    shape = (images.shape[3], images.shape[1], images.shape[2])
+    chosen = _select(full, labels, split, config, test_mask)
+    return DataSplit(spec, split, chosen, names, shape, config, source_file=path)
+
+
+def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    import torchvision.datasets as datasets
+
+    kind = spec.partition(":")[0]
+    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    root = Path(argument) if argument else Path(config.root or DEFAULT_ROOT)
+    parts = []
+    for train in ([True] if split == "train" else [False] if split == "test" else [True, False]):
+        try:
+            parts.append(dataset_class(str(root), train=train, download=config.download))
+        except RuntimeError:
+            raise DataError(
+                f"{kind.upper()} is not in {root}; pass --download to fetch it (needs network) "
+                f"or give the folder that holds it as --data {kind}:DIR."
+            ) from None
+    images = torch.from_numpy(np.concatenate([p.data for p in parts])).permute(0, 3, 1, 2).contiguous()
+    labels = torch.as_tensor(np.concatenate([p.targets for p in parts]), dtype=torch.long)
+    return DataSplit(spec, split, ArrayImages(images, labels), list(parts[0].classes), (3, 32, 32), config)
+
+
+def _flowers102(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    import torchvision.datasets as datasets
+
+    root = Path(argument) if argument else Path(config.root or DEFAULT_ROOT)
+    names = {"train": ["train", "val"], "test": ["test"], "all": ["train", "val", "test"]}[split]
+    parts = []
+    for name in names:
+        try:
+            parts.append(datasets.Flowers102(str(root), split=name, download=config.download))
+        except RuntimeError:
+            raise DataError(
+                f"Flowers-102 is not in {root}; pass --download to fetch it (needs network) "
+                "or give its folder as --data flowers102:DIR."
+            ) from None
+    dataset = torch.utils.data.ConcatDataset(parts)
+    labels = np.concatenate([np.asarray(p._labels) for p in parts])
+    images = FileImages(lambda i: dataset[i][0], labels)
+    return DataSplit(spec, split, images, [str(i) for i in range(102)], None, config)
+
+
+def _imagefolder(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    kind = spec.partition(":")[0]
+    if not argument:
+        raise DataError(f"{kind} needs a folder: --data {kind}:DIR.")
+    root = Path(argument)
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist; check the path in --data.")
+    test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and test_dir is not None:
+        dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[split]
+        folders = [_image_folder(d) for d in dirs]
+        samples = [s for f in folders for s in f.samples]
+        classes = folders[0].classes
+        images = _file_images(samples)
+    elif kind == "imagenet":
+        raise DataError(f"imagenet:{root} needs train/ and val/ subfolders of class folders.")
+    else:
+        folder = _image_folder(root)
+        classes, samples = folder.classes, folder.samples
+        labels = np.array([label for _, label in samples], dtype=np.int64)
+        images = _select(_file_images(samples), labels, split, config)
+    return DataSplit(spec, split, images, list(classes), None, config)
+
+
+def _image_folder(directory: Path):
+    import torchvision.datasets as datasets
+
+    try:
+        return datasets.ImageFolder(str(directory))
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"{directory} holds no class folders of images ({error}).") from None
+
+
+def _file_images(samples: list[tuple[str, int]]) -> FileImages:
+    from PIL import Image
+
+    paths = [path for path, _ in samples]
+
+    def load(index: int):
+        with Image.open(paths[index]) as image:
+            image.load()
+            return image
+
+    return FileImages(load, np.array([label for _, label in samples], dtype=np.int64))
+
+
+_LOADERS = {
+    "digits": _digits,
+    "npz": _npz,
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "flowers102": _flowers102,
+    "imagefolder": _imagefolder,
+    "imagenet": _imagefolder,
+}
+
+
+def prepare_batch(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """uint8 [B, C, H, W] → float model input: channels, size, [0, 1] scaling, mean/std."""
+    x = images.float().div_(255.0)
+    if x.shape[1] != spec.channels:
+        if spec.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        else:
+            weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+            x = (x * weights).sum(1, keepdim=True)
+    if x.shape[-2:] != (spec.height, spec.width):
+        x = F.interpolate(x, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def augment_batch(x: torch.Tensor, translate: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random translation by up to ±`translate` px (vacated pixels 0) and a horizontal flip (p ½).
+
+    Applied after normalisation, so the fill is 0 in model-input space, as in the papers.
+    """
+    batch, _, height, width = x.shape
+    if translate > 0:
+        padded = F.pad(x, (translate, translate, translate, translate))
+        shifts = torch.randint(0, 2 * translate + 1, (2, batch), generator=generator).to(x.device)
+        rows = shifts[0][:, None] + torch.arange(height, device=x.device)
+        cols = shifts[1][:, None] + torch.arange(width, device=x.device)
+        index = torch.arange(batch, device=x.device)[:, None, None, None]
+        channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[index, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        mask = (torch.rand(batch, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(mask, x.flip(-1), x)
+    return x

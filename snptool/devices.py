@@ -1,0 +1,28 @@
+"""Device choice and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from snptool.config import check_device
+from snptool.errors import UsageError
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` → cuda when available, else cpu; `cuda` without a GPU is an error."""
+    check_device(device)
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for, but no CUDA device is available; use --device cpu.")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

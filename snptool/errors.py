@@ -1,0 +1,31 @@
+"""Errors a user can act on. The CLI prints their message on one line and exits with status 2."""
+
+
+class SnpError(Exception):
+    """Base class: the message is one sentence saying what is wrong and how to fix it."""
+
+    exit_code = 2
+
+
+class UsageError(SnpError):
+    """A flag or argument value that cannot be used."""
+
+
+class InputFileError(SnpError):
+    """A file that is missing, unreadable, corrupt or of the wrong kind."""
+
+
+class CheckpointMismatchError(SnpError):
+    """Weights that do not fit the architecture they are loaded into."""
+
+
+class DataError(SnpError):
+    """A data set that cannot be found, read or used."""
+
+
+class ArchitectureError(SnpError):
+    """An architecture spec that cannot be resolved into a model."""
+
+
+class LayerError(SnpError):
+    """A layer name that does not exist in a model, or cannot be analysed."""

@@ -1,0 +1,279 @@
+"""`snptool train`: the research's training recipe (METHODS.md §3) on any architecture spec.
+
+Every epoch writes the last state (with the optimiser's momentum, so `--resume` continues
+exactly) and, when the test accuracy improved, the best state. Shuffling, augmentation and
+dropout are seeded per epoch, so a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snptool import console
+from snptool.architectures import build_model, default_input_size
+from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
+from snptool.config import DataConfig, InputSpec, TrainConfig, config_to_dict
+from snptool.data import DataSplit, augment_batch, load_data, prepare_batch
+from snptool.devices import resolve_device, seed_everything
+from snptool.errors import UsageError
+from snptool.evaluate import check_classes, evaluate_model
+from snptool.files import check_output_path, provenance
+
+MOMENTUM_PREFIX = "snptool/momentum/"
+
+
+@dataclass(frozen=True)
+class InputOverrides:
+    """Input-spec flags of `train` and `import`; None keeps the default."""
+
+    channels: int | None = None
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    resize: int | None = None
+
+    def resolve(self, fallback: tuple[int, int, int]) -> InputSpec:
+        channels = self.channels or fallback[0]
+        height, width = self.size or fallback[1:]
+        default = InputSpec(channels=channels)
+        return InputSpec(
+            channels=channels,
+            height=height,
+            width=width,
+            mean=self.mean or default.mean,
+            std=self.std or default.std,
+            resize=self.resize,
+        )
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    epoch: int
+    learning_rate: float
+    loss: float
+    train_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+    images_per_second: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output: str
+    best_output: str
+    best_epoch: int
+    best_accuracy: float
+    final_accuracy: float
+    history: list[EpochRecord] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "best_output": self.best_output,
+            "best_epoch": self.best_epoch,
+            "best_accuracy": self.best_accuracy,
+            "final_accuracy": self.final_accuracy,
+            "history": [vars(record) for record in self.history],
+            "config": self.config,
+        }
+
+
+def best_output_path(output: str | Path) -> Path:
+    """OUT.safetensors → OUT.best.safetensors."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.best{output.suffix or '.safetensors'}")
+
+
+def learning_rate_at(epoch: int, config: TrainConfig) -> float:
+    """lr × q^⌊epoch / Δt⌋ (epochs counted from 0)."""
+    return config.learning_rate * config.lr_decay ** (epoch // config.lr_step)
+
+
+def run_train(
+    arch: str | None,
+    data_spec: str,
+    output: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    arch_kwargs: dict[str, Any] | None = None,
+    data_config: DataConfig | None = None,
+    inputs: InputOverrides | None = None,
+    resume: str | Path | None = None,
+    best_output: str | Path | None = None,
+) -> TrainResult:
+    """Train `arch` on `data_spec` and write the last and the best checkpoint."""
+    config = config or TrainConfig()
+    data_config = data_config or DataConfig()
+    device = resolve_device(config.device)
+    best_output = Path(best_output) if best_output else best_output_path(output)
+    check_output_path(output, resume)
+    check_output_path(best_output, resume)
+    if Path(output).resolve() == best_output.resolve():
+        raise UsageError("--best-output must differ from -o.")
+
+    train_data = load_data(data_spec, "train", data_config)
+    test_data = load_data(data_spec, "test", data_config)
+    seed_everything(config.seed)
+    if resume is not None:
+        state = _resume_state(resume, arch, device)
+        check_classes(state, train_data)
+        model, metadata = state.model, state.metadata
+        spec, arch_record = state.input_spec, metadata["arch"]
+        history = [EpochRecord(**r) for r in metadata["training"]["history"]]
+    else:
+        if not arch:
+            raise UsageError("give --arch NAME (or --resume CHECKPOINT).")
+        fallback = default_input_size(arch) or train_data.native_shape or (3, 32, 32)
+        spec = (inputs or InputOverrides()).resolve(fallback)
+        model, arch_record = build_model(arch, arch_kwargs, num_classes=train_data.num_classes)
+        state, history = None, []
+    model.to(device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    if state is not None:
+        _restore_momentum(model, optimizer, state.extras)
+
+    def save(path: Path, kind: str, epochs: list[EpochRecord], extras: dict | None, weights: nn.Module):
+        metadata = make_metadata(
+            arch=arch_record,
+            class_names=train_data.class_names,
+            input_spec=spec,
+            data=data_spec,
+            provenance=provenance({"resume": resume, "data": train_data.source_file}),
+            training=_training_record(config, epochs, kind, train_data, test_data),
+        )
+        write_checkpoint(path, weights, metadata, extras)
+
+    best = max(history, key=lambda r: r.test_accuracy, default=None)
+    start = len(history)
+    if start >= config.epochs:
+        raise UsageError(f"{resume} has already trained {start} epochs; raise --epochs above {start}.")
+    steps = (config.epochs - start) * train_data.num_batches(config.batch_size)
+    with console.progress("train", steps) as task:
+        for epoch in range(start, config.epochs):
+            record = _train_epoch(model, optimizer, train_data, test_data, spec, config, epoch, device, task)
+            history.append(record)
+            console.log(
+                f"epoch {epoch + 1}/{config.epochs}  loss {record.loss:.4f}  "
+                f"train {record.train_accuracy:.4f}  test {record.test_accuracy:.4f}  "
+                f"lr {record.learning_rate:.3g}  {record.images_per_second:.0f} img/s"
+            )
+            momentum = _momentum_extras(model, optimizer)
+            save(Path(output), "last", history, momentum, model)
+            if best is None or record.test_accuracy > best.test_accuracy:
+                best = record
+                save(best_output, "best", history, None, model)
+    last = history[-1]
+    return TrainResult(
+        str(output), str(best_output), best.epoch, best.test_accuracy, last.test_accuracy,
+        history, config_to_dict(config),
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data: DataSplit,
+    test_data: DataSplit,
+    spec: InputSpec,
+    config: TrainConfig,
+    epoch: int,
+    device: torch.device,
+    task: console.ProgressTask,
+) -> EpochRecord:
+    learning_rate = learning_rate_at(epoch, config)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    model.train()
+    loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
+    batches = train_data.batches(spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
+    for images, labels in batches:
+        started = time.perf_counter()
+        x = prepare_batch(images.to(device), spec)
+        if config.augment:
+            x = augment_batch(x, config.translate, config.flip, generator)
+        labels = labels.to(device)
+        logits = model(x)
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        busy += time.perf_counter() - started
+        loss_sum += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        task.advance()
+        task.describe(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
+    test = evaluate_model(model, test_data, spec, batch_size=config.eval_batch_size, device=device, description="test")
+    return EpochRecord(
+        epoch=epoch + 1,
+        learning_rate=learning_rate,
+        loss=loss_sum / seen,
+        train_accuracy=correct / seen,
+        test_loss=test.loss,
+        test_accuracy=test.accuracy,
+        seconds=busy,
+        images_per_second=seen / busy if busy else 0.0,
+    )
+
+
+def _training_record(config, history, kind, train_data, test_data) -> dict[str, Any]:
+    best = max(history, key=lambda r: r.test_accuracy)
+    return {
+        "config": config_to_dict(config),
+        "history": [vars(r) for r in history],
+        "epochs_done": len(history),
+        "saved": kind,
+        "saved_epoch": len(history) if kind == "last" else best.epoch,
+        "best_epoch": best.epoch,
+        "best_accuracy": best.test_accuracy,
+        "final_accuracy": history[-1].test_accuracy,
+        "train_data": train_data.record(),
+        "test_data": test_data.record(),
+    }
+
+
+def _resume_state(resume: str | Path, arch: str | None, device: torch.device) -> Checkpoint:
+    state = read_checkpoint(resume, device)
+    if arch and arch != state.metadata["arch"]["spec"]:
+        raise UsageError(f"--arch {arch} differs from {resume}'s {state.metadata['arch']['spec']}; drop --arch.")
+    training = state.metadata.get("training") or {}
+    if training.get("saved") != "last":
+        raise UsageError(f"{resume} is not the last state of a `snptool train` run; resume from its -o file.")
+    state.model.train()
+    return state
+
+
+def _momentum_extras(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    extras = {}
+    for name, parameter in model.named_parameters():
+        buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
+        if buffer is not None:
+            extras[MOMENTUM_PREFIX + name] = buffer
+    return extras
+
+
+def _restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict) -> None:
+    for name, parameter in model.named_parameters():
+        buffer = extras.get(MOMENTUM_PREFIX + name)
+        if buffer is not None:
+            optimizer.state[parameter]["momentum_buffer"] = buffer.to(parameter.device).clone()
+
+
+__all__ = ["run_train", "TrainResult", "EpochRecord", "InputOverrides", "best_output_path"]
