@@ -245,6 +245,7 @@ def import_weights(
 @_command()
 def layers(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.", dir_okay=False)],
+    layer: Annotated[list[str] | None, typer.Option("--layer", help="Only this layer (repeatable).")] = None,
     taps_only: Annotated[bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")] = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -255,7 +256,7 @@ def layers(
     from snptool import console
     from snptool.taps import run_layers
 
-    result = run_layers(checkpoint, probe_taps_only=taps_only)
+    result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
     rows = [
         (l.layer, l.module, l.shape, l.unit, l.units, l.positions, "yes" if l.probe_tap else "")
         for l in result.layers

@@ -96,7 +96,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     """Render a table on stderr (silent when quiet)."""
     if _state["quiet"]:
         return
-    grid = Table(title=title, title_justify="left")
+    stderr.print(title, markup=False, style="bold", soft_wrap=True)
+    grid = Table()
     for index, column in enumerate(columns):
         grid.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:

@@ -7,6 +7,7 @@ can be analysed and the unit kinds that apply to it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,10 +155,26 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     return layers
 
 
-def run_layers(checkpoint_path: str | Path, *, probe_taps_only: bool = False) -> LayersResult:
-    """The analysable layers of a checkpoint's model."""
+def resolve_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name`, or a LayerError that suggests close names."""
+    names = [n for n, _ in model.named_modules() if n]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise LayerError(f"the model has no layer {name!r}; {hint}run `snptool layers CHECKPOINT` to list them.")
+    return model.get_submodule(name)
+
+
+def run_layers(
+    checkpoint_path: str | Path, *, names: list[str] | None = None, probe_taps_only: bool = False
+) -> LayersResult:
+    """The analysable layers of a checkpoint's model (all, the probe taps, or those named)."""
     checkpoint = read_checkpoint(checkpoint_path)
+    for name in names or []:
+        resolve_layer(checkpoint.model, name)
     layers = discover_layers(checkpoint.model, checkpoint.input_spec)
     if probe_taps_only:
         layers = [layer for layer in layers if layer.probe_tap]
+    if names:
+        layers = [layer for layer in layers if layer.layer in names]
     return LayersResult(str(checkpoint_path), layers)
