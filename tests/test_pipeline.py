@@ -1,0 +1,43 @@
+"""The README's main job, run as a user runs it (subprocesses, files, --json), on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_examples_pipeline_runs_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "ARCH": "tiny_vgg",
+        "EPOCHS": "3",
+    }
+    completed = subprocess.run(
+        ["bash", str(ROOT / "examples" / "pipeline.sh"), str(out)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "best test accuracy" in completed.stdout
+
+    train = json.loads((out / "train.json").read_text())
+    evaluation = json.loads((out / "evaluate.json").read_text())
+    layers = json.loads((out / "layers.json").read_text())
+    assert [r["epoch"] for r in train["history"]] == [1, 2, 3]
+    assert evaluation["accuracy"] == train["best_accuracy"]
+    assert evaluation["samples"] == 359  # the seeded 20 % test split of 1,797 digits
+    assert [l["layer"] for l in layers] == ["features.2", "features.6", "features.10", "classifier.1"]
+
+    with safe_open(str(out / "model.best.safetensors"), "pt") as handle:
+        metadata = json.loads(handle.metadata()["snptool"])
+    assert metadata["arch"]["spec"] == "tiny_vgg"
+    assert metadata["provenance"]["command"].startswith("snptool train --arch tiny_vgg")
+    assert metadata["training"]["saved"] == "best"
