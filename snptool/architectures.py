@@ -28,7 +28,7 @@ from snptool.errors import ArchitectureError, UsageError
 
 
 def parse_arch_kwargs(values: list[str] | str | None) -> dict[str, Any]:
-    """Parse `--arch-kwargs`: one JSON object, or `key=value` pairs (values read as JSON if possible)."""
+    """Parse `--arch-kwargs`: a JSON object, or `key=value` pairs (values parsed as JSON)."""
     if not values:
         return {}
     if isinstance(values, str):
@@ -40,7 +40,9 @@ def parse_arch_kwargs(values: list[str] | str | None) -> dict[str, Any]:
             try:
                 parsed = json.loads(text)
             except json.JSONDecodeError as error:
-                raise UsageError(f"--arch-kwargs {text!r} is not valid JSON: {error.msg}.") from None
+                raise UsageError(
+                    f"--arch-kwargs {text!r} is not valid JSON: {error.msg}."
+                ) from None
             if not isinstance(parsed, dict):
                 raise UsageError("--arch-kwargs JSON must be an object like '{\"widths\": [8]}'.")
             result.update(parsed)
@@ -76,16 +78,22 @@ def build_model(
     try:
         model = factory(**kwargs)
     except (TypeError, ValueError, KeyError) as error:
-        raise ArchitectureError(f"cannot build architecture {spec} with {kwargs}: {error}.") from None
+        raise ArchitectureError(
+            f"cannot build architecture {spec} with {kwargs}: {error}."
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ArchitectureError(f"architecture {spec} returned {type(model).__name__}, not a torch module.")
+        raise ArchitectureError(
+            f"architecture {spec} returned {type(model).__name__}, not a torch module."
+        )
     record: dict[str, Any] = {"spec": spec, "kwargs": kwargs}
     if source is not None:
         record["source"] = source
     return model, record
 
 
-def build_model_from_record(record: dict[str, Any], search_dirs: tuple[Path, ...] = ()) -> nn.Module:
+def build_model_from_record(
+    record: dict[str, Any], search_dirs: tuple[Path, ...] = ()
+) -> nn.Module:
     """Rebuild the model a checkpoint's architecture record describes."""
     source = record.get("source") or {}
     dirs = search_dirs
@@ -170,7 +178,9 @@ def _file_factory(
             loader_spec.loader.exec_module(module)
         except Exception as error:  # the user's code: report it in one line
             del sys.modules[module_name]
-            raise ArchitectureError(f"importing {path} failed: {type(error).__name__}: {error}.") from None
+            raise ArchitectureError(
+                f"importing {path} failed: {type(error).__name__}: {error}."
+            ) from None
     factory = _factory_in(module, factory_name, str(path))
     return factory, {"path": str(path.resolve()), "sha256": digest}
 
@@ -198,7 +208,9 @@ def list_architectures() -> list[dict[str, Any]]:
     rows = []
     for name in model_defs.list_models():
         entry = model_defs.get_model_entry(name)
-        rows.append({"name": name, "description": entry.description, "input_size": list(entry.input_size)})
+        rows.append(
+            {"name": name, "description": entry.description, "input_size": list(entry.input_size)}
+        )
     return rows
 
 

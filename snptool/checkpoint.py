@@ -89,7 +89,10 @@ def write_checkpoint(
     extras: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Write weights, extras and metadata atomically to a safetensors file."""
-    tensors = {name: value.detach().to("cpu").contiguous().clone() for name, value in model.state_dict().items()}
+    tensors = {
+        name: value.detach().to("cpu").contiguous().clone()
+        for name, value in model.state_dict().items()
+    }
     for name, value in (extras or {}).items():
         assert EXTRA_SEPARATOR in name, f"extra tensor {name} needs a namespace"
         tensors[name] = value.detach().to("cpu").contiguous().clone()
@@ -110,7 +113,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
-        raise InputFileError(f"{path} has corrupt snptool metadata; re-create the checkpoint.") from None
+        raise InputFileError(
+            f"{path} has corrupt snptool metadata; re-create the checkpoint."
+        ) from None
     version = metadata.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputFileError(
@@ -137,7 +142,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file, with a one-line error for a corrupt file."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys()}
+            return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputFileError(
             f"{path} is not a readable safetensors file ({_first_line(error)}); "
@@ -201,7 +206,9 @@ def match_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> Weights
     return WeightsMatch(missing, unexpected, mismatched)
 
 
-def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], *, source: str, arch: str) -> None:
+def load_weights(
+    model: nn.Module, weights: dict[str, torch.Tensor], *, source: str, arch: str
+) -> None:
     """Load weights strictly, naming every missing, unexpected or wrongly shaped tensor."""
     match = match_weights(model, weights)
     if not match.is_exact:

@@ -31,26 +31,53 @@ _state = {"debug": bool(os.environ.get("SNPTOOL_DEBUG"))}
 # Flags shared by several commands, declared once.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
-OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="File to write (atomically).", dir_okay=False)]
+OutputOpt = Annotated[
+    Path, typer.Option("--output", "-o", help="File to write (atomically).", dir_okay=False)
+]
 ArchKwargsOpt = Annotated[
     list[str] | None,
-    typer.Option("--arch-kwargs", help='Architecture keyword arguments: JSON \'{"k": v}\' or k=v pairs.'),
+    typer.Option(
+        "--arch-kwargs", help="Architecture keyword arguments: JSON '{\"k\": v}' or k=v pairs."
+    ),
 ]
 TestFractionOpt = Annotated[
-    float, typer.Option("--test-fraction", help="Test share where a data set has no test split.")
+    float | None,
+    typer.Option(
+        "--test-fraction",
+        help="Test share where a data set has no test split [default: the checkpoint's, else 0.2].",
+    ),
 ]
-SplitSeedOpt = Annotated[int, typer.Option("--split-seed", help="Seed of that train/test split.")]
+SplitSeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--split-seed", help="Seed of that train/test split [default: the checkpoint's, else 0]."
+    ),
+]
 DataRootOpt = Annotated[
-    str | None, typer.Option("--data-root", help="Folder of downloadable data sets (default ~/.cache/snptool/data).")
+    str | None,
+    typer.Option(
+        "--data-root", help="Folder of downloadable data sets (default ~/.cache/snptool/data)."
+    ),
 ]
-DownloadOpt = Annotated[bool, typer.Option("--download", help="Fetch a missing torchvision data set (needs network).")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Data-loading worker processes for image folders.")]
+DownloadOpt = Annotated[
+    bool, typer.Option("--download", help="Fetch a missing torchvision data set (needs network).")
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", help="Data-loading worker processes for image folders.")
+]
 SizeOpt = Annotated[str | None, typer.Option("--input-size", help="Model input size: S or HxW.")]
-ChannelsOpt = Annotated[int | None, typer.Option("--channels", help="Model input channels: 1 or 3.")]
-MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean on [0, 1] pixels, e.g. 0.5,0.5,0.5.")]
-StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std on [0, 1] pixels, e.g. 0.5,0.5,0.5.")]
+ChannelsOpt = Annotated[
+    int | None, typer.Option("--channels", help="Model input channels: 1 or 3.")
+]
+MeanOpt = Annotated[
+    str | None, typer.Option("--mean", help="Per-channel mean on [0, 1] pixels, e.g. 0.5,0.5,0.5.")
+]
+StdOpt = Annotated[
+    str | None, typer.Option("--std", help="Per-channel std on [0, 1] pixels, e.g. 0.5,0.5,0.5.")
+]
 ResizeOpt = Annotated[
-    int | None, typer.Option("--resize", help="Resize image files' shorter side to this, then centre-crop.")
+    int | None,
+    typer.Option("--resize", help="Resize image files' shorter side to this, then centre-crop."),
 ]
 
 
@@ -63,7 +90,9 @@ def _version(value: bool) -> None:
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or tables.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
@@ -103,8 +132,20 @@ def _command(name: str | None = None) -> Callable:
     return register
 
 
-def _data_config(test_fraction: float, split_seed: int, root: str | None, download: bool, workers: int) -> DataConfig:
-    return DataConfig(test_fraction=test_fraction, split_seed=split_seed, root=root, download=download, workers=workers)
+def _data_config(
+    test_fraction: float | None,
+    split_seed: int | None,
+    root: str | None,
+    download: bool,
+    workers: int,
+) -> DataConfig:
+    return DataConfig(
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        root=root,
+        download=download,
+        workers=workers,
+    )
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -113,7 +154,9 @@ def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise UsageError(f"{flag} {text!r} must be comma-separated numbers, e.g. 0.5,0.5,0.5.") from None
+        raise UsageError(
+            f"{flag} {text!r} must be comma-separated numbers, e.g. 0.5,0.5,0.5."
+        ) from None
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -126,32 +169,64 @@ def _size(text: str | None) -> tuple[int, int] | None:
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
-        raise UsageError(f"--input-size {text!r} must be S or HxW with positive integers, e.g. 32 or 224x224.")
+        raise UsageError(
+            f"--input-size {text!r} must be S or HxW with positive integers, e.g. 32 or 224x224."
+        )
     return parts[0], parts[1]
 
 
 @_command()
 def train(
     output: OutputOpt,
-    arch: Annotated[str | None, typer.Option("--arch", help="Architecture spec (see `snptool models`).")] = None,
-    data: Annotated[str, typer.Option("--data", help="Data spec: digits, cifar10[:DIR], npz:FILE, …")] = "digits",
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Architecture spec (see `snptool models`).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data spec: digits, cifar10[:DIR], npz:FILE, … [default: digits, or as resumed]",
+        ),
+    ] = None,
     arch_kwargs: ArchKwargsOpt = None,
-    epochs: Annotated[int, typer.Option(help="Epochs in total (a resumed run continues to this).")] = TrainConfig.epochs,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs in total (a resumed run continues to this).")
+    ] = TrainConfig.epochs,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
-    lr: Annotated[float, typer.Option("--lr", help="Initial learning rate.")] = TrainConfig.learning_rate,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Initial learning rate.")
+    ] = TrainConfig.learning_rate,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
     nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = TrainConfig.nesterov,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = TrainConfig.weight_decay,
-    lr_decay: Annotated[float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")] = TrainConfig.lr_decay,
-    lr_step: Annotated[int, typer.Option(help="Δt: epochs between lr decays.")] = TrainConfig.lr_step,
-    augment: Annotated[bool, typer.Option(help="Random translation and flip.")] = TrainConfig.augment,
-    translate: Annotated[int, typer.Option(help="Largest translation in pixels.")] = TrainConfig.translate,
+    weight_decay: Annotated[
+        float, typer.Option(help="L2 weight decay.")
+    ] = TrainConfig.weight_decay,
+    lr_decay: Annotated[
+        float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")
+    ] = TrainConfig.lr_decay,
+    lr_step: Annotated[
+        int, typer.Option(help="Δt: epochs between lr decays.")
+    ] = TrainConfig.lr_step,
+    augment: Annotated[
+        bool, typer.Option(help="Random translation and flip.")
+    ] = TrainConfig.augment,
+    translate: Annotated[
+        int, typer.Option(help="Largest translation in pixels.")
+    ] = TrainConfig.translate,
     flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = TrainConfig.seed,
+    seed: Annotated[
+        int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")
+    ] = TrainConfig.seed,
     device: DeviceOpt = TrainConfig.device,
-    eval_batch_size: Annotated[int, typer.Option(help="Batch size of the per-epoch test.")] = TrainConfig.eval_batch_size,
-    resume: Annotated[Path | None, typer.Option(help="Continue from the last state a train run wrote.")] = None,
-    best_output: Annotated[Path | None, typer.Option(help="Where the best epoch goes (default OUT.best.safetensors).")] = None,
+    eval_batch_size: Annotated[
+        int, typer.Option(help="Batch size of the per-epoch test.")
+    ] = TrainConfig.eval_batch_size,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue from the last state a train run wrote.")
+    ] = None,
+    best_output: Annotated[
+        Path | None, typer.Option(help="Where the best epoch goes (default OUT.best.safetensors).")
+    ] = None,
     input_size: SizeOpt = None,
     channels: ChannelsOpt = None,
     mean: MeanOpt = None,
@@ -173,22 +248,42 @@ def train(
     from snptool.train import InputOverrides, run_train
 
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=lr, momentum=momentum, nesterov=nesterov,
-        weight_decay=weight_decay, lr_decay=lr_decay, lr_step=lr_step, augment=augment,
-        translate=translate, flip=flip, seed=seed, device=device, eval_batch_size=eval_batch_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        lr_step=lr_step,
+        augment=augment,
+        translate=translate,
+        flip=flip,
+        seed=seed,
+        device=device,
+        eval_batch_size=eval_batch_size,
     )
     inputs = InputOverrides(
-        channels=channels, size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        channels=channels,
+        size=_size(input_size),
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
         resize=resize,
     )
     result = run_train(
-        arch, data, output, config,
+        arch,
+        data,
+        output,
+        config,
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
         data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
-        inputs=inputs, resume=resume, best_output=best_output,
+        inputs=inputs,
+        resume=resume,
+        best_output=best_output,
     )
     console.log(
-        f"best test accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch}) → {result.best_output}; "
+        f"best test accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch}) "
+        f"→ {result.best_output}; "
         f"final {result.final_accuracy:.4f} → {result.output}"
     )
     if json_output:
@@ -197,24 +292,36 @@ def train(
 
 @_command("import")
 def import_weights(
-    weights: Annotated[Path, typer.Argument(help="Third-party .pt/.pth/.th or .safetensors file.", dir_okay=False)],
+    weights: Annotated[
+        Path, typer.Argument(help="Third-party .pt/.pth/.th or .safetensors file.", dir_okay=False)
+    ],
     output: OutputOpt,
     arch: Annotated[str, typer.Option("--arch", help="Architecture spec of the weights.")] = "",
     arch_kwargs: ArchKwargsOpt = None,
-    num_classes: Annotated[int | None, typer.Option(help="Number of classes (checked against the model).")] = None,
-    class_names: Annotated[str | None, typer.Option(help="Comma-separated class names, in label order.")] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Data spec the model belongs to (gives class names).")] = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Number of classes (checked against the model).")
+    ] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class names, in label order.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Data spec the model belongs to (gives class names)."),
+    ] = None,
     input_size: SizeOpt = None,
     channels: ChannelsOpt = None,
     mean: MeanOpt = None,
     std: StdOpt = None,
     resize: ResizeOpt = None,
-    strict: Annotated[bool, typer.Option(help="Refuse weights with missing or unexpected tensors.")] = True,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse weights with missing or unexpected tensors.")
+    ] = True,
     json_output: JsonOpt = False,
 ) -> None:
     """Turn a third-party weights file into an snptool checkpoint (no pickled code runs).
 
-    Example: snptool import resnet20.th --arch resnet.py:resnet20 --data npz:cifar10_test.npz --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o resnet20.safetensors
+    Example: snptool import resnet20.th --arch resnet.py:resnet20 --data cifar10
+    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o resnet20.safetensors
     """
     from snptool import console
     from snptool.architectures import default_input_size, parse_arch_kwargs
@@ -223,16 +330,26 @@ def import_weights(
     from snptool.train import InputOverrides
 
     spec = InputOverrides(
-        channels=channels, size=_size(input_size), mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+        channels=channels,
+        size=_size(input_size),
+        mean=_floats(mean, "--mean"),
+        std=_floats(std, "--std"),
         resize=resize,
     ).resolve(default_input_size(arch) or (3, 32, 32))
     names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
     config = ImportConfig(
-        arch=arch, arch_kwargs=parse_arch_kwargs(arch_kwargs), num_classes=num_classes,
-        class_names=names, input=spec, data=data, strict=strict,
+        arch=arch,
+        arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        num_classes=num_classes,
+        class_names=names,
+        input=spec,
+        data=data,
+        strict=strict,
     )
     result = run_import(weights, output, config)
-    console.log(f"imported {result.tensors} tensors into {result.output} ({result.num_classes} classes)")
+    console.log(
+        f"imported {result.tensors} tensors into {result.output} ({result.num_classes} classes)"
+    )
     if result.stripped_prefix:
         console.log(f"stripped the key prefix {result.stripped_prefix!r}")
     for label, names_ in (("missing", result.missing), ("unexpected", result.unexpected)):
@@ -245,8 +362,12 @@ def import_weights(
 @_command()
 def layers(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.", dir_okay=False)],
-    layer: Annotated[list[str] | None, typer.Option("--layer", help="Only this layer (repeatable).")] = None,
-    taps_only: Annotated[bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")] = False,
+    layer: Annotated[
+        list[str] | None, typer.Option("--layer", help="Only this layer (repeatable).")
+    ] = None,
+    taps_only: Annotated[
+        bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")
+    ] = False,
     json_output: JsonOpt = False,
 ) -> None:
     """List the layers whose units can be analysed, with shape, unit kind and unit count.
@@ -258,10 +379,14 @@ def layers(
 
     result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
     rows = [
-        (l.layer, l.module, l.shape, l.unit, l.units, l.positions, "yes" if l.probe_tap else "")
-        for l in result.layers
+        (x.layer, x.module, x.shape, x.unit, x.units, x.positions, "yes" if x.probe_tap else "")
+        for x in result.layers
     ]
-    console.table(str(checkpoint), ["layer", "module", "shape", "unit", "units", "positions", "probe tap"], rows)
+    console.table(
+        str(checkpoint),
+        ["layer", "module", "shape", "unit", "units", "positions", "probe tap"],
+        rows,
+    )
     if json_output:
         console.emit_json(result.to_json())
 
@@ -269,8 +394,12 @@ def layers(
 @_command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.", dir_okay=False)],
-    data: Annotated[str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")] = None,
-    split: Annotated[str, typer.Option("--split", help="train, test or all.")] = EvaluateConfig.split,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="train, test or all.")
+    ] = EvaluateConfig.split,
     batch_size: Annotated[int, typer.Option(help="Batch size.")] = EvaluateConfig.batch_size,
     device: DeviceOpt = EvaluateConfig.device,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
@@ -288,7 +417,9 @@ def evaluate(
     from snptool.evaluate import run_evaluate
 
     result = run_evaluate(
-        checkpoint, data, EvaluateConfig(split=split, batch_size=batch_size, device=device),
+        checkpoint,
+        data,
+        EvaluateConfig(split=split, batch_size=batch_size, device=device),
         _data_config(test_fraction, split_seed, data_root, download, workers),
     )
     rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
@@ -308,9 +439,11 @@ def models(json_output: JsonOpt = False) -> None:
     from snptool.architectures import list_architectures
 
     rows = list_architectures()
-    console.table("architectures", ["name", "input", "description"], [
-        (r["name"], r["input_size"], r["description"]) for r in rows
-    ])
+    console.table(
+        "architectures",
+        ["name", "input", "description"],
+        [(r["name"], r["input_size"], r["description"]) for r in rows],
+    )
     if json_output:
         console.emit_json(rows)
 

@@ -54,19 +54,49 @@ class InputSpec:
         return (self.channels, self.height, self.width)
 
 
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """How a data spec becomes train and test splits."""
+    """How a data spec becomes train and test splits.
 
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    `test_fraction` and `split_seed` set the seeded per-class split of data sets that have no
+    test split; None takes the values a checkpoint was trained with (`inherit`), else
+    DEFAULT_TEST_FRACTION and DEFAULT_SPLIT_SEED, so every command sees the training split.
+    """
+
+    test_fraction: float | None = None
+    split_seed: int | None = None
     root: str | None = None
     download: bool = False
     workers: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.test_fraction < 1.0:
+        if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
             raise UsageError(f"test fraction must lie in (0, 1), not {self.test_fraction}.")
+        if self.workers < 0:
+            raise UsageError(f"workers must be >= 0, not {self.workers}.")
+
+    def inherit(self, metadata: dict[str, Any]) -> DataConfig:
+        """Fill unset split settings from a checkpoint's training record."""
+        record = ((metadata or {}).get("training") or {}).get("test_data") or {}
+        return dataclasses.replace(
+            self,
+            test_fraction=self.test_fraction
+            if self.test_fraction is not None
+            else record.get("test_fraction"),
+            split_seed=self.split_seed if self.split_seed is not None else record.get("split_seed"),
+        )
+
+    @property
+    def split_fraction(self) -> float:
+        return DEFAULT_TEST_FRACTION if self.test_fraction is None else self.test_fraction
+
+    @property
+    def seed(self) -> int:
+        return DEFAULT_SPLIT_SEED if self.split_seed is None else self.split_seed
 
 
 @dataclass(frozen=True)

@@ -135,7 +135,9 @@ class DataSplit:
         order = np.arange(len(self))
         if shuffle:
             order = np.random.default_rng(seed).permutation(len(self))
-        return self.images.batches(order, batch_size, spec, self.config.workers if workers is None else workers)
+        return self.images.batches(
+            order, batch_size, spec, self.config.workers if workers is None else workers
+        )
 
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
@@ -146,8 +148,8 @@ class DataSplit:
             "spec": self.spec,
             "split": self.split,
             "samples": len(self),
-            "test_fraction": self.config.test_fraction,
-            "split_seed": self.config.split_seed,
+            "test_fraction": self.config.split_fraction,
+            "split_seed": self.config.seed,
         }
         if self.source_file is not None:
             record["sha256"] = sha256_file(self.source_file)
@@ -161,14 +163,18 @@ def load_data(spec: str, split: str = "train", config: DataConfig | None = None)
     kind, _, argument = spec.partition(":")
     loader = _LOADERS.get(kind)
     if loader is None:
-        raise DataError(f"unknown data spec {spec!r}; use one of {', '.join(SPEC_KINDS)} (e.g. npz:FILE).")
+        raise DataError(
+            f"unknown data spec {spec!r}; use one of {', '.join(SPEC_KINDS)} (e.g. npz:FILE)."
+        )
     data = loader(spec, argument, split, config)
     if len(data) == 0:
         raise DataError(f"the {split} split of {spec} holds no images; check the data set.")
     return data
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic per-class split into (train indices, test indices), both sorted."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -182,11 +188,13 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _select(images, labels: np.ndarray, split: str, config: DataConfig, test_mask: np.ndarray | None = None):
+def _select(
+    images, labels: np.ndarray, split: str, config: DataConfig, test_mask: np.ndarray | None = None
+):
     if split == "all":
         return images
     if test_mask is None:
-        train_idx, test_idx = stratified_split(labels, config.test_fraction, config.split_seed)
+        train_idx, test_idx = stratified_split(labels, config.split_fraction, config.seed)
     else:
         train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
     return images.subset(train_idx if split == "train" else test_idx)
@@ -211,13 +219,19 @@ def _npz(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError) as error:
-        raise InputFileError(f"{path} is not a readable .npz file ({error}); check the file.") from None
+        raise InputFileError(
+            f"{path} is not a readable .npz file ({error}); check the file."
+        ) from None
     for key in ("images", "labels"):
         if key not in arrays:
-            raise DataError(f"{path} has no {key!r} array; an npz data set needs 'images' and 'labels'.")
+            raise DataError(
+                f"{path} has no {key!r} array; an npz data set needs 'images' and 'labels'."
+            )
     images, labels = arrays["images"], arrays["labels"].astype(np.int64).reshape(-1)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
-        raise DataError(f"{path}: 'images' must be uint8 NHWC (or NHW), not {images.dtype} {images.shape}.")
+        raise DataError(
+            f"{path}: 'images' must be uint8 NHWC (or NHW), not {images.dtype} {images.shape}."
+        )
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} images but {len(labels)} labels.")
     if len(labels) and labels.min() < 0:
@@ -229,11 +243,16 @@ def _npz(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
     else:
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     if len(labels) and labels.max() >= len(names):
-        raise DataError(f"{path}: label {labels.max()} has no entry in 'class_names' ({len(names)} names).")
+        raise DataError(
+            f"{path}: label {labels.max()} has no entry in 'class_names' ({len(names)} names)."
+        )
     test_mask = arrays["test"].astype(bool).reshape(-1) if "test" in arrays else None
     if test_mask is not None and len(test_mask) != len(labels):
         raise DataError(f"{path}: 'test' has {len(test_mask)} entries for {len(labels)} images.")
-    full = ArrayImages(torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))), torch.from_numpy(labels))
+    full = ArrayImages(
+        torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+        torch.from_numpy(labels),
+    )
     shape = (images.shape[3], images.shape[1], images.shape[2])
     chosen = _select(full, labels, split, config, test_mask)
     return DataSplit(spec, split, chosen, names, shape, config, source_file=path)
@@ -246,7 +265,7 @@ def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSpli
     dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     root = Path(argument) if argument else Path(config.root or DEFAULT_ROOT)
     parts = []
-    for train in ([True] if split == "train" else [False] if split == "test" else [True, False]):
+    for train in [True] if split == "train" else [False] if split == "test" else [True, False]:
         try:
             parts.append(dataset_class(str(root), train=train, download=config.download))
         except RuntimeError:
@@ -254,9 +273,13 @@ def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSpli
                 f"{kind.upper()} is not in {root}; pass --download to fetch it (needs network) "
                 f"or give the folder that holds it as --data {kind}:DIR."
             ) from None
-    images = torch.from_numpy(np.concatenate([p.data for p in parts])).permute(0, 3, 1, 2).contiguous()
+    images = (
+        torch.from_numpy(np.concatenate([p.data for p in parts])).permute(0, 3, 1, 2).contiguous()
+    )
     labels = torch.as_tensor(np.concatenate([p.targets for p in parts]), dtype=torch.long)
-    return DataSplit(spec, split, ArrayImages(images, labels), list(parts[0].classes), (3, 32, 32), config)
+    return DataSplit(
+        spec, split, ArrayImages(images, labels), list(parts[0].classes), (3, 32, 32), config
+    )
 
 
 def _flowers102(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
@@ -288,7 +311,9 @@ def _imagefolder(spec: str, argument: str, split: str, config: DataConfig) -> Da
         raise DataError(f"data folder {root} does not exist; check the path in --data.")
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[split]
+        dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[
+            split
+        ]
         folders = [_image_folder(d) for d in dirs]
         samples = [s for f in folders for s in f.samples]
         classes = folders[0].classes
@@ -346,13 +371,17 @@ def prepare_batch(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
             weights = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
             x = (x * weights).sum(1, keepdim=True)
     if x.shape[-2:] != (spec.height, spec.width):
-        x = F.interpolate(x, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=True)
+        x = F.interpolate(
+            x, size=(spec.height, spec.width), mode="bilinear", align_corners=False, antialias=True
+        )
     mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std
 
 
-def augment_batch(x: torch.Tensor, translate: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, translate: int, flip: bool, generator: torch.Generator
+) -> torch.Tensor:
     """Random translation by up to ±`translate` px (vacated pixels 0) and a horizontal flip (p ½).
 
     Applied after normalisation, so the fill is 0 in model-input space, as in the papers.

@@ -17,7 +17,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} was asked for, but no CUDA device is available; use --device cpu.")
+        raise UsageError(
+            f"--device {device} was asked for, but no CUDA device is available; use --device cpu."
+        )
     return torch.device(device)
 
 

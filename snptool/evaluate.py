@@ -15,7 +15,7 @@ from snptool.checkpoint import Checkpoint, read_checkpoint
 from snptool.config import DataConfig, EvaluateConfig, InputSpec
 from snptool.data import DataSplit, load_data, prepare_batch
 from snptool.devices import resolve_device
-from snptool.errors import DataError
+from snptool.errors import DataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,9 @@ def evaluate_model(
             task.advance()
     model.train(was_training)
     samples = int(total.sum())
-    per_class = [float(c) / float(t) if t else float("nan") for c, t in zip(correct, total)]
+    per_class = [
+        float(c) / float(t) if t else float("nan") for c, t in zip(correct, total, strict=True)
+    ]
     return Evaluation(float(correct.sum()) / samples, loss_sum / samples, samples, per_class)
 
 
@@ -98,13 +100,23 @@ def run_evaluate(
     config = config or EvaluateConfig()
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
-    data_spec = data_spec or checkpoint.metadata.get("data") or "digits"
-    data = load_data(data_spec, config.split, data_config or DataConfig())
+    data_spec = data_spec or checkpoint.metadata.get("data")
+    if not data_spec:
+        raise UsageError(f"{checkpoint_path} does not name its data set; pass --data SPEC.")
+    data = load_data(
+        data_spec, config.split, (data_config or DataConfig()).inherit(checkpoint.metadata)
+    )
     check_classes(checkpoint, data)
     result = evaluate_model(
         checkpoint.model, data, checkpoint.input_spec, batch_size=config.batch_size, device=device
     )
-    per_class = dict(zip(checkpoint.class_names, result.per_class))
+    per_class = dict(zip(checkpoint.class_names, result.per_class, strict=True))
     return EvaluateResult(
-        str(checkpoint_path), data_spec, config.split, result.accuracy, result.loss, result.samples, per_class
+        str(checkpoint_path),
+        data_spec,
+        config.split,
+        result.accuracy,
+        result.loss,
+        result.samples,
+        per_class,
     )

@@ -31,7 +31,16 @@ from snptool.errors import CheckpointMismatchError, InputFileError, UsageError
 from snptool.files import check_output_path, provenance, require_file
 from snptool.taps import discover_layers
 
-CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "params", "ema")
+CONTAINER_KEYS = (
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net",
+    "network",
+    "module",
+    "params",
+    "ema",
+)
 
 
 @dataclass(frozen=True)
@@ -87,12 +96,18 @@ def unwrap_state_dict(loaded: Any, source: str) -> dict[str, torch.Tensor]:
             return tensors
     raise InputFileError(
         f"{source} holds no state dict (found {type(loaded).__name__}"
-        + (f" with keys {', '.join(map(str, list(loaded)[:6]))}" if isinstance(loaded, Mapping) else "")
+        + (
+            f" with keys {', '.join(map(str, list(loaded)[:6]))}"
+            if isinstance(loaded, Mapping)
+            else ""
+        )
         + "); save model.state_dict() and import that."
     )
 
 
-def strip_prefix(weights: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], str]:
+def strip_prefix(
+    weights: dict[str, torch.Tensor], expected: set[str]
+) -> tuple[dict[str, torch.Tensor], str]:
     """Remove the key prefix (e.g. `module.`) under which most keys match `expected`."""
     candidates = {""}
     for key in weights:
@@ -101,7 +116,7 @@ def strip_prefix(weights: dict[str, torch.Tensor], expected: set[str]) -> tuple[
             candidates.add(".".join(parts[:depth]) + ".")
 
     def renamed(prefix: str) -> dict[str, torch.Tensor]:
-        return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in weights.items()}
+        return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in weights.items()}
 
     best = max(sorted(candidates), key=lambda p: (len(expected & renamed(p).keys()), -len(p)))
     return renamed(best), best
@@ -124,11 +139,15 @@ def run_import(weights_path: str | Path, output: str | Path, config: ImportConfi
             f"{match.describe()}; check --arch and --arch-kwargs"
             + ("." if match.mismatched else ", or pass --no-strict to import what matches.")
         )
-    model.load_state_dict({k: v for k, v in weights.items() if k in model.state_dict()}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in weights.items() if k in model.state_dict()}, strict=False
+    )
     model.eval()
     outputs = _output_width(model, config)
     if class_names and len(class_names) != outputs:
-        raise UsageError(f"{len(class_names)} class names given but the model has {outputs} outputs.")
+        raise UsageError(
+            f"{len(class_names)} class names given but the model has {outputs} outputs."
+        )
     class_names = class_names or [str(i) for i in range(outputs)]
     metadata = make_metadata(
         arch=arch_record,
@@ -140,8 +159,14 @@ def run_import(weights_path: str | Path, output: str | Path, config: ImportConfi
     )
     write_checkpoint(output, model, metadata)
     return ImportResult(
-        str(output), config.arch, outputs, len(weights), prefix,
-        match.missing, match.unexpected, [name for name, _, _ in match.mismatched],
+        str(output),
+        config.arch,
+        outputs,
+        len(weights),
+        prefix,
+        match.missing,
+        match.unexpected,
+        [name for name, _, _ in match.mismatched],
     )
 
 
@@ -159,7 +184,9 @@ def _output_width(model: nn.Module, config: ImportConfig) -> int:
     with torch.no_grad():
         logits = model(torch.zeros(1, *config.input.shape))
     if logits.ndim != 2:
-        raise UsageError(f"the model's output has shape {list(logits.shape)}; snptool needs [N, classes] logits.")
+        raise UsageError(
+            f"the model's output has shape {list(logits.shape)}; snptool needs [N, classes] logits."
+        )
     if config.num_classes is not None and logits.shape[1] != config.num_classes:
         raise UsageError(
             f"--num-classes {config.num_classes} but the model has {logits.shape[1]} outputs; "

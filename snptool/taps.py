@@ -23,7 +23,7 @@ from snptool.errors import LayerError
 
 @dataclass(frozen=True)
 class UnitKind:
-    """How a tap tensor splits into units: `applies` to its shape (batch included), `view` → [N, U, P]."""
+    """How a tap tensor splits into units: `applies(shape)` (batch included), `view` → [N, U, P]."""
 
     name: str
     description: str
@@ -55,12 +55,26 @@ def register_unit_kind(kind: UnitKind) -> UnitKind:
 
 
 register_unit_kind(
-    UnitKind("channel", "conv filter of [N, C, H, W]: U = C, P = H·W", lambda s: len(s) == 4, _channel_view)
+    UnitKind(
+        "channel",
+        "conv filter of [N, C, H, W]: U = C, P = H·W",
+        lambda s: len(s) == 4,
+        _channel_view,
+    )
 )
 register_unit_kind(
-    UnitKind("feature", "node of a token tensor [N, T, D]: U = D, P = T", lambda s: len(s) == 3, _feature_view)
+    UnitKind(
+        "feature",
+        "node of a token tensor [N, T, D]: U = D, P = T",
+        lambda s: len(s) == 3,
+        _feature_view,
+    )
 )
-register_unit_kind(UnitKind("node", "node of a flat tensor [N, D]: U = D, P = 1", lambda s: len(s) == 2, _node_view))
+register_unit_kind(
+    UnitKind(
+        "node", "node of a flat tensor [N, D]: U = D, P = 1", lambda s: len(s) == 2, _node_view
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,9 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise LayerError(f"the model has no layer {name!r}; {hint}run `snptool layers CHECKPOINT` to list them.")
+        raise LayerError(
+            f"the model has no layer {name!r}; {hint}run `snptool layers CHECKPOINT` to list them."
+        )
     return model.get_submodule(name)
 
 

@@ -100,7 +100,7 @@ def learning_rate_at(epoch: int, config: TrainConfig) -> float:
 
 def run_train(
     arch: str | None,
-    data_spec: str,
+    data_spec: str | None,
     output: str | Path,
     config: TrainConfig | None = None,
     *,
@@ -110,7 +110,10 @@ def run_train(
     resume: str | Path | None = None,
     best_output: str | Path | None = None,
 ) -> TrainResult:
-    """Train `arch` on `data_spec` and write the last and the best checkpoint."""
+    """Train `arch` on `data_spec` and write the last and the best checkpoint.
+
+    With `resume`, the architecture, input spec, data spec and split come from that file.
+    """
     config = config or TrainConfig()
     data_config = data_config or DataConfig()
     device = resolve_device(config.device)
@@ -120,11 +123,15 @@ def run_train(
     if Path(output).resolve() == best_output.resolve():
         raise UsageError("--best-output must differ from -o.")
 
+    state = _resume_state(resume, arch, device) if resume is not None else None
+    if state is not None:
+        data_spec = data_spec or state.metadata.get("data")
+        data_config = data_config.inherit(state.metadata)
+    data_spec = data_spec or "digits"
     train_data = load_data(data_spec, "train", data_config)
     test_data = load_data(data_spec, "test", data_config)
     seed_everything(config.seed)
-    if resume is not None:
-        state = _resume_state(resume, arch, device)
+    if state is not None:
         check_classes(state, train_data)
         model, metadata = state.model, state.metadata
         spec, arch_record = state.input_spec, metadata["arch"]
@@ -135,7 +142,7 @@ def run_train(
         fallback = default_input_size(arch) or train_data.native_shape or (3, 32, 32)
         spec = (inputs or InputOverrides()).resolve(fallback)
         model, arch_record = build_model(arch, arch_kwargs, num_classes=train_data.num_classes)
-        state, history = None, []
+        history = []
     model.to(device)
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -147,7 +154,9 @@ def run_train(
     if state is not None:
         _restore_momentum(model, optimizer, state.extras)
 
-    def save(path: Path, kind: str, epochs: list[EpochRecord], extras: dict | None, weights: nn.Module):
+    def save(
+        path: Path, kind: str, epochs: list[EpochRecord], extras: dict | None, weights: nn.Module
+    ):
         metadata = make_metadata(
             arch=arch_record,
             class_names=train_data.class_names,
@@ -161,11 +170,15 @@ def run_train(
     best = max(history, key=lambda r: r.test_accuracy, default=None)
     start = len(history)
     if start >= config.epochs:
-        raise UsageError(f"{resume} has already trained {start} epochs; raise --epochs above {start}.")
+        raise UsageError(
+            f"{resume} has already trained {start} epochs; raise --epochs above {start}."
+        )
     steps = (config.epochs - start) * train_data.num_batches(config.batch_size)
     with console.progress("train", steps) as task:
         for epoch in range(start, config.epochs):
-            record = _train_epoch(model, optimizer, train_data, test_data, spec, config, epoch, device, task)
+            record = _train_epoch(
+                model, optimizer, train_data, test_data, spec, config, epoch, device, task
+            )
             history.append(record)
             console.log(
                 f"epoch {epoch + 1}/{config.epochs}  loss {record.loss:.4f}  "
@@ -179,8 +192,13 @@ def run_train(
                 save(best_output, "best", history, None, model)
     last = history[-1]
     return TrainResult(
-        str(output), str(best_output), best.epoch, best.test_accuracy, last.test_accuracy,
-        history, config_to_dict(config),
+        str(output),
+        str(best_output),
+        best.epoch,
+        best.test_accuracy,
+        last.test_accuracy,
+        history,
+        config_to_dict(config),
     )
 
 
@@ -202,7 +220,9 @@ def _train_epoch(
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     model.train()
     loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
-    batches = train_data.batches(spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch)
+    batches = train_data.batches(
+        spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
+    )
     for images, labels in batches:
         started = time.perf_counter()
         x = prepare_batch(images.to(device), spec)
@@ -220,7 +240,9 @@ def _train_epoch(
         seen += len(labels)
         task.advance()
         task.describe(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
-    test = evaluate_model(model, test_data, spec, batch_size=config.eval_batch_size, device=device, description="test")
+    test = evaluate_model(
+        model, test_data, spec, batch_size=config.eval_batch_size, device=device, description="test"
+    )
     return EpochRecord(
         epoch=epoch + 1,
         learning_rate=learning_rate,
@@ -252,10 +274,14 @@ def _training_record(config, history, kind, train_data, test_data) -> dict[str, 
 def _resume_state(resume: str | Path, arch: str | None, device: torch.device) -> Checkpoint:
     state = read_checkpoint(resume, device)
     if arch and arch != state.metadata["arch"]["spec"]:
-        raise UsageError(f"--arch {arch} differs from {resume}'s {state.metadata['arch']['spec']}; drop --arch.")
+        raise UsageError(
+            f"--arch {arch} differs from {resume}'s {state.metadata['arch']['spec']}; drop --arch."
+        )
     training = state.metadata.get("training") or {}
     if training.get("saved") != "last":
-        raise UsageError(f"{resume} is not the last state of a `snptool train` run; resume from its -o file.")
+        raise UsageError(
+            f"{resume} is not the last state of a `snptool train` run; resume from its -o file."
+        )
     state.model.train()
     return state
 

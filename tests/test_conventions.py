@@ -1,4 +1,4 @@
-"""The project's conventions, enforced: import layering, help texts, flags for every config field."""
+"""The project's conventions, enforced: import layering, help texts, a flag per config field."""
 
 from __future__ import annotations
 
@@ -15,10 +15,36 @@ from snptool.config import EvaluateConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "snptool"
-FOUNDATION = {"errors", "config", "files", "console", "devices", "architectures", "checkpoint", "data", "taps"}
-STEPS = ["evaluate", "importer", "train", "probe", "matrix", "clusters", "prune", "compact", "export", "latency"]
+FOUNDATION = {
+    "errors",
+    "config",
+    "files",
+    "console",
+    "devices",
+    "architectures",
+    "checkpoint",
+    "data",
+    "taps",
+}
+STEPS = [
+    "evaluate",
+    "importer",
+    "train",
+    "probe",
+    "matrix",
+    "clusters",
+    "prune",
+    "compact",
+    "export",
+    "latency",
+]
 ENTRY = {"cli", "__main__", "__init__"}
-ONLY_IN = {"typer": {"cli"}, "rich": {"console"}, "onnxruntime": {"export", "latency"}, "click": {"cli"}}
+ONLY_IN = {
+    "typer": {"cli"},
+    "rich": {"console"},
+    "onnxruntime": {"export", "latency"},
+    "click": {"cli"},
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -56,7 +82,9 @@ def test_imports_point_downward(name):
 @pytest.mark.parametrize("package, allowed", sorted(ONLY_IN.items()))
 def test_third_party_imports_stay_in_their_module(package, allowed):
     offenders = {
-        name for name, imports in modules().items() if any(i.split(".")[0] == package for i in imports)
+        name
+        for name, imports in modules().items()
+        if any(i.split(".")[0] == package for i in imports)
     }
     assert offenders <= allowed, f"{package} imported outside {allowed}: {offenders - allowed}"
 

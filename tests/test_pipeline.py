@@ -23,7 +23,10 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
     }
     completed = subprocess.run(
         ["bash", str(ROOT / "examples" / "pipeline.sh"), str(out)],
-        env=environment, capture_output=True, text=True, timeout=300,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     assert "best test accuracy" in completed.stdout
@@ -34,7 +37,12 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
     assert [r["epoch"] for r in train["history"]] == [1, 2, 3]
     assert evaluation["accuracy"] == train["best_accuracy"]
     assert evaluation["samples"] == 359  # the seeded 20 % test split of 1,797 digits
-    assert [l["layer"] for l in layers] == ["features.2", "features.6", "features.10", "classifier.1"]
+    assert [layer["layer"] for layer in layers] == [
+        "features.2",
+        "features.6",
+        "features.10",
+        "classifier.1",
+    ]
 
     with safe_open(str(out / "model.best.safetensors"), "pt") as handle:
         metadata = json.loads(handle.metadata()["snptool"])

@@ -42,8 +42,11 @@ def load_images(count: int) -> tuple[torch.Tensor, torch.Tensor, str]:
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        model.parameters(), lr=config.learning_rate, momentum=config.momentum,
-        nesterov=config.nesterov, weight_decay=config.weight_decay,
+        model.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
     )
 
 
