@@ -12,8 +12,8 @@ from typing import Any
 
 from snptool.errors import UsageError
 
-PAPER_MEAN = (0.5, 0.5, 0.5)
-PAPER_STD = (0.5, 0.5, 0.5)
+PAPER_MEAN = (0.5,)  # one value: broadcast to every channel, so 1-channel inputs work too
+PAPER_STD = (0.5,)
 
 
 @dataclass(frozen=True)

@@ -185,6 +185,8 @@ def stratified_split(
             n_test = min(max(n_test, 1), len(members) - 1)
         test.append(members[:n_test])
         train.append(members[n_test:])
+    if not train:  # no labels at all: two empty splits (load_data reports them)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 

@@ -142,6 +142,7 @@ def run_train(
         fallback = default_input_size(arch) or train_data.native_shape or (3, 32, 32)
         spec = (inputs or InputOverrides()).resolve(fallback)
         model, arch_record = build_model(arch, arch_kwargs, num_classes=train_data.num_classes)
+        _check_input(model, spec, arch)
         history = []
     model.to(device)
     optimizer = torch.optim.SGD(
@@ -200,6 +201,22 @@ def run_train(
         history,
         config_to_dict(config),
     )
+
+
+@torch.no_grad()
+def _check_input(model: nn.Module, spec: InputSpec, arch: str) -> None:
+    """A one-line error, not a traceback, when the model cannot take the input spec."""
+    model.eval()
+    try:
+        model(torch.zeros(2, *spec.shape))
+    except RuntimeError as error:
+        raise UsageError(
+            f"{arch} does not run on a {'x'.join(map(str, spec.shape))} input "
+            f"({str(error).splitlines()[0]}); "
+            "make --channels, --input-size and --arch-kwargs agree."
+        ) from None
+    finally:
+        model.train()
 
 
 def _train_epoch(

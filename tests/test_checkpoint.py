@@ -1,0 +1,414 @@
+"""Checkpoint files (safetensors + JSON metadata) and architecture specs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from snptool import __version__
+from snptool.architectures import build_model, build_model_from_record, parse_arch_kwargs
+from snptool.checkpoint import (
+    METADATA_KEY,
+    make_metadata,
+    read_checkpoint,
+    read_metadata,
+    write_checkpoint,
+)
+from snptool.config import InputSpec
+from snptool.errors import (
+    ArchitectureError,
+    CheckpointMismatchError,
+    InputFileError,
+    UsageError,
+)
+from snptool.files import provenance, sha256_file
+
+CLASSES = [f"class{i}" for i in range(10)]
+HISTORY = [
+    {"epoch": 1, "learning_rate": 0.05, "loss": 1.5, "test_accuracy": 0.6},
+    {"epoch": 2, "learning_rate": 0.03, "loss": 0.7, "test_accuracy": 0.875},
+]
+
+
+def _tiny_vgg(seed: int = 0) -> tuple[nn.Module, dict]:
+    torch.manual_seed(seed)
+    model, record = build_model("tiny_vgg", num_classes=len(CLASSES))
+    # Make the BatchNorm statistics non-trivial, so the round trip covers buffers too.
+    model.train()
+    model(torch.randn(4, 3, 32, 32))
+    return model.eval(), record
+
+
+def _metadata(
+    record: dict, source: Path | None = None, class_names: list[str] = CLASSES, **extra
+) -> dict:
+    spec = InputSpec(mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261), resize=36)
+    return make_metadata(
+        arch=record,
+        class_names=class_names,
+        input_spec=spec,
+        data="digits",
+        provenance=provenance({"data": source}),
+        training={"history": HISTORY, "saved": "last"},
+        **extra,
+    )
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+
+
+def _header(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+# --- round trip -------------------------------------------------------------------------------
+
+
+def test_round_trip_is_bit_exact_and_keeps_metadata(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"some input bytes")
+    metadata = _metadata(record, source)
+    path = tmp_path / "model.safetensors"
+
+    write_checkpoint(path, model, metadata)
+    checkpoint = read_checkpoint(path)
+
+    original = model.state_dict()
+    loaded = checkpoint.model.state_dict()
+    assert loaded.keys() == original.keys()
+    for name, tensor in original.items():
+        assert loaded[name].dtype == tensor.dtype, name
+        assert torch.equal(loaded[name], tensor), name
+    assert checkpoint.metadata == json.loads(json.dumps(metadata))
+    assert checkpoint.metadata["arch"] == {"spec": "tiny_vgg", "kwargs": {"num_classes": 10}}
+    assert checkpoint.class_names == CLASSES and checkpoint.num_classes == 10
+    assert checkpoint.input_spec == InputSpec(
+        mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.243, 0.261), resize=36
+    )
+    assert checkpoint.metadata["training"]["history"] == HISTORY
+    recorded = checkpoint.metadata["provenance"]
+    assert recorded["inputs"]["data"] == {
+        "path": str(source),
+        "sha256": hashlib.sha256(b"some input bytes").hexdigest(),
+    }
+    assert recorded["command"] and recorded["snptool_version"] == __version__
+    assert checkpoint.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert checkpoint.extras == {}
+    assert not checkpoint.model.training
+
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(checkpoint.model(x), model(x), rtol=0, atol=0)
+
+
+def test_read_metadata_needs_no_tensors(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    path = tmp_path / "model.safetensors"
+    write_checkpoint(path, model, _metadata(record))
+    assert read_metadata(path)["class_names"] == CLASSES
+    assert json.loads(_header(path)[METADATA_KEY])["format_version"] == 1
+
+
+def test_extras_are_kept_apart_from_weights(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    momentum = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    mask = torch.tensor([True, False, True])
+    path = tmp_path / "model.safetensors"
+    extras = {"snptool/momentum/features.0.weight": momentum, "snptool/mask/features.0": mask}
+
+    write_checkpoint(path, model, _metadata(record), extras)
+    checkpoint = read_checkpoint(path)
+
+    assert set(checkpoint.extras) == set(extras)
+    assert torch.equal(checkpoint.extras["snptool/momentum/features.0.weight"], momentum)
+    assert torch.equal(checkpoint.extras["snptool/mask/features.0"], mask)
+    assert not any("/" in name for name in checkpoint.model.state_dict())
+    assert set(_tensors(path)) == set(model.state_dict()) | set(extras)
+
+
+def test_write_replaces_a_file_atomically(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"old content")
+    write_checkpoint(path, model, _metadata(record))
+    assert read_metadata(path)["arch"]["spec"] == "tiny_vgg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+# --- mismatches and foreign files -------------------------------------------------------------
+
+
+def _write_raw(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None) -> Path:
+    header = {"format": "pt"}
+    if metadata is not None:
+        header[METADATA_KEY] = json.dumps(metadata)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=header)
+    return path
+
+
+def test_weights_relabelled_as_another_arch_are_refused(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    metadata = _metadata({"spec": "tiny_lenet", "kwargs": {"num_classes": 10}})
+    path = _write_raw(tmp_path / "relabelled.safetensors", model.state_dict(), metadata)
+    with pytest.raises(CheckpointMismatchError) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert "do not match architecture tiny_lenet" in message
+    assert "unexpected" in message and "features.1.running_mean" in message
+    assert "check --arch" in message
+
+
+def test_missing_tensor_is_named(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    tensors = dict(model.state_dict())
+    del tensors["classifier.2.bias"]
+    path = _write_raw(tmp_path / "missing.safetensors", tensors, _metadata(record))
+    with pytest.raises(CheckpointMismatchError, match=r"1 missing \(classifier\.2\.bias\)"):
+        read_checkpoint(path)
+
+
+def test_wrongly_shaped_and_unexpected_tensors_are_named(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    tensors = dict(model.state_dict())
+    tensors["classifier.2.weight"] = torch.zeros(5, 16)
+    tensors["bogus.weight"] = torch.zeros(2)
+    path = _write_raw(tmp_path / "reshaped.safetensors", tensors, _metadata(record))
+    with pytest.raises(CheckpointMismatchError) as error:
+        read_checkpoint(path)
+    message = str(error.value)
+    assert "1 unexpected (bogus.weight)" in message
+    assert "1 wrongly shaped (classifier.2.weight: file [5, 16] vs model [10, 16])" in message
+    assert "missing" not in message
+
+
+def test_batchnorm_counters_may_be_absent(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    tensors = {k: v for k, v in model.state_dict().items() if "num_batches_tracked" not in k}
+    path = _write_raw(tmp_path / "no_counters.safetensors", tensors, _metadata(record))
+    loaded = read_checkpoint(path).model.state_dict()
+    torch.testing.assert_close(loaded["features.1.running_var"], tensors["features.1.running_var"])
+
+
+def test_safetensors_without_snptool_metadata_points_to_import(tmp_path: Path) -> None:
+    model, _ = _tiny_vgg()
+    path = _write_raw(tmp_path / "foreign.safetensors", model.state_dict(), None)
+    with pytest.raises(InputFileError, match="snptool import") as error:
+        read_checkpoint(path)
+    assert "not an snptool checkpoint" in str(error.value)
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    model, record = _tiny_vgg()
+    metadata = {**_metadata(record), "format_version": 99}
+    path = _write_raw(tmp_path / "future.safetensors", model.state_dict(), metadata)
+    with pytest.raises(InputFileError, match="upgrade snptool"):
+        read_metadata(path)
+
+
+def test_corrupt_metadata_json_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={METADATA_KEY: "{not json"})
+    with pytest.raises(InputFileError, match="corrupt snptool metadata"):
+        read_metadata(path)
+
+
+@pytest.mark.parametrize("cut", ["half", "random"])
+def test_unreadable_files_give_input_file_error(
+    tmp_path: Path, checkpoint_path: Path, cut: str
+) -> None:
+    data = checkpoint_path.read_bytes()
+    path = tmp_path / "broken.safetensors"
+    if cut == "half":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(InputFileError, match="not a readable safetensors file"):
+        read_checkpoint(path)
+
+
+def test_missing_and_directory_paths(tmp_path: Path) -> None:
+    with pytest.raises(InputFileError, match="does not exist"):
+        read_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(InputFileError, match="is a directory"):
+        read_checkpoint(tmp_path)
+
+
+# --- architecture specs -----------------------------------------------------------------------
+
+
+def _logits_shape(model: nn.Module) -> tuple[int, ...]:
+    with torch.no_grad():
+        return tuple(model.eval()(torch.zeros(2, 3, 32, 32)).shape)
+
+
+def test_registry_name() -> None:
+    model, record = build_model("tiny_vgg", num_classes=7)
+    assert record == {"spec": "tiny_vgg", "kwargs": {"num_classes": 7}}
+    assert _logits_shape(model) == (2, 7)
+
+
+def test_explicit_num_classes_in_kwargs_wins() -> None:
+    model, record = build_model("tiny_vgg", {"num_classes": 4}, num_classes=7)
+    assert record["kwargs"] == {"num_classes": 4}
+    assert _logits_shape(model) == (2, 4)
+
+
+def test_torchvision_spec_passes_num_classes() -> None:
+    model, record = build_model("torchvision:resnet18", num_classes=4)
+    assert record == {"spec": "torchvision:resnet18", "kwargs": {"num_classes": 4}}
+    assert model.fc.out_features == 4
+    assert _logits_shape(model) == (2, 4)
+
+
+def test_package_module_spec() -> None:
+    model, record = build_model("model_defs.vgg:tiny_vgg", num_classes=5)
+    assert record == {"spec": "model_defs.vgg:tiny_vgg", "kwargs": {"num_classes": 5}}
+    assert "source" not in record
+    assert _logits_shape(model) == (2, 5)
+
+
+ARCH_FILE = textwrap.dedent(
+    """
+    from torch import nn
+
+
+    def factory(num_classes=10, width=4):
+        return nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(width, num_classes),
+        )
+
+
+    def no_classes():
+        return nn.Linear(3 * 32 * 32, 2)
+
+
+    NOT_A_FACTORY = 3
+    """
+)
+
+
+def test_file_spec_records_source_and_rebuilds(tmp_path: Path) -> None:
+    arch_file = tmp_path / "my_arch.py"
+    arch_file.write_text(ARCH_FILE)
+    model, record = build_model(f"{arch_file}:factory", {"width": 6}, num_classes=3)
+    assert record["kwargs"] == {"width": 6, "num_classes": 3}
+    assert record["source"] == {
+        "path": str(arch_file.resolve()),
+        "sha256": sha256_file(arch_file),
+    }
+    assert _logits_shape(model) == (2, 3)
+    rebuilt = build_model_from_record(json.loads(json.dumps(record)))
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+
+
+def test_file_spec_is_found_beside_the_checkpoint_after_a_move(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    arch_file = first / "moved_arch.py"
+    arch_file.write_text(ARCH_FILE)
+    model, record = build_model(f"{arch_file}:factory", num_classes=3)
+    path = second / "model.safetensors"
+    write_checkpoint(path, model, _metadata(record, class_names=["a", "b", "c"]))
+    shutil.move(str(arch_file), second / "moved_arch.py")
+
+    checkpoint = read_checkpoint(path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(checkpoint.model.state_dict()[name], tensor)
+
+
+def test_factory_without_num_classes_is_called_without_it(tmp_path: Path) -> None:
+    arch_file = tmp_path / "plain_arch.py"
+    arch_file.write_text(ARCH_FILE)
+    model, record = build_model(f"{arch_file}:no_classes", num_classes=10)
+    assert record["kwargs"] == {}
+    assert isinstance(model, nn.Linear)
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ("tiny_vg", r"unknown architecture 'tiny_vg'\. Did you mean tiny_vgg"),
+        ("vgg_unknown_zzz", r"Run `snptool models`"),
+        ("torchvision:resnet19", r"torchvision has no classification model 'resnet19'.*resnet18"),
+        ("no/such/file.py:factory", r"architecture file no/such/file.py does not exist"),
+        ("model_defs.vgg:tiny_vgggg", r"has no factory 'tiny_vgggg'; callables there: .*tiny_vgg"),
+        ("snptool_no_such_module:f", r"cannot import module snptool_no_such_module"),
+    ],
+)
+def test_unknown_specs_raise_architecture_error(spec: str, pattern: str) -> None:
+    with pytest.raises(ArchitectureError, match=pattern):
+        build_model(spec, num_classes=10)
+
+
+def test_file_spec_errors_are_one_line(tmp_path: Path) -> None:
+    arch_file = tmp_path / "my_arch.py"
+    arch_file.write_text(ARCH_FILE)
+    with pytest.raises(ArchitectureError, match="has no factory 'NOT_A_FACTORY'"):
+        build_model(f"{arch_file}:NOT_A_FACTORY")
+    with pytest.raises(ArchitectureError, match="cannot build architecture .* with"):
+        build_model(f"{arch_file}:factory", {"depth": 3})
+    broken = tmp_path / "broken_arch.py"
+    broken.write_text("raise RuntimeError('boom at import')\n")
+    with pytest.raises(
+        ArchitectureError, match="importing .* failed: RuntimeError: boom at import"
+    ):
+        build_model(f"{broken}:factory")
+
+
+def test_empty_spec_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--arch"):
+        build_model("")
+
+
+# --- --arch-kwargs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (None, {}),
+        ([], {}),
+        ('{"widths": [8, 16], "dropout": 0.5}', {"widths": [8, 16], "dropout": 0.5}),
+        (["depth=3,name=wide", "flag=true"], {"depth": 3, "name": "wide", "flag": True}),
+        (["ratio=0.25", '{"depth": 5}'], {"ratio": 0.25, "depth": 5}),
+        ("kernel = 5", {"kernel": 5}),
+        ("size=null", {"size": None}),
+    ],
+)
+def test_parse_arch_kwargs(values, expected) -> None:
+    assert parse_arch_kwargs(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "pattern"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("depth", "is not key=value or a JSON object"),
+        ("=3", "is not key=value or a JSON object"),
+        ("a=1,,b=2", "is not key=value or a JSON object"),
+    ],
+)
+def test_parse_arch_kwargs_rejects_bad_input(values: str, pattern: str) -> None:
+    with pytest.raises(UsageError, match=pattern):
+        parse_arch_kwargs(values)

@@ -1,0 +1,480 @@
+"""The command line: exit codes, JSON on stdout, one-line errors on stderr, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from typer.testing import CliRunner, Result
+
+from snptool import __version__
+from snptool.architectures import build_model
+from snptool.checkpoint import METADATA_KEY, read_metadata
+from snptool.cli import app
+from snptool.errors import InputFileError
+from snptool.files import atomic_path, sha256_file, write_bytes_atomic
+from snptool.train import TrainResult
+
+runner = CliRunner()  # typer's runner keeps stdout and stderr apart (result.stdout/.stderr)
+
+
+def invoke(*args: object, **kwargs) -> Result:
+    return runner.invoke(app, [str(arg) for arg in args], **kwargs)
+
+
+def assert_ok(result: Result) -> None:
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+
+def assert_one_error(result: Result, expected: str | None = None, *, contains: str = "") -> str:
+    """Exit 2, nothing on stdout, exactly one non-empty stderr line `error: …`; returns it."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    if expected is not None:
+        assert lines[0] == f"error: {expected}"
+    assert contains in lines[0]
+    return lines[0]
+
+
+def part_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.part"))
+
+
+@pytest.fixture
+def foreign_weights(tmp_path: Path) -> Path:
+    """A torch.save'd, DataParallel-style state dict of a real tiny_vgg."""
+    torch.manual_seed(0)
+    model, _ = build_model("tiny_vgg", num_classes=10)
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def empty_npz(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.npz"
+    np.savez(path, images=np.zeros((0, 32, 32, 3), np.uint8), labels=np.zeros(0, np.int64))
+    return path
+
+
+# --- the commands -----------------------------------------------------------------------------
+
+
+def test_train(synthetic_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    result = invoke(
+        "train",
+        "--arch",
+        "tiny_vgg",
+        "--data",
+        f"npz:{synthetic_npz}",
+        "--epochs",
+        2,
+        "--batch-size",
+        8,
+        "--lr",
+        0.05,
+        "--device",
+        "cpu",
+        "-o",
+        out,
+        "--json",
+    )
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert set(payload) == {
+        "output",
+        "best_output",
+        "best_epoch",
+        "best_accuracy",
+        "final_accuracy",
+        "history",
+        "config",
+    }
+    assert payload["output"] == str(out)
+    assert payload["best_output"] == str(tmp_path / "model.best.safetensors")
+    assert [r["epoch"] for r in payload["history"]] == [1, 2]
+    assert payload["config"]["batch_size"] == 8 and payload["config"]["learning_rate"] == 0.05
+    assert out.is_file() and Path(payload["best_output"]).is_file()
+    assert read_metadata(out)["class_names"] == ["a", "b", "c"]
+    assert "epoch 2/2" in result.stderr and "best test accuracy" in result.stderr
+    assert part_files(tmp_path) == []
+
+
+def test_quiet_leaves_only_json(synthetic_npz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    args = ["-q", "train", "--arch", "tiny_vgg", "--data", f"npz:{synthetic_npz}"]
+    result = invoke(*args, "--epochs", 1, "--batch-size", 16, "-o", out, "--json")
+    assert_ok(result)
+    assert result.stderr == ""
+    assert json.loads(result.stdout)["history"][0]["epoch"] == 1
+
+
+def test_import(foreign_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "imported.safetensors"
+    result = invoke(
+        "import",
+        foreign_weights,
+        "--arch",
+        "tiny_vgg",
+        "--num-classes",
+        10,
+        "--mean",
+        "0.4,0.5,0.6",
+        "--std",
+        "0.2",
+        "-o",
+        out,
+        "--json",
+    )
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert payload == {
+        "output": str(out),
+        "arch": "tiny_vgg",
+        "num_classes": 10,
+        "tensors": payload["tensors"],
+        "stripped_prefix": "module.",
+        "missing": [],
+        "unexpected": [],
+        "mismatched": [],
+    }
+    assert payload["tensors"] > 10
+    metadata = read_metadata(out)
+    assert metadata["input"]["mean"] == [0.4, 0.5, 0.6]
+    assert metadata["input"]["std"] == [0.2, 0.2, 0.2]
+    assert f"imported {payload['tensors']} tensors into {out} (10 classes)" in result.stderr
+    assert "stripped the key prefix 'module.'" in result.stderr
+
+
+def test_import_no_strict_warns(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = build_model("tiny_vgg", num_classes=10)
+    state = {k: v for k, v in model.state_dict().items() if k != "classifier.2.bias"}
+    weights = tmp_path / "partial.pt"
+    torch.save(state, weights)
+    out = tmp_path / "out.safetensors"
+    strict = invoke("import", weights, "--arch", "tiny_vgg", "-o", out)
+    assert_one_error(strict, contains="1 missing (classifier.2.bias)")
+    assert not out.exists()
+
+    result = invoke("import", weights, "--arch", "tiny_vgg", "--no-strict", "-o", out, "--json")
+    assert_ok(result)
+    assert json.loads(result.stdout)["missing"] == ["classifier.2.bias"]
+    assert "warning: 1 missing tensors: classifier.2.bias" in result.stderr
+
+
+def test_layers(checkpoint_path: Path) -> None:
+    result = invoke("layers", checkpoint_path, "--json")
+    assert_ok(result)
+    layers = json.loads(result.stdout)
+    assert isinstance(layers, list) and layers
+    for layer in layers:
+        assert {"layer", "shape", "unit", "units", "positions"} <= set(layer)
+    first = layers[0]
+    assert (first["layer"], first["shape"], first["unit"]) == ("features.0", [8, 32, 32], "channel")
+    assert (first["units"], first["positions"]) == (8, 32 * 32)
+    by_name = {x["layer"]: x for x in layers}
+    logits = by_name["classifier.2"]
+    assert (logits["shape"], logits["unit"], logits["units"], logits["positions"]) == (
+        [10],
+        "node",
+        10,
+        1,
+    )
+    assert by_name["features.1"]["module"] == "BatchNorm2d"
+    assert str(checkpoint_path) in result.stderr  # the table's title
+
+    one = invoke("layers", checkpoint_path, "--layer", "features.2", "--json")
+    assert_ok(one)
+    assert [x["layer"] for x in json.loads(one.stdout)] == ["features.2"]
+    taps = invoke("layers", checkpoint_path, "--taps-only", "--json")
+    assert_ok(taps)
+    assert all(x["probe_tap"] for x in json.loads(taps.stdout))
+    assert [x["layer"] for x in json.loads(taps.stdout)] == [
+        "features.2",
+        "features.6",
+        "features.10",
+        "classifier.1",
+    ]
+
+
+def test_evaluate(trained: TrainResult) -> None:
+    result = invoke("evaluate", trained.output, "--device", "cpu", "--json")
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert {"accuracy", "per_class", "samples"} <= set(payload)
+    assert payload["samples"] == 359 and payload["split"] == "test" and payload["data"] == "digits"
+    assert payload["accuracy"] == pytest.approx(trained.final_accuracy)
+    assert list(payload["per_class"]) == [str(i) for i in range(10)]
+    assert f"accuracy {payload['accuracy']:.4f} on 359 images" in result.stderr
+
+    train_split = invoke("evaluate", trained.output, "--split", "train", "--json")
+    assert_ok(train_split)
+    assert json.loads(train_split.stdout)["samples"] == 1438
+
+
+def test_models() -> None:
+    result = invoke("models", "--json")
+    assert_ok(result)
+    rows = json.loads(result.stdout)
+    names = [row["name"] for row in rows]
+    assert {"tiny_vgg", "tiny_lenet", "vgg16"} <= set(names)
+    assert all(set(row) == {"name", "description", "input_size"} for row in rows)
+    assert "architectures" in result.stderr
+
+
+def test_version_and_no_args() -> None:
+    result = invoke("--version")
+    assert_ok(result)
+    assert result.stdout.strip() == f"snptool {__version__}"
+    bare = invoke()
+    assert "Usage" in bare.output and "train" in bare.output
+
+
+# --- bad input: one line on stderr, exit status 2 ---------------------------------------------
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    path = tmp_path / "absent.safetensors"
+    assert_one_error(invoke("layers", path), f"checkpoint {path} does not exist; check the path.")
+    assert_one_error(invoke("evaluate", path), f"checkpoint {path} does not exist; check the path.")
+    assert_one_error(
+        invoke("import", tmp_path / "absent.pt", "--arch", "tiny_vgg", "-o", tmp_path / "x"),
+        f"weights file {tmp_path / 'absent.pt'} does not exist; check the path.",
+    )
+
+
+def test_directory_instead_of_a_file(tmp_path: Path, foreign_weights: Path) -> None:
+    assert_one_error(
+        invoke("layers", tmp_path), f"checkpoint {tmp_path} is a directory; give a file."
+    )
+    assert_one_error(invoke("evaluate", tmp_path), contains="is a directory")
+    assert_one_error(
+        invoke("import", tmp_path, "--arch", "tiny_vgg", "-o", tmp_path / "x.safetensors"),
+        f"weights file {tmp_path} is a directory; give a file.",
+    )
+    assert_one_error(
+        invoke("import", foreign_weights, "--arch", "tiny_vgg", "-o", tmp_path),
+        f"output {tmp_path} is a directory; give a file name.",
+    )
+
+
+def test_corrupt_and_truncated_checkpoints(tmp_path: Path, checkpoint_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    line = assert_one_error(invoke("layers", corrupt), contains="is not a readable safetensors")
+    assert str(corrupt) in line
+
+    data = checkpoint_path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_one_error(invoke("evaluate", truncated), contains="it may be truncated")
+    assert_one_error(invoke("layers", truncated), contains="it may be truncated")
+
+
+def test_unknown_layer(checkpoint_path: Path) -> None:
+    assert_one_error(
+        invoke("layers", checkpoint_path, "--layer", "nope"),
+        "the model has no layer 'nope'; run `snptool layers CHECKPOINT` to list them.",
+    )
+    line = assert_one_error(invoke("layers", checkpoint_path, "--layer", "featurs.0"))
+    assert "the model has no layer 'featurs.0'; did you mean features.0" in line
+
+
+def test_checkpoint_that_does_not_match_its_architecture(
+    tmp_path: Path, checkpoint_path: Path
+) -> None:
+    with safe_open(str(checkpoint_path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        metadata = json.loads(handle.metadata()[METADATA_KEY])
+    metadata["arch"] = {"spec": "tiny_lenet", "kwargs": {"num_classes": 10}}
+    relabelled = tmp_path / "relabelled.safetensors"
+    save_file(tensors, str(relabelled), metadata={METADATA_KEY: json.dumps(metadata)})
+    for command in ("layers", "evaluate"):
+        line = assert_one_error(invoke(command, relabelled))
+        assert "do not match architecture tiny_lenet" in line and "unexpected" in line
+
+
+def test_empty_data_set(checkpoint_path: Path, empty_npz: Path, tmp_path: Path) -> None:
+    assert_one_error(
+        invoke("evaluate", checkpoint_path, "--data", f"npz:{empty_npz}"),
+        f"the test split of npz:{empty_npz} holds no images; check the data set.",
+    )
+    out = tmp_path / "x.safetensors"
+    result = invoke("train", "--arch", "tiny_vgg", "--data", f"npz:{empty_npz}", "-o", out)
+    assert_one_error(result, contains="holds no images")
+    assert not out.exists()
+
+
+def test_unknown_data_spec(checkpoint_path: Path) -> None:
+    line = assert_one_error(invoke("evaluate", checkpoint_path, "--data", "mnist"))
+    assert line.startswith("error: unknown data spec 'mnist'; use one of digits, cifar10")
+
+
+def test_unknown_arch(tmp_path: Path, foreign_weights: Path) -> None:
+    out = tmp_path / "x.safetensors"
+    line = assert_one_error(invoke("train", "--arch", "tiny_vg", "--epochs", 1, "-o", out))
+    assert "unknown architecture 'tiny_vg'. Did you mean tiny_vgg" in line
+    assert_one_error(
+        invoke("import", foreign_weights, "--arch", "torchvision:resnet19", "-o", out),
+        contains="torchvision has no classification model 'resnet19'. Did you mean resnet18",
+    )
+    assert_one_error(
+        invoke("import", foreign_weights, "-o", out),
+        "give the architecture of the weights with --arch SPEC.",
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "contains"),
+    [
+        (["--arch-kwargs", "{bad"], "--arch-kwargs '{bad' is not valid JSON"),
+        (["--input-size", "0"], "--input-size '0' must be S or HxW"),
+        (["--mean", "a,b"], "--mean 'a,b' must be comma-separated numbers"),
+        (["--std", "0.5,0.5"], "input std has 2 values but the input has 3 channels"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--test-fraction", "1.5"], "test fraction must lie in (0, 1)"),
+    ],
+)
+def test_bad_train_flags(tmp_path: Path, flags: list[str], contains: str) -> None:
+    out = tmp_path / "x.safetensors"
+    assert_one_error(invoke("train", "--arch", "tiny_vgg", *flags, "-o", out), contains=contains)
+    assert not out.exists()
+
+
+def test_output_equal_to_input_is_refused(foreign_weights: Path, checkpoint_path: Path) -> None:
+    digest = sha256_file(foreign_weights)
+    assert_one_error(
+        invoke("import", foreign_weights, "--arch", "tiny_vgg", "-o", foreign_weights),
+        f"output {foreign_weights} is also an input; write to another file.",
+    )
+    assert sha256_file(foreign_weights) == digest
+
+    digest = sha256_file(checkpoint_path)
+    result = invoke("train", "--resume", checkpoint_path, "--epochs", 3, "-o", checkpoint_path)
+    assert_one_error(result, contains="is also an input")
+    assert sha256_file(checkpoint_path) == digest
+
+
+# --- atomic outputs ---------------------------------------------------------------------------
+
+
+def test_failed_import_creates_no_output(tmp_path: Path, foreign_weights: Path) -> None:
+    out = tmp_path / "out.safetensors"
+    line = assert_one_error(invoke("import", foreign_weights, "--arch", "tiny_lenet", "-o", out))
+    assert "do not match architecture tiny_lenet" in line
+    assert not out.exists() and part_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("arch", ["tiny_vg", "model_defs.vgg:tiny_vgg"])
+def test_failed_train_leaves_existing_output(tmp_path: Path, arch: str) -> None:
+    # Both fail after the data is loaded: an unknown name, and a model that does not fit the
+    # digits' native 1×8×8 input.
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"an earlier result")
+    assert_one_error(invoke("train", "--arch", arch, "--data", "digits", "-o", out))
+    assert out.read_bytes() == b"an earlier result"
+    assert not (tmp_path / "model.best.safetensors").exists()
+    assert part_files(tmp_path) == []
+
+
+def test_interrupted_command_exits_130_and_keeps_output(tmp_path: Path) -> None:
+    arch_file = tmp_path / "interrupting.py"
+    arch_file.write_text(
+        textwrap.dedent(
+            """
+            def factory(num_classes=10):
+                raise KeyboardInterrupt
+            """
+        )
+    )
+    out = tmp_path / "model.safetensors"
+    out.write_bytes(b"an earlier result")
+    result = invoke("train", "--arch", f"{arch_file}:factory", "-o", out)
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "error: interrupted; no output was written or replaced."
+    assert out.read_bytes() == b"an earlier result" and part_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("exception", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_interrupted_write_leaves_the_destination(tmp_path: Path, exception) -> None:
+    destination = tmp_path / "result.safetensors"
+    destination.write_bytes(b"old")
+    with pytest.raises(type(exception)), atomic_path(destination) as temporary:
+        assert temporary.parent == tmp_path and temporary.name.endswith(".part")
+        temporary.write_bytes(b"half of the new fi")
+        raise exception
+    assert destination.read_bytes() == b"old"
+    assert part_files(tmp_path) == [] and sorted(tmp_path.iterdir()) == [destination]
+
+    write_bytes_atomic(destination, b"new")
+    assert destination.read_bytes() == b"new" and part_files(tmp_path) == []
+
+
+def test_interrupted_first_write_creates_nothing(tmp_path: Path) -> None:
+    destination = tmp_path / "fresh.safetensors"
+    with pytest.raises(OSError), atomic_path(destination) as temporary:
+        temporary.write_bytes(b"partial")
+        raise OSError("no space left on device")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- --debug and startup ----------------------------------------------------------------------
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "absent.safetensors"
+    result = invoke("--debug", "layers", path)
+    assert isinstance(result.exception, InputFileError)
+    assert result.exit_code == 1 and result.stderr == ""
+    with pytest.raises(InputFileError, match="does not exist"):
+        runner.invoke(app, ["--debug", "layers", str(path)], catch_exceptions=False)
+    from_env = invoke("layers", path, env={"SNPTOOL_DEBUG": "1"})
+    assert isinstance(from_env.exception, InputFileError)
+    # Without the flag the next command is back to one line.
+    assert_one_error(invoke("layers", path))
+
+
+def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
+    path = tmp_path / "absent.safetensors"
+    command = [sys.executable, "-m", "snptool", "--debug", "layers", str(path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 1
+    assert "Traceback (most recent call last)" in completed.stderr
+    assert "snptool.errors.InputFileError" in completed.stderr
+
+
+HELP_SCRIPT = """
+import sys
+from snptool.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+print("TORCH_LOADED", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+def test_help_does_not_import_torch(args: list[str]) -> None:
+    command = [sys.executable, "-c", HELP_SCRIPT, *args]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert "Usage" in completed.stdout
+    assert completed.stdout.strip().splitlines()[-1] == "TORCH_LOADED False"
