@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 import model_defs
@@ -47,7 +48,7 @@ def parse_arch_kwargs(values: list[str] | str | None) -> dict[str, Any]:
                 raise UsageError("--arch-kwargs JSON must be an object like '{\"widths\": [8]}'.")
             result.update(parsed)
             continue
-        for pair in text.split(","):
+        for pair in _split_top_level(text):
             key, sep, raw = pair.partition("=")
             if not sep or not key.strip():
                 raise UsageError(f"--arch-kwargs item {pair!r} is not key=value or a JSON object.")
@@ -56,6 +57,27 @@ def parse_arch_kwargs(values: list[str] | str | None) -> dict[str, Any]:
             except json.JSONDecodeError:
                 result[key.strip()] = raw
     return result
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split `a=1,b=[2,3]` at the commas that are outside brackets and quotes."""
+    parts, depth, quote, current = [], 0, "", []
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def build_model(
@@ -101,6 +123,27 @@ def build_model_from_record(
         dirs = (*dirs, Path(source["path"]).parent)
     model, _ = build_model(record["spec"], record.get("kwargs", {}), search_dirs=dirs)
     return model
+
+
+@torch.no_grad()
+def run_dummy_input(model: nn.Module, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    """Run a batch of two zero inputs of `shape` (C, H, W) in eval mode; return the output.
+
+    A model that cannot take that input gives a one-line UsageError naming `what`.
+    """
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        return model(torch.zeros(2, *shape, device=device))
+    except RuntimeError as error:
+        raise UsageError(
+            f"{what} does not run on a {'x'.join(map(str, shape))} input "
+            f"({str(error).splitlines()[0]}); "
+            "make --channels, --input-size and --arch-kwargs agree."
+        ) from None
+    finally:
+        model.train(was_training)
 
 
 def accepts(factory: Callable, name: str) -> bool:

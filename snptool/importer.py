@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from snptool.architectures import build_model
+from snptool.architectures import build_model, run_dummy_input
 from snptool.checkpoint import (
     EXTRA_SEPARATOR,
     make_metadata,
@@ -29,7 +29,6 @@ from snptool.config import DataConfig, ImportConfig
 from snptool.data import load_data
 from snptool.errors import CheckpointMismatchError, InputFileError, UsageError
 from snptool.files import check_output_path, provenance, require_file
-from snptool.taps import discover_layers
 
 CONTAINER_KEYS = (
     "state_dict",
@@ -180,9 +179,7 @@ def _class_names(config: ImportConfig) -> list[str] | None:
 
 def _output_width(model: nn.Module, config: ImportConfig) -> int:
     """Number of model outputs, found by a forward pass (which also checks the input spec)."""
-    discover_layers(model, config.input)
-    with torch.no_grad():
-        logits = model(torch.zeros(1, *config.input.shape))
+    logits = run_dummy_input(model, config.input.shape, config.arch)
     if logits.ndim != 2:
         raise UsageError(
             f"the model's output has shape {list(logits.shape)}; snptool needs [N, classes] logits."

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snptool.architectures import run_dummy_input
 from snptool.checkpoint import read_checkpoint
 from snptool.config import InputSpec
 from snptool.errors import LayerError
@@ -133,20 +134,11 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_hook(hook(name)))
-    was_training = model.training
-    model.eval()
     try:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(torch.zeros(2, *spec.shape, device=device))
-    except RuntimeError as error:
-        raise LayerError(
-            f"the model does not run on a {'x'.join(map(str, spec.shape))} input "
-            f"({str(error).splitlines()[0]}); check the checkpoint's input spec."
-        ) from None
+        run_dummy_input(model, spec.shape, "the model")
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     probe_taps = set(getattr(model, "probe_taps", []) or [])
     layers = []
     for name in order:

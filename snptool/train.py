@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snptool import console
-from snptool.architectures import build_model, default_input_size
+from snptool.architectures import build_model, default_input_size, run_dummy_input
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.config import DataConfig, InputSpec, TrainConfig, config_to_dict
 from snptool.data import DataSplit, augment_batch, load_data, prepare_batch
@@ -142,7 +142,7 @@ def run_train(
         fallback = default_input_size(arch) or train_data.native_shape or (3, 32, 32)
         spec = (inputs or InputOverrides()).resolve(fallback)
         model, arch_record = build_model(arch, arch_kwargs, num_classes=train_data.num_classes)
-        _check_input(model, spec, arch)
+        run_dummy_input(model, spec.shape, arch)
         history = []
     model.to(device)
     optimizer = torch.optim.SGD(
@@ -201,22 +201,6 @@ def run_train(
         history,
         config_to_dict(config),
     )
-
-
-@torch.no_grad()
-def _check_input(model: nn.Module, spec: InputSpec, arch: str) -> None:
-    """A one-line error, not a traceback, when the model cannot take the input spec."""
-    model.eval()
-    try:
-        model(torch.zeros(2, *spec.shape))
-    except RuntimeError as error:
-        raise UsageError(
-            f"{arch} does not run on a {'x'.join(map(str, spec.shape))} input "
-            f"({str(error).splitlines()[0]}); "
-            "make --channels, --input-size and --arch-kwargs agree."
-        ) from None
-    finally:
-        model.train()
 
 
 def _train_epoch(

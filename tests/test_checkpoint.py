@@ -394,6 +394,8 @@ def test_empty_spec_is_a_usage_error() -> None:
         (["ratio=0.25", '{"depth": 5}'], {"ratio": 0.25, "depth": 5}),
         ("kernel = 5", {"kernel": 5}),
         ("size=null", {"size": None}),
+        ("widths=[32,64,128],dropout=0.1", {"widths": [32, 64, 128], "dropout": 0.1}),
+        ('name="a,b",fc={"x": [1, 2]}', {"name": "a,b", "fc": {"x": [1, 2]}}),
     ],
 )
 def test_parse_arch_kwargs(values, expected) -> None:
