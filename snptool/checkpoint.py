@@ -104,7 +104,7 @@ def write_checkpoint(
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The snptool metadata of a checkpoint, without loading its tensors."""
     path = require_file(path, "checkpoint")
-    header = _read_header(path)
+    header = read_header(path)
     if METADATA_KEY not in header:
         raise InputFileError(
             f"{path} is a safetensors file but not an snptool checkpoint; convert it with "
@@ -150,7 +150,8 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _read_header(path: Path) -> dict[str, str]:
+def read_header(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, with a one-line error for a corrupt file."""
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return handle.metadata() or {}

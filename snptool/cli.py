@@ -15,7 +15,14 @@ from typing import Annotated, Any
 import typer
 
 from snptool import __version__
-from snptool.config import DataConfig, EvaluateConfig, TrainConfig
+from snptool.config import (
+    ClustersConfig,
+    DataConfig,
+    EvaluateConfig,
+    MatrixConfig,
+    ProbeConfig,
+    TrainConfig,
+)
 from snptool.errors import SnpError, UsageError
 
 app = typer.Typer(
@@ -422,6 +429,243 @@ def evaluate(
     rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
     console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
     console.log(f"accuracy {result.accuracy:.4f} on {result.samples} images")
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+def _layer_list(values: list[str] | None) -> list[str]:
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
+LayerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layer", "-l", help="Layer to tap, LAYER or LAYER:UNIT (repeatable, or comma-separated)."
+    ),
+]
+
+
+@_command()
+def probe(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
+    output: OutputOpt,
+    layer: LayerOpt = None,
+    all_layers: Annotated[bool, typer.Option("--all", help="Tap every analysable layer.")] = False,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Probe epochs.")] = ProbeConfig.epochs,
+    batch_size: Annotated[
+        int, typer.Option(help="Probe mini-batch size.")
+    ] = ProbeConfig.batch_size,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Initial learning rate.")
+    ] = ProbeConfig.learning_rate,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = ProbeConfig.momentum,
+    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = ProbeConfig.nesterov,
+    weight_decay: Annotated[
+        float, typer.Option(help="L2 weight decay.")
+    ] = ProbeConfig.weight_decay,
+    lr_decay: Annotated[
+        float, typer.Option(help="lr is multiplied by this every epoch.")
+    ] = ProbeConfig.lr_decay,
+    seed: Annotated[
+        int, typer.Option(help="Seed of initialisation and shuffling.")
+    ] = ProbeConfig.seed,
+    device: DeviceOpt = ProbeConfig.device,
+    memory_budget: Annotated[
+        str, typer.Option(help="Cache features up to this size (e.g. 4GiB), else stream them.")
+    ] = ProbeConfig.memory_budget,
+    forward_batch_size: Annotated[
+        int, typer.Option(help="Batch size of the frozen network's passes.")
+    ] = ProbeConfig.forward_batch_size,
+    tap_input: Annotated[
+        bool, typer.Option("--tap-input", help="Tap the modules' inputs, not outputs.")
+    ] = False,
+    test_fraction: TestFractionOpt = None,
+    split_seed: SplitSeedOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fit a linear probe per layer on the frozen network: the layer accuracy (METHODS.md §4).
+
+    Example: snptool probe model.safetensors --layer features.10 --layer features.20
+    -o probes.safetensors
+    """
+    from snptool import console
+    from snptool.probe import run_probe
+
+    layers = _layer_list(layer)
+    if all_layers == bool(layers):
+        raise UsageError("give either --layer NAME (repeatable) or --all.")
+    config = ProbeConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        seed=seed,
+        device=device,
+        memory_budget=memory_budget,
+        forward_batch_size=forward_batch_size,
+        tap_input=tap_input,
+    )
+    result = run_probe(
+        checkpoint,
+        layers or None,
+        output,
+        config,
+        data_spec=data,
+        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+    )
+    rows = [
+        (t.name, t.unit, t.units, t.positions, t.train_accuracy, t.test_accuracy)
+        for t in result.taps
+    ]
+    console.table(
+        f"probes of {checkpoint} on {result.data} ({result.mode} features); "
+        f"model accuracy {result.model_accuracy:.4f}",
+        ["layer", "unit", "units", "positions", "train accuracy", "layer accuracy"],
+        rows,
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def matrix(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="snptool checkpoint the probes were fitted on.")
+    ],
+    probes: Annotated[Path, typer.Argument(help="Probe file written by `snptool probe`.")],
+    output: OutputOpt,
+    layer: LayerOpt = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Means over train, test or all.")
+    ] = MatrixConfig.split,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Recompute the means on this data spec.")
+    ] = None,
+    device: DeviceOpt = MatrixConfig.device,
+    forward_batch_size: Annotated[
+        int, typer.Option(help="Batch size if the network must run.")
+    ] = MatrixConfig.forward_batch_size,
+    units_per_chunk: Annotated[
+        int, typer.Option(help="Units per computation chunk (0: from a 256 MiB budget).")
+    ] = MatrixConfig.units_per_chunk,
+    test_fraction: TestFractionOpt = None,
+    split_seed: SplitSeedOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Write every unit's labels × labels matrix M[u, c, k] to HDF5 (METHODS.md §5).
+
+    Example: snptool matrix model.safetensors probes.safetensors --split train -o matrices.h5
+    """
+    from snptool import console
+    from snptool.matrix import run_matrix
+
+    config = MatrixConfig(
+        split=split,
+        device=device,
+        forward_batch_size=forward_batch_size,
+        units_per_chunk=units_per_chunk,
+    )
+    result = run_matrix(
+        checkpoint,
+        probes,
+        output,
+        config,
+        layers=_layer_list(layer) or None,
+        data_spec=data,
+        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+    )
+    rows = [
+        (x.layer, x.unit, x.units, x.classes, x.samples, x.accuracy, x.source)
+        for x in result.layers
+    ]
+    console.table(
+        f"matrices ({result.split} split) → {result.output}",
+        ["layer", "unit", "units", "labels", "samples", "layer accuracy", "means from"],
+        rows,
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def clusters(
+    matrices: Annotated[Path, typer.Argument(help="Matrix file written by `snptool matrix`.")],
+    threshold: Annotated[
+        float, typer.Option(help="Mark elements strictly above threshold × the unit's maximum.")
+    ] = ClustersConfig.threshold,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to a copy instead of MATRICES.")
+    ] = None,
+    layer: Annotated[
+        str | None, typer.Option("--layer", help="With --unit: the unit's layer.")
+    ] = None,
+    unit: Annotated[
+        int | None, typer.Option("--unit", help="Show this unit's clusters only.")
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Clusters, noise and SNR of every unit and layer (METHODS.md §6); adds them to the file.
+
+    Example: snptool clusters matrices.h5 --threshold 0.3 --json > summary.json
+    """
+    from snptool import console
+    from snptool.clusters import run_clusters, run_unit_report
+
+    config = ClustersConfig(threshold=threshold)
+    if unit is not None or layer is not None:
+        if unit is None or layer is None:
+            raise UsageError("--unit and --layer go together: --layer NAME --unit N.")
+        report = run_unit_report(matrices, layer, unit, config)
+        console.table(
+            f"{layer} unit {unit}: maximum {report.maximum:.4g}, signal {report.signal}, "
+            f"noise {report.noise} (threshold {report.threshold})",
+            ["cluster", "size", "labels"],
+            [(i + 1, len(c), ", ".join(c)) for i, c in enumerate(report.clusters)],
+        )
+        if json_output:
+            console.emit_json(report.to_json())
+        return
+    result = run_clusters(matrices, config, output=output)
+    columns = [
+        "units",
+        "units_without_clusters",
+        "accuracy",
+        "mean_cluster_size",
+        "clusters_per_unit",
+        "labels_per_unit",
+        "noise_per_unit",
+        "snr",
+    ]
+    console.table(
+        f"clusters (threshold {result.threshold}) → {result.output}",
+        [
+            "layer",
+            "units",
+            "no clusters",
+            "layer acc",
+            "cluster size",
+            "clusters/unit",
+            "labels/unit",
+            "noise/unit",
+            "SNR",
+        ],
+        [
+            (row["layer"], *(row[c] if row[c] is not None else float("nan") for c in columns))
+            for row in result.layers
+        ],
+    )
     if json_output:
         console.emit_json(result.to_json())
 

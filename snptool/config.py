@@ -166,6 +166,111 @@ class ImportConfig:
     strict: bool = True
 
 
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The papers' probe recipe (METHODS.md §4): bias-free linear read-out per tapped layer.
+
+    Decision: features are computed once and cached when they fit `memory_budget` (bytes);
+    otherwise every epoch streams the data through the frozen network. Both orders of
+    mini-batches are the same, so both give the same probe.
+    """
+
+    epochs: int = 200
+    batch_size: int = 100
+    learning_rate: float = 0.01
+    momentum: float = 0.975
+    nesterov: bool = True
+    weight_decay: float = 1e-3
+    lr_decay: float = 0.975
+    seed: int = 0
+    device: str = "auto"
+    memory_budget: str = "4GiB"
+    forward_batch_size: int = 250
+    tap_input: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, not {self.batch_size}"),
+            (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
+            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), not {self.momentum}"),
+            (self.weight_decay >= 0, f"weight decay must be >= 0, not {self.weight_decay}"),
+            (0 < self.lr_decay <= 1, f"lr decay must lie in (0, 1], not {self.lr_decay}"),
+            (self.forward_batch_size >= 1, "forward batch size must be at least 1"),
+            (not (self.nesterov and self.momentum == 0), "Nesterov needs a momentum > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message + ".")
+        parse_bytes(self.memory_budget)
+        check_device(self.device)
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return parse_bytes(self.memory_budget)
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    """Single-unit matrices (METHODS.md §5). Decision: `split` train (the papers' text) or
+    test (the authors' code)."""
+
+    split: str = "train"
+    device: str = "auto"
+    forward_batch_size: int = 250
+    units_per_chunk: int = 0
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
+        check_device(self.device)
+        if self.units_per_chunk < 0:
+            raise UsageError("units per chunk must be >= 0 (0 picks it from a 256 MiB budget).")
+
+
+@dataclass(frozen=True)
+class ClustersConfig:
+    """The cluster rule (METHODS.md §6): elements strictly above `threshold` × the unit's max."""
+
+    threshold: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold < 1.0:
+            raise UsageError(f"threshold must lie in [0, 1), not {self.threshold}.")
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'4GiB', '512MB', '1e9' → bytes."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().lower()
+    number = value.rstrip("abcdefghijklmnopqrstuvwxyz ")
+    unit = value[len(number) :].strip()
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _UNITS or amount < 0:
+        raise UsageError(f"memory size {text!r} is not a size like 4GiB, 512MiB or 2e9.")
+    return int(amount * _UNITS[unit])
+
+
 SPLITS = ("train", "test", "all")
 DEVICES = ("auto", "cpu", "cuda")
 

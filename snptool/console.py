@@ -115,8 +115,20 @@ def format_cell(value: Any) -> str:
 
 def emit_json(payload: Any) -> None:
     """Print a machine-readable result on stdout."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    text = json.dumps(_finite(payload), indent=2, default=_json_default, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities become null, so stdout is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:

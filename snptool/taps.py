@@ -186,3 +186,177 @@ def run_layers(
     if names:
         layers = [layer for layer in layers if layer.layer in names]
     return LayersResult(str(checkpoint_path), layers)
+
+
+@dataclass(frozen=True)
+class Tap:
+    """One tapped tensor: a module's output (or input) read as units of one kind.
+
+    Its `name` keys every file snptool writes: `features.10`, `features.10@input`, and
+    `blocks.0.attn.heads:head` when the unit kind is not the first that applies.
+    """
+
+    layer: str
+    unit: str
+    tap_input: bool = False
+    shape: tuple[int, ...] = ()
+    units: int = 0
+    positions: int = 0
+    default_unit: bool = True
+
+    @property
+    def name(self) -> str:
+        name = self.layer + ("@input" if self.tap_input else "")
+        return name if self.default_unit else f"{name}:{self.unit}"
+
+    def view(self, tensor: torch.Tensor) -> torch.Tensor:
+        return UNIT_KINDS[self.unit].view(tensor)
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the last tap: the rest of the network is not needed."""
+
+
+def parse_tap_request(text: str) -> tuple[str, str | None]:
+    """`LAYER` or `LAYER:UNIT` → (layer, unit kind or None)."""
+    layer, sep, unit = text.rpartition(":")
+    if sep and unit in UNIT_KINDS:
+        return layer, unit
+    return text, None
+
+
+class TapRecorder:
+    """Capture several taps in ONE forward pass, as [N, U, P] tensors.
+
+    The forward pass stops right after the last tap fires, so tapping early layers costs
+    only the network up to them.
+    """
+
+    def __init__(
+        self, model: nn.Module, requests: list[str], spec: InputSpec, *, tap_input: bool = False
+    ):
+        self.model = model
+        self.taps = resolve_taps(model, requests, spec, tap_input=tap_input)
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._last = self.taps[-1].name if self.taps else None
+        self._stop = True
+
+    def run(
+        self, x: torch.Tensor, *, full: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The tapped tensors for a batch of model inputs, and the logits if `full`.
+
+        Without `full` the forward pass stops after the last tap.
+        """
+        self._outputs = {}
+        self._stop = not full
+        handles = [self._hook(tap) for tap in self.taps]
+        logits = None
+        try:
+            logits = self.model(x)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return self._outputs, logits
+
+    def _hook(self, tap: Tap):
+        module = self.model.get_submodule(tap.layer)
+
+        def store(tensor: torch.Tensor) -> None:
+            # a copy: a later in-place op (ReLU(inplace=True)) must not change what was tapped
+            self._outputs[tap.name] = tap.view(tensor.detach()).clone()
+            if self._stop and tap.name == self._last and len(self._outputs) == len(self.taps):
+                raise _StopForward
+
+        if tap.tap_input:
+            return module.register_forward_pre_hook(lambda m, args: store(args[0]))
+        return module.register_forward_hook(lambda m, args, output: store(output))
+
+
+@torch.no_grad()
+def resolve_taps(
+    model: nn.Module, requests: list[str], spec: InputSpec, *, tap_input: bool = False
+) -> list[Tap]:
+    """Check the requested layers and find their shapes; return taps in forward order."""
+    if not requests:
+        raise LayerError(
+            "no layer given; pass --layer NAME (see `snptool layers CHECKPOINT`) or --all."
+        )
+    parsed = [parse_tap_request(text) for text in requests]
+    for layer, _ in parsed:
+        resolve_layer(model, layer)
+    seen: dict[str, tuple[int, ...]] = {}
+    calls: dict[str, int] = {}
+    order: list[str] = []
+    handles = []
+    for layer in dict.fromkeys(layer for layer, _ in parsed):
+        module = model.get_submodule(layer)
+
+        def record(tensor: Any, layer: str = layer) -> None:
+            if isinstance(tensor, torch.Tensor):
+                if layer not in seen:
+                    order.append(layer)
+                seen[layer] = tuple(tensor.shape)
+                calls[layer] = calls.get(layer, 0) + 1
+
+        if tap_input:
+            handles.append(
+                module.register_forward_pre_hook(lambda m, a, r=record: r(a[0] if a else None))
+            )
+        else:
+            handles.append(module.register_forward_hook(lambda m, a, o, r=record: r(o)))
+    try:
+        run_dummy_input(model, spec.shape, "the model")
+    finally:
+        for handle in handles:
+            handle.remove()
+    taps = []
+    for layer, unit in parsed:
+        where = f"the {'input' if tap_input else 'output'} of {layer}"
+        if layer not in seen:
+            raise LayerError(
+                f"{where} is not a tensor or the module never runs; tap another layer."
+            )
+        if calls[layer] > 1:
+            raise LayerError(
+                f"{layer} runs {calls[layer]} times per forward pass, so its output is ambiguous; "
+                "tap a module that runs once."
+            )
+        shape = seen[layer]
+        kinds = [k for k in UNIT_KINDS.values() if k.applies(shape)]
+        if not kinds:
+            raise LayerError(f"{where} has shape {list(shape)}, which no unit kind reads.")
+        kind = UNIT_KINDS[unit] if unit else kinds[0]
+        if kind not in kinds:
+            names = ", ".join(k.name for k in kinds)
+            raise LayerError(f"{where} has shape {list(shape)}; read it as {names}, not {unit}.")
+        units, positions = kind.view(torch.empty(shape, device="meta")).shape[1:]
+        taps.append(
+            Tap(
+                layer, kind.name, tap_input, shape[1:], int(units), int(positions), kind is kinds[0]
+            )
+        )
+    names = [tap.name for tap in taps]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise LayerError(f"layer {sorted(duplicates)[0]} is requested twice; name each layer once.")
+    return sorted(taps, key=lambda tap: order.index(tap.layer))
+
+
+def analysable_layers(model: nn.Module, spec: InputSpec) -> list[str]:
+    """What `--all` taps: the model's declared probe taps, else every leaf module that runs
+    once per forward pass and whose output a unit kind reads."""
+    declared = list(getattr(model, "probe_taps", []) or [])
+    if declared:
+        return declared
+    leaves = {
+        name for name, module in model.named_modules() if name and not list(module.children())
+    }
+    found = [
+        info.layer
+        for info in discover_layers(model, spec)
+        if info.layer in leaves and info.calls == 1
+    ]
+    return list(dict.fromkeys(found))

@@ -25,6 +25,7 @@ FOUNDATION = {
     "checkpoint",
     "data",
     "taps",
+    "matrix_file",
 }
 STEPS = [
     "evaluate",

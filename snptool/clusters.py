@@ -1,0 +1,282 @@
+"""`snptool clusters`: clusters, noise and SNR of every unit's matrix (METHODS.md §6).
+
+For one unit: normalise the matrix by its maximum, mark elements strictly above the
+threshold (a unit whose maximum is <= 0 has no clusters and no noise), then grow greedy
+squares from the marked diagonal labels in ascending order. Signal = Σ |cluster|²,
+noise = marked − signal. Written to /layers/<tap>/clusters/ of the matrix file:
+
+    count [U]            clusters per unit          labels [U]   labels in clusters
+    signal [U], noise [U], maximum [U]
+    members [n]          the clusters' labels, concatenated (int32)
+    cluster_offsets [K+1]  cluster k is members[cluster_offsets[k]:cluster_offsets[k+1]]
+    unit_offsets [U+1]     unit u owns clusters unit_offsets[u]:unit_offsets[u+1]
+    attrs: threshold, statistics (JSON of the layer figures)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from snptool import console
+from snptool.config import ClustersConfig
+from snptool.errors import UsageError
+from snptool.files import check_output_path
+from snptool.matrix_file import (
+    class_names,
+    edit_matrix_file,
+    layer_group,
+    layer_names,
+    open_matrix_file,
+)
+
+UNITS_PER_READ = 256
+
+
+def find_clusters(marked: np.ndarray) -> list[list[int]]:
+    """Greedy squares on a boolean [C, C] matrix, from the marked diagonal, ascending."""
+    remaining = [int(j) for j in np.flatnonzero(np.diagonal(marked))]
+    clusters = []
+    while remaining:
+        cluster = [remaining.pop(0)]
+        compatible = marked[cluster[0], :] & marked[:, cluster[0]]
+        for candidate in list(remaining):
+            if compatible[candidate]:
+                cluster.append(candidate)
+                remaining.remove(candidate)
+                compatible &= marked[candidate, :] & marked[:, candidate]
+        clusters.append(cluster)
+    return clusters
+
+
+@dataclass(frozen=True)
+class UnitClusters:
+    clusters: list[list[int]]
+    signal: int
+    noise: int
+    maximum: float
+
+
+def unit_clusters(matrix: np.ndarray, threshold: float) -> UnitClusters:
+    """The clusters, signal and noise of one unit's [C, C] matrix."""
+    maximum = float(matrix.max())
+    if not maximum > 0:
+        return UnitClusters([], 0, 0, maximum)
+    marked = matrix / maximum > threshold
+    clusters = find_clusters(marked)
+    signal = sum(len(c) ** 2 for c in clusters)
+    return UnitClusters(clusters, signal, int(marked.sum()) - signal, maximum)
+
+
+@dataclass
+class LayerClusters:
+    """Every unit's clusters of one layer, as flat arrays (the file layout)."""
+
+    count: np.ndarray
+    labels: np.ndarray
+    signal: np.ndarray
+    noise: np.ndarray
+    maximum: np.ndarray
+    members: np.ndarray
+    cluster_offsets: np.ndarray
+    unit_offsets: np.ndarray
+
+    @classmethod
+    def from_units(cls, units: list[UnitClusters]) -> LayerClusters:
+        clusters = [c for unit in units for c in unit.clusters]
+        sizes = np.array([len(c) for c in clusters], dtype=np.int64)
+        return cls(
+            count=np.array([len(u.clusters) for u in units], dtype=np.int32),
+            labels=np.array([sum(len(c) for c in u.clusters) for u in units], dtype=np.int32),
+            signal=np.array([u.signal for u in units], dtype=np.int64),
+            noise=np.array([u.noise for u in units], dtype=np.int64),
+            maximum=np.array([u.maximum for u in units], dtype=np.float32),
+            members=np.array([j for c in clusters for j in c], dtype=np.int32),
+            cluster_offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            unit_offsets=np.concatenate([[0], np.cumsum([len(u.clusters) for u in units])]).astype(
+                np.int64
+            ),
+        )
+
+    def clusters_of(self, unit: int) -> list[list[int]]:
+        first, last = self.unit_offsets[unit], self.unit_offsets[unit + 1]
+        return [
+            self.members[self.cluster_offsets[k] : self.cluster_offsets[k + 1]].tolist()
+            for k in range(first, last)
+        ]
+
+    def label_sets(self) -> list[set[int]]:
+        """Λ(u): the union of each unit's clusters."""
+        return [set(j for c in self.clusters_of(u) for j in c) for u in range(len(self.count))]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def layer_statistics(layer: LayerClusters) -> dict[str, Any]:
+    """Per-layer figures (METHODS.md §6.5–6): averages over units with clusters, and over all."""
+    with_clusters = layer.count > 0
+    sizes = np.diff(layer.cluster_offsets)
+    signal, noise = _mean(layer.signal[with_clusters]), _mean(layer.noise[with_clusters])
+    labels = _mean(layer.labels[with_clusters])
+    return {
+        "units": int(len(layer.count)),
+        "units_without_clusters": int((~with_clusters).sum()),
+        "mean_cluster_size": _mean(sizes),
+        "clusters_per_unit": _mean(layer.count[with_clusters]),
+        "labels_per_unit": labels,
+        "noise_per_unit": noise,
+        "signal_per_unit": signal,
+        "snr": _ratio(signal, noise),
+        "snr_labels": _ratio(labels, noise),
+        "all_units": {
+            "clusters_per_unit": _mean(layer.count),
+            "labels_per_unit": _mean(layer.labels),
+            "noise_per_unit": _mean(layer.noise),
+            "signal_per_unit": _mean(layer.signal),
+        },
+    }
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """SNR; None (JSON null) where the noise is 0 or nothing was measured."""
+    if math.isnan(numerator) or math.isnan(denominator) or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def cluster_layer(
+    dataset, threshold: float, task: console.ProgressTask | None = None
+) -> LayerClusters:
+    """Clusters of every unit of an HDF5 [U, C, C] dataset, read a few units at a time."""
+    units = []
+    for start in range(0, dataset.shape[0], UNITS_PER_READ):
+        for matrix in dataset[start : start + UNITS_PER_READ]:
+            units.append(unit_clusters(matrix, threshold))
+        if task is not None:
+            task.advance(min(UNITS_PER_READ, dataset.shape[0] - start))
+    return LayerClusters.from_units(units)
+
+
+def write_layer_clusters(group, layer: LayerClusters, threshold: float, statistics: dict) -> None:
+    if "clusters" in group:
+        del group["clusters"]
+    target = group.create_group("clusters")
+    for name in (
+        "count",
+        "labels",
+        "signal",
+        "noise",
+        "maximum",
+        "members",
+        "cluster_offsets",
+        "unit_offsets",
+    ):
+        target.create_dataset(name, data=getattr(layer, name))
+    target.attrs["threshold"] = threshold
+    target.attrs["rule"] = (
+        "strictly above threshold x unit maximum; greedy squares from the diagonal"
+    )
+    target.attrs["statistics"] = json.dumps(statistics)
+
+
+def read_layer_clusters(group) -> LayerClusters:
+    if "clusters" not in group:
+        raise UsageError(
+            "the matrix file has no clusters yet; run `snptool clusters MATRICES.h5` first."
+        )
+    target = group["clusters"]
+    return LayerClusters(
+        **{
+            name: target[name][()]
+            for name in (
+                "count",
+                "labels",
+                "signal",
+                "noise",
+                "maximum",
+                "members",
+                "cluster_offsets",
+                "unit_offsets",
+            )
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ClustersResult:
+    output: str
+    threshold: float
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.layers
+
+
+def run_clusters(
+    matrices_path: str | Path,
+    config: ClustersConfig | None = None,
+    *,
+    output: str | Path | None = None,
+) -> ClustersResult:
+    """Find the clusters of every layer; write them into the matrix file (or a copy at `output`)."""
+    config = config or ClustersConfig()
+    destination = Path(output) if output else Path(matrices_path)
+    if output:
+        check_output_path(output, matrices_path)
+    rows = []
+    with edit_matrix_file(matrices_path, destination) as handle:
+        for name in layer_names(handle):
+            group = layer_group(handle, name)
+            dataset = group["matrix"]
+            with console.progress(f"clusters {name}", dataset.shape[0]) as task:
+                layer = cluster_layer(dataset, config.threshold, task)
+            statistics = layer_statistics(layer)
+            write_layer_clusters(group, layer, config.threshold, statistics)
+            rows.append(
+                {
+                    "layer": name,
+                    "accuracy": float(dataset.attrs.get("accuracy", float("nan"))),
+                    **statistics,
+                }
+            )
+    return ClustersResult(str(destination), config.threshold, rows)
+
+
+@dataclass(frozen=True)
+class UnitReport:
+    layer: str
+    unit: int
+    threshold: float
+    clusters: list[list[str]]
+    signal: int
+    noise: int
+    maximum: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+def run_unit_report(
+    matrices_path: str | Path, layer: str, unit: int, config: ClustersConfig | None = None
+) -> UnitReport:
+    """One unit's clusters, with class names, computed from its matrix."""
+    config = config or ClustersConfig()
+    with open_matrix_file(matrices_path) as handle:
+        dataset = layer_group(handle, layer)["matrix"]
+        if not 0 <= unit < dataset.shape[0]:
+            raise UsageError(
+                f"layer {layer} has units 0..{dataset.shape[0] - 1}; --unit {unit} is not one."
+            )
+        result = unit_clusters(dataset[unit], config.threshold)
+        names = class_names(handle)
+    clusters = [[names[j] for j in cluster] for cluster in result.clusters]
+    return UnitReport(
+        layer, unit, config.threshold, clusters, result.signal, result.noise, result.maximum
+    )

@@ -1,0 +1,117 @@
+"""The HDF5 file of single-unit matrices and clusters (schema in the README).
+
+    /                         attrs: snptool (JSON: provenance, checkpoint, data, split),
+                              class_names, format_version
+    /true_label, /output_label  [C] int32 dimension scales (attr class_names)
+    /layers/<tap>/unit        [U] int32 dimension scale
+    /layers/<tap>/matrix      [U, C, C] float32, rows = true label, columns = output label;
+                              attrs unit, units, positions, split, samples, accuracy, layer
+    /layers/<tap>/clusters/   written by `snptool clusters` (see clusters.py)
+
+Plain h5py (or xarray with the h5netcdf engine) reads it without snptool.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from snptool.errors import InputFileError, LayerError
+from snptool.files import atomic_path, require_file
+
+FORMAT_VERSION = 1
+CHUNK_BYTES = 1 << 20
+
+
+def create_matrix_file(handle: h5py.File, class_names: list[str], metadata: dict[str, Any]) -> None:
+    """Root attributes and the two label dimension scales."""
+    handle.attrs["format_version"] = FORMAT_VERSION
+    handle.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
+    handle.attrs["snptool"] = json.dumps(metadata, sort_keys=True)
+    for name in ("true_label", "output_label"):
+        scale = handle.create_dataset(name, data=np.arange(len(class_names), dtype=np.int32))
+        scale.attrs["class_names"] = np.array(class_names, dtype=h5py.string_dtype())
+        scale.make_scale(name)
+    handle.create_group("layers")
+
+
+def create_layer(
+    handle: h5py.File, name: str, units: int, classes: int, attrs: dict[str, Any]
+) -> h5py.Dataset:
+    """An empty [U, C, C] matrix dataset for one tap, chunked by whole units."""
+    group = handle["layers"].create_group(name)
+    unit_scale = group.create_dataset("unit", data=np.arange(units, dtype=np.int32))
+    unit_scale.make_scale("unit")
+    per_chunk = max(1, min(units, CHUNK_BYTES // (4 * classes * classes)))
+    matrix = group.create_dataset(
+        "matrix",
+        shape=(units, classes, classes),
+        dtype=np.float32,
+        chunks=(per_chunk, classes, classes),
+    )
+    matrix.dims[0].attach_scale(unit_scale)
+    matrix.dims[1].attach_scale(handle["true_label"])
+    matrix.dims[2].attach_scale(handle["output_label"])
+    for dim, label in enumerate(("unit", "true_label", "output_label")):
+        matrix.dims[dim].label = label
+    for key, value in attrs.items():
+        matrix.attrs[key] = value
+    return matrix
+
+
+@contextmanager
+def open_matrix_file(path: str | Path, mode: str = "r") -> Iterator[h5py.File]:
+    """Open an existing matrix file, with one-line errors for missing or corrupt files."""
+    path = require_file(path, "matrix file")
+    try:
+        handle = h5py.File(path, mode)
+    except OSError as error:
+        raise InputFileError(
+            f"{path} is not a readable HDF5 file ({str(error).splitlines()[0]}); "
+            "it may be truncated."
+        ) from None
+    with handle:
+        if "layers" not in handle or "format_version" not in handle.attrs:
+            raise InputFileError(
+                f"{path} is not an snptool matrix file; make one with `snptool matrix`."
+            )
+        yield handle
+
+
+@contextmanager
+def edit_matrix_file(source: str | Path, destination: str | Path) -> Iterator[h5py.File]:
+    """Edit a copy of `source` and rename it to `destination`: an interruption loses nothing."""
+    with open_matrix_file(source):
+        pass
+    with atomic_path(destination) as temporary:
+        shutil.copyfile(source, temporary)
+        with h5py.File(temporary, "r+") as handle:
+            yield handle
+
+
+def class_names(handle: h5py.File) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in handle.attrs["class_names"]]
+
+
+def layer_names(handle: h5py.File) -> list[str]:
+    """Tap names in the order they were written."""
+    group = handle["layers"]
+    return sorted(group, key=lambda name: group[name].attrs.get("order", 0))
+
+
+def layer_group(handle: h5py.File, name: str) -> h5py.Group:
+    if name not in handle["layers"]:
+        known = ", ".join(layer_names(handle))
+        raise LayerError(f"the matrix file has no layer {name!r}; it has {known}.")
+    return handle["layers"][name]
+
+
+def metadata(handle: h5py.File) -> dict[str, Any]:
+    return json.loads(handle.attrs["snptool"])

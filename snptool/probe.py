@@ -1,0 +1,404 @@
+"""`snptool probe`: layer accuracy from one bias-free linear read-out per tapped layer.
+
+METHODS.md §4. The frozen network runs once per split, tapping every requested layer in the
+same forward pass; that pass also sums the per-class activations (the means `matrix` needs).
+Probes train on cached features when they fit the memory budget, else on features streamed
+from the network every epoch, in the same mini-batch order.
+
+Output (safetensors): `probe/<tap>` [C, U, P], `mean/<split>/<tap>` [C, U, P],
+`count/<split>` [C], and the metadata document under the key `snptool` (kind "probes").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from snptool import console
+from snptool.checkpoint import Checkpoint, read_checkpoint, read_header
+from snptool.config import DataConfig, InputSpec, ProbeConfig, config_to_dict
+from snptool.data import DataSplit, load_data, prepare_batch
+from snptool.devices import resolve_device, seed_everything
+from snptool.errors import InputFileError
+from snptool.evaluate import check_classes
+from snptool.files import atomic_path, check_output_path, provenance, require_file
+from snptool.taps import Tap, TapRecorder, analysable_layers
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "test")
+
+
+@dataclass
+class SplitPass:
+    """What one forward pass over a split yields: class sums and counts, maybe features."""
+
+    sums: dict[str, torch.Tensor]  # [C, U·P] float64
+    counts: torch.Tensor  # [C]
+    labels: torch.Tensor  # [N]
+    features: dict[str, torch.Tensor] | None  # [N, U·P] float32 when cached
+    model_correct: int = 0
+
+    def means(self, name: str) -> torch.Tensor:
+        return (self.sums[name] / self.counts.clamp(min=1)[:, None].double()).float()
+
+    @property
+    def model_accuracy(self) -> float:
+        return self.model_correct / max(1, len(self.labels))
+
+
+@dataclass(frozen=True)
+class TapProbe:
+    name: str
+    layer: str
+    unit: str
+    units: int
+    positions: int
+    train_accuracy: float
+    test_accuracy: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    output: str
+    checkpoint: str
+    data: str
+    mode: str
+    model_accuracy: float
+    taps: list[TapProbe] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "checkpoint": self.checkpoint,
+            "data": self.data,
+            "mode": self.mode,
+            "model_accuracy": self.model_accuracy,
+            "layers": [tap.to_json() for tap in self.taps],
+            "seconds": self.seconds,
+        }
+
+
+@torch.no_grad()
+def run_split(
+    model: nn.Module,
+    recorder: TapRecorder,
+    data: DataSplit,
+    spec: InputSpec,
+    *,
+    batch_size: int,
+    device: torch.device,
+    cache: bool,
+    description: str,
+) -> SplitPass:
+    """One pass over `data`: per-class sums of every tap (and the features, if `cache`)."""
+    classes = data.num_classes
+    sums = {
+        t.name: torch.zeros(classes, t.units * t.positions, dtype=torch.float64, device=device)
+        for t in recorder.taps
+    }
+    counts = torch.zeros(classes, dtype=torch.long)
+    features = (
+        {t.name: torch.empty(len(data), t.units * t.positions) for t in recorder.taps}
+        if cache
+        else None
+    )
+    correct, start = 0, 0
+    with console.progress(description, data.num_batches(batch_size)) as task:
+        for images, labels in data.batches(spec, batch_size):
+            outputs, logits = recorder.run(prepare_batch(images.to(device), spec), full=True)
+            on_device = labels.to(device)
+            for name, tensor in outputs.items():
+                flat = tensor.reshape(len(labels), -1)
+                sums[name].index_add_(0, on_device, flat.double())
+                if features is not None:
+                    features[name][start : start + len(labels)] = flat.cpu()
+            correct += int((logits.argmax(1) == on_device).sum())
+            counts += torch.bincount(labels, minlength=classes)
+            start += len(labels)
+            task.advance()
+    return SplitPass(
+        {k: v.cpu() for k, v in sums.items()}, counts, data.labels.clone(), features, correct
+    )
+
+
+def feature_bytes(taps: list[Tap], samples: int) -> int:
+    return 4 * samples * sum(t.units * t.positions for t in taps)
+
+
+def epoch_order(samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The mini-batch order of one probe epoch (the same in cached and streamed mode)."""
+    return np.random.default_rng(seed * 100_003 + epoch).permutation(samples)
+
+
+def cached_batches(
+    split: SplitPass, order: np.ndarray, batch_size: int
+) -> Iterator[tuple[dict, torch.Tensor]]:
+    for start in range(0, len(order), batch_size):
+        index = torch.as_tensor(order[start : start + batch_size])
+        yield {name: values[index] for name, values in split.features.items()}, split.labels[index]
+
+
+def streamed_batches(
+    recorder: TapRecorder,
+    data: DataSplit,
+    spec: InputSpec,
+    order: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[dict, torch.Tensor]]:
+    with torch.no_grad():
+        for images, labels in data.images.batches(order, batch_size, spec, data.config.workers):
+            outputs, _ = recorder.run(prepare_batch(images.to(device), spec))
+            yield {name: t.reshape(len(labels), -1) for name, t in outputs.items()}, labels
+
+
+def fit_probes(
+    taps: list[Tap],
+    num_classes: int,
+    batches_of_epoch,
+    samples: int,
+    config: ProbeConfig,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Train one bias-free Linear(U·P, C) per tap; return the weights [C, U·P] by tap name.
+
+    `batches_of_epoch(epoch)` yields ({tap: [B, U·P]}, labels). SGD with Nesterov momentum,
+    weight decay and lr × `lr_decay` every epoch; init uniform in ±1/sqrt(U·P).
+    """
+    seed_everything(config.seed)
+    probes = nn.ModuleDict()
+    for tap in taps:
+        linear = nn.Linear(tap.units * tap.positions, num_classes, bias=False)
+        bound = 1.0 / math.sqrt(tap.units * tap.positions)
+        nn.init.uniform_(linear.weight, -bound, bound)
+        probes[_module_key(tap.name)] = linear
+    probes.to(device)
+    optimizer = torch.optim.SGD(
+        probes.parameters(),
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    steps = config.epochs * math.ceil(samples / config.batch_size)
+    with console.progress("probe", steps) as task:
+        for epoch in range(config.epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * config.lr_decay**epoch
+            total = 0.0
+            for features, labels in batches_of_epoch(epoch):
+                labels = labels.to(device)
+                loss = sum(
+                    F.cross_entropy(
+                        probes[_module_key(tap.name)](features[tap.name].to(device)), labels
+                    )
+                    for tap in taps
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                task.advance()
+            task.describe(
+                f"probe epoch {epoch + 1}/{config.epochs} loss {total / max(1, len(taps)):.3g}"
+            )
+    return {tap.name: probes[_module_key(tap.name)].weight.detach().cpu() for tap in taps}
+
+
+def _module_key(name: str) -> str:
+    return name.replace(".", "_").replace("@", "__").replace(":", "___")
+
+
+@torch.no_grad()
+def probe_accuracy(weights: dict[str, torch.Tensor], batches) -> dict[str, float]:
+    """Top-1 accuracy of each probe over the batches ({tap: [B, U·P]}, labels)."""
+    correct = dict.fromkeys(weights, 0)
+    seen = 0
+    for features, labels in batches:
+        for name, weight in weights.items():
+            logits = features[name].to(weight.device) @ weight.T
+            correct[name] += int((logits.argmax(1).cpu() == labels).sum())
+        seen += len(labels)
+    return {name: value / max(1, seen) for name, value in correct.items()}
+
+
+def run_probe(
+    checkpoint_path: str | Path,
+    layers: list[str] | None,
+    output: str | Path,
+    config: ProbeConfig | None = None,
+    *,
+    data_spec: str | None = None,
+    data_config: DataConfig | None = None,
+) -> ProbeResult:
+    """Fit probes on `layers` (None: every analysable layer) and write the probe file."""
+    config = config or ProbeConfig()
+    check_output_path(output, checkpoint_path)
+    device = resolve_device(config.device)
+    checkpoint = read_checkpoint(checkpoint_path, device)
+    spec = checkpoint.input_spec
+    layers = layers or analysable_layers(checkpoint.model, spec)
+    recorder = TapRecorder(checkpoint.model, layers, spec, tap_input=config.tap_input)
+    data_spec = data_spec or checkpoint.metadata.get("data") or "digits"
+    data_config = (data_config or DataConfig()).inherit(checkpoint.metadata)
+    splits = {name: load_data(data_spec, name, data_config) for name in SPLITS}
+    for split in splits.values():
+        check_classes(checkpoint, split)
+    needed = sum(feature_bytes(recorder.taps, len(split)) for split in splits.values())
+    cache = needed <= config.memory_budget_bytes
+    mode = "cached" if cache else "streamed"
+    if not cache:
+        console.log(
+            f"features need {needed / 2**30:.2f} GiB > budget {config.memory_budget}: "
+            "streaming them from the network every epoch"
+        )
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    passes = {
+        name: run_split(
+            checkpoint.model,
+            recorder,
+            split,
+            spec,
+            batch_size=config.forward_batch_size,
+            device=device,
+            cache=cache,
+            description=f"features ({name})",
+        )
+        for name, split in splits.items()
+    }
+    timings["forward"] = time.perf_counter() - started
+
+    def batches_of(name: str, order: np.ndarray):
+        if cache:
+            return cached_batches(passes[name], order, config.batch_size)
+        return streamed_batches(recorder, splits[name], spec, order, config.batch_size, device)
+
+    started = time.perf_counter()
+    samples = len(splits["train"])
+    weights = fit_probes(
+        recorder.taps,
+        checkpoint.num_classes,
+        lambda epoch: batches_of("train", epoch_order(samples, config.seed, epoch)),
+        samples,
+        config,
+        device,
+    )
+    timings["fit"] = time.perf_counter() - started
+    device_weights = {name: w.to(device) for name, w in weights.items()}
+    accuracy = {
+        name: probe_accuracy(device_weights, batches_of(name, np.arange(len(split))))
+        for name, split in splits.items()
+    }
+    results = [
+        TapProbe(
+            tap.name,
+            tap.layer,
+            tap.unit,
+            tap.units,
+            tap.positions,
+            accuracy["train"][tap.name],
+            accuracy["test"][tap.name],
+        )
+        for tap in recorder.taps
+    ]
+    metadata = _probe_metadata(
+        checkpoint, splits, results, recorder.taps, passes, config, mode, checkpoint_path
+    )
+    tensors = {}
+    for tap in recorder.taps:
+        shape = (checkpoint.num_classes, tap.units, tap.positions)
+        tensors[f"probe/{tap.name}"] = weights[tap.name].reshape(shape).contiguous()
+        for split_name, split_pass in passes.items():
+            tensors[f"mean/{split_name}/{tap.name}"] = (
+                split_pass.means(tap.name).reshape(shape).contiguous()
+            )
+    for split_name, split_pass in passes.items():
+        tensors[f"count/{split_name}"] = split_pass.counts
+    with atomic_path(output) as temporary:
+        save_file(
+            tensors, str(temporary), metadata={"snptool": json.dumps(metadata, sort_keys=True)}
+        )
+    return ProbeResult(
+        str(output),
+        str(checkpoint_path),
+        data_spec,
+        mode,
+        passes["test"].model_accuracy,
+        results,
+        timings,
+    )
+
+
+def _probe_metadata(
+    checkpoint: Checkpoint, splits, results, taps, passes, config, mode, checkpoint_path
+) -> dict:
+    return {
+        "kind": "probes",
+        "format_version": FORMAT_VERSION,
+        "checkpoint": {"path": str(checkpoint_path), "sha256": checkpoint.sha256},
+        "class_names": checkpoint.class_names,
+        "data": {name: split.record() for name, split in splits.items()},
+        "model_accuracy": {name: p.model_accuracy for name, p in passes.items()},
+        "taps": [
+            {**result.to_json(), "tap_input": tap.tap_input, "shape": list(tap.shape)}
+            for result, tap in zip(results, taps, strict=True)
+        ],
+        "config": config_to_dict(config),
+        "mode": mode,
+        "provenance": provenance({"checkpoint": checkpoint_path}),
+    }
+
+
+class ProbeFile:
+    """A probe file opened lazily: metadata, weights and means by tap name."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = require_file(path, "probe file")
+        header = read_header(self.path)
+        with safe_open(str(self.path), framework="pt") as handle:
+            self.keys = set(handle.keys())  # noqa: SIM118
+        try:
+            self.metadata = json.loads(header["snptool"])
+        except (KeyError, json.JSONDecodeError):
+            raise InputFileError(
+                f"{self.path} is not an snptool probe file; make one with `snptool probe`."
+            ) from None
+        if self.metadata.get("kind") != "probes":
+            raise InputFileError(
+                f"{self.path} is not a probe file but a {self.metadata.get('kind', 'checkpoint')}; "
+                "make one with `snptool probe`."
+            )
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [tap["name"] for tap in self.metadata["taps"]]
+
+    def tap(self, name: str) -> dict[str, Any]:
+        return next(tap for tap in self.metadata["taps"] if tap["name"] == name)
+
+    def has_means(self, split: str) -> bool:
+        return all(f"mean/{split}/{name}" in self.keys for name in self.tap_names)
+
+    def tensor(self, key: str, units: slice | None = None) -> torch.Tensor:
+        """A whole tensor, or the unit range `units` of a [C, U, P] tensor (read lazily)."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            if units is None:
+                return handle.get_tensor(key)
+            return handle.get_slice(key)[:, units, :]
