@@ -11,6 +11,7 @@ Output (safetensors): `probe/<tap>` [C, U, P], `mean/<split>/<tap>` [C, U, P],
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -121,13 +122,14 @@ def run_split(
     correct, start = 0, 0
     with console.progress(description, data.num_batches(batch_size)) as task:
         for images, labels in data.batches(spec, batch_size):
-            outputs, logits = recorder.run(prepare_batch(images.to(device), spec), full=True)
             on_device = labels.to(device)
-            for name, tensor in outputs.items():
-                flat = tensor.reshape(len(labels), -1)
-                sums[name].index_add_(0, on_device, flat.double())
-                if features is not None:
-                    features[name][start : start + len(labels)] = flat.cpu()
+            # per-class sums of the batch by one float32 GEMM, accumulated in float64
+            one_hot = F.one_hot(on_device, classes).T.float()
+            rows = slice(start, start + len(labels))
+            consume = functools.partial(_accumulate, sums, features, one_hot, rows)
+            _, logits = recorder.run(
+                prepare_batch(images.to(device), spec), full=True, consume=consume
+            )
             correct += int((logits.argmax(1) == on_device).sum())
             counts += torch.bincount(labels, minlength=classes)
             start += len(labels)
@@ -135,6 +137,16 @@ def run_split(
     return SplitPass(
         {k: v.cpu() for k, v in sums.items()}, counts, data.labels.clone(), features, correct
     )
+
+
+def _accumulate(
+    sums, features, one_hot: torch.Tensor, rows: slice, tap: Tap, view: torch.Tensor
+) -> None:
+    """Add a batch's tapped view to the class sums (and the feature cache)."""
+    flat = view.reshape(view.shape[0], -1)
+    sums[tap.name] += (one_hot @ flat).double()
+    if features is not None:
+        features[tap.name][rows] = flat
 
 
 def feature_bytes(taps: list[Tap], samples: int) -> int:
@@ -162,10 +174,10 @@ def streamed_batches(
     batch_size: int,
     device: torch.device,
 ) -> Iterator[tuple[dict, torch.Tensor]]:
-    with torch.no_grad():
-        for images, labels in data.images.batches(order, batch_size, spec, data.config.workers):
+    for images, labels in data.images.batches(order, batch_size, spec, data.config.workers):
+        with torch.no_grad():  # not around the yield: the consumer trains with gradients
             outputs, _ = recorder.run(prepare_batch(images.to(device), spec))
-            yield {name: t.reshape(len(labels), -1) for name, t in outputs.items()}, labels
+        yield {name: t.reshape(len(labels), -1) for name, t in outputs.items()}, labels
 
 
 def fit_probes(

@@ -242,13 +242,21 @@ class TapRecorder:
         self._stop = True
 
     def run(
-        self, x: torch.Tensor, *, full: bool = False
+        self,
+        x: torch.Tensor,
+        *,
+        full: bool = False,
+        consume: Callable[[Tap, torch.Tensor], None] | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The tapped tensors for a batch of model inputs, and the logits if `full`.
 
-        Without `full` the forward pass stops after the last tap.
+        Without `full` the forward pass stops after the last tap. With `consume`, each tapped
+        [N, U, P] view is handed to `consume(tap, view)` the moment it is computed (no copy;
+        the view is only valid during the call) and the returned dict stays empty.
         """
         self._outputs = {}
+        self._fired: set[str] = set()
+        self._consume = consume
         self._stop = not full
         handles = [self._hook(tap) for tap in self.taps]
         logits = None
@@ -265,9 +273,13 @@ class TapRecorder:
         module = self.model.get_submodule(tap.layer)
 
         def store(tensor: torch.Tensor) -> None:
-            # a copy: a later in-place op (ReLU(inplace=True)) must not change what was tapped
-            self._outputs[tap.name] = tap.view(tensor.detach()).clone()
-            if self._stop and tap.name == self._last and len(self._outputs) == len(self.taps):
+            view = tap.view(tensor.detach())
+            if self._consume is not None:
+                self._consume(tap, view)
+            else:  # a copy: a later in-place op (ReLU(inplace=True)) must not change it
+                self._outputs[tap.name] = view.clone()
+            self._fired.add(tap.name)
+            if self._stop and tap.name == self._last and len(self._fired) == len(self.taps):
                 raise _StopForward
 
         if tap.tap_input:
