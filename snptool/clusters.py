@@ -35,21 +35,31 @@ from snptool.matrix_file import (
     open_matrix_file,
 )
 
-UNITS_PER_READ = 256
+READ_BYTES = 64 * 2**20  # matrices read per step: 16 units at 1,000 labels
 
 
 def find_clusters(marked: np.ndarray) -> list[list[int]]:
-    """Greedy squares on a boolean [C, C] matrix, from the marked diagonal, ascending."""
-    remaining = [int(j) for j in np.flatnonzero(np.diagonal(marked))]
+    """Greedy squares on a boolean [C, C] matrix, from the marked diagonal, ascending.
+
+    The smallest remaining candidate starts a cluster; the others are scanned once in
+    ascending order and join when the square on cluster ∪ {t} is all marked. Compatibility
+    only shrinks as a cluster grows, so jumping to the next compatible candidate is the scan.
+    """
+    available = np.diagonal(marked).copy()
     clusters = []
-    while remaining:
-        cluster = [remaining.pop(0)]
-        compatible = marked[cluster[0], :] & marked[:, cluster[0]]
-        for candidate in list(remaining):
-            if compatible[candidate]:
-                cluster.append(candidate)
-                remaining.remove(candidate)
-                compatible &= marked[candidate, :] & marked[:, candidate]
+    while available.any():
+        first = int(np.argmax(available))
+        available[first] = False
+        cluster = [first]
+        compatible = marked[first, :] & marked[:, first] & available
+        while True:
+            later = np.flatnonzero(compatible[cluster[-1] + 1 :])
+            if not len(later):
+                break
+            candidate = cluster[-1] + 1 + int(later[0])
+            cluster.append(candidate)
+            available[candidate] = False
+            compatible &= marked[candidate, :] & marked[:, candidate] & available
         clusters.append(cluster)
     return clusters
 
@@ -156,11 +166,12 @@ def cluster_layer(
 ) -> LayerClusters:
     """Clusters of every unit of an HDF5 [U, C, C] dataset, read a few units at a time."""
     units = []
-    for start in range(0, dataset.shape[0], UNITS_PER_READ):
-        for matrix in dataset[start : start + UNITS_PER_READ]:
+    step = max(1, READ_BYTES // (4 * dataset.shape[1] * dataset.shape[2]))
+    for start in range(0, dataset.shape[0], step):
+        for matrix in dataset[start : start + step]:
             units.append(unit_clusters(matrix, threshold))
         if task is not None:
-            task.advance(min(UNITS_PER_READ, dataset.shape[0] - start))
+            task.advance(min(step, dataset.shape[0] - start))
     return LayerClusters.from_units(units)
 
 
