@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The main job on the embedded digits data set (no download): train a model of the research,
-# evaluate it and list the layers whose units can be analysed. Every step reads and writes
-# files, and every --json result lands beside them in $OUT.
+# evaluate it, list its analysable layers, fit a probe on every layer, compute every unit's
+# labels × labels matrix and its clusters. Every step reads and writes files, and every
+# --json result lands beside them in $OUT.
 #
-#   bash examples/pipeline.sh [OUT]          (ARCH, EPOCHS and DATA can be set in the environment)
+#   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, DATA can be set in the environment)
 set -euo pipefail
 OUT=${1:-runs/digits}
 ARCH=${ARCH:-vgg6}
 EPOCHS=${EPOCHS:-10}
+PROBE_EPOCHS=${PROBE_EPOCHS:-50}
 DATA=${DATA:-digits}
 mkdir -p "$OUT"
 
@@ -15,14 +17,23 @@ snptool train --arch "$ARCH" --data "$DATA" --epochs "$EPOCHS" --lr-step 4 --no-
     -o "$OUT/model.safetensors" --json > "$OUT/train.json"
 snptool evaluate "$OUT/model.best.safetensors" --json > "$OUT/evaluate.json"
 snptool layers "$OUT/model.best.safetensors" --taps-only --json > "$OUT/layers.json"
+snptool probe "$OUT/model.best.safetensors" --all --epochs "$PROBE_EPOCHS" \
+    -o "$OUT/probes.safetensors" --json > "$OUT/probe.json"
+snptool matrix "$OUT/model.best.safetensors" "$OUT/probes.safetensors" --split train \
+    -o "$OUT/matrices.h5" --json > "$OUT/matrix.json"
+snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json"
 
 python3 - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
 train = json.load(open(f"{out}/train.json"))
 evaluation = json.load(open(f"{out}/evaluate.json"))
-layers = json.load(open(f"{out}/layers.json"))
+clusters = json.load(open(f"{out}/clusters.json"))
 print(f"best test accuracy {train['best_accuracy']:.4f} (epoch {train['best_epoch']}), "
-      f"evaluated {evaluation['accuracy']:.4f} on {evaluation['samples']} test images; "
-      f"{len(layers)} probe taps: {', '.join(l['layer'] for l in layers)}")
+      f"evaluated {evaluation['accuracy']:.4f} on {evaluation['samples']} test images")
+fmt = lambda v: "-" if v is None else f"{v:.3f}"
+print(f"{'layer':<14}{'layer acc':>10}{'cluster size':>13}{'labels/unit':>12}{'noise/unit':>11}{'SNR':>7}")
+for r in clusters:
+    print(f"{r['layer']:<14}{fmt(r['accuracy']):>10}{fmt(r['mean_cluster_size']):>13}"
+          f"{fmt(r['labels_per_unit']):>12}{fmt(r['noise_per_unit']):>11}{fmt(r['snr']):>7}")
 PY

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 from safetensors import safe_open
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +21,7 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "ARCH": "tiny_vgg",
         "EPOCHS": "3",
+        "PROBE_EPOCHS": "3",
     }
     completed = subprocess.run(
         ["bash", str(ROOT / "examples" / "pipeline.sh"), str(out)],
@@ -43,6 +45,16 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
         "features.10",
         "classifier.1",
     ]
+
+    probe = json.loads((out / "probe.json").read_text())
+    clusters = json.loads((out / "clusters.json").read_text())
+    taps = ["features.2", "features.6", "features.10", "classifier.1"]
+    assert [tap["name"] for tap in probe["layers"]] == taps
+    assert probe["model_accuracy"] == evaluation["accuracy"]
+    assert [row["layer"] for row in clusters] == taps
+    with h5py.File(out / "matrices.h5") as handle:
+        assert handle["layers/features.10/matrix"].shape == (16, 10, 10)
+        assert "clusters" in handle["layers/features.10"]
 
     with safe_open(str(out / "model.best.safetensors"), "pt") as handle:
         metadata = json.loads(handle.metadata()["snptool"])
