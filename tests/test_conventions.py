@@ -11,7 +11,13 @@ import typer.main
 
 import snptool
 from snptool.cli import app
-from snptool.config import EvaluateConfig, TrainConfig
+from snptool.config import (
+    ClustersConfig,
+    EvaluateConfig,
+    MatrixConfig,
+    ProbeConfig,
+    TrainConfig,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "snptool"
@@ -121,7 +127,16 @@ def test_every_command_takes_json():
 FLAG_OF_FIELD = {"learning_rate": "--lr"}
 
 
-@pytest.mark.parametrize("command, config", [("train", TrainConfig), ("evaluate", EvaluateConfig)])
+CONFIGS = [
+    ("train", TrainConfig),
+    ("evaluate", EvaluateConfig),
+    ("probe", ProbeConfig),
+    ("matrix", MatrixConfig),
+    ("clusters", ClustersConfig),
+]
+
+
+@pytest.mark.parametrize("command, config", CONFIGS)
 def test_every_config_field_has_a_flag(command, config):
     options = {o for p in commands()[command].params for o in p.opts}
     for field in dataclasses.fields(config):
@@ -129,11 +144,12 @@ def test_every_config_field_has_a_flag(command, config):
         assert flag in options, f"{command} has no flag {flag} for {config.__name__}.{field.name}"
 
 
-def test_flag_defaults_come_from_the_config():
-    params = {p.name: p for p in commands()["train"].params}
-    for field in dataclasses.fields(TrainConfig):
+@pytest.mark.parametrize("command, config", CONFIGS)
+def test_flag_defaults_come_from_the_config(command, config):
+    params = {p.name: p for p in commands()[command].params}
+    for field in dataclasses.fields(config):
         name = "lr" if field.name == "learning_rate" else field.name
-        assert params[name].default == field.default, name
+        assert params[name].default == field.default, f"{command} --{name}"
 
 
 def test_public_api_resolves():
