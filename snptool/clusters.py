@@ -161,6 +161,13 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator
 
 
+def _nan_to_none(value: Any) -> Any:
+    """Strict JSON for the file: the means of a layer without clusters (NaN) become null."""
+    if isinstance(value, dict):
+        return {key: _nan_to_none(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def cluster_layer(
     dataset, threshold: float, task: console.ProgressTask | None = None
 ) -> LayerClusters:
@@ -194,7 +201,7 @@ def write_layer_clusters(group, layer: LayerClusters, threshold: float, statisti
     target.attrs["rule"] = (
         "strictly above threshold x unit maximum; greedy squares from the diagonal"
     )
-    target.attrs["statistics"] = json.dumps(statistics)
+    target.attrs["statistics"] = json.dumps(_nan_to_none(statistics), allow_nan=False)
 
 
 def read_layer_clusters(group) -> LayerClusters:

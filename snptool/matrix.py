@@ -25,7 +25,7 @@ from snptool.data import load_data
 from snptool.devices import resolve_device
 from snptool.errors import InputFileError
 from snptool.evaluate import check_classes
-from snptool.files import atomic_path, check_output_path, provenance, sha256_file
+from snptool.files import atomic_path, check_output_path, provenance, require_file, sha256_file
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeFile, run_split
 from snptool.taps import TapRecorder
@@ -147,7 +147,13 @@ def run_matrix(
     check_output_path(output, checkpoint_path, probes_path)
     started = time.perf_counter()
     probes = ProbeFile(probes_path)
-    names = layers or probes.tap_names
+    probed = probes.metadata["checkpoint"]["sha256"]
+    if sha256_file(require_file(checkpoint_path, "checkpoint")) != probed:  # even with no forward
+        raise InputFileError(
+            f"{probes_path} was made from another checkpoint than {checkpoint_path}; "
+            "probe this checkpoint first."
+        )
+    names = list(dict.fromkeys(layers or probes.tap_names))  # a layer named twice is one layer
     for name in names:
         if name not in probes.tap_names:
             raise InputFileError(

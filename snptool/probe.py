@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from snptool import console
 from snptool.checkpoint import Checkpoint, read_checkpoint, read_header
 from snptool.config import DataConfig, InputSpec, ProbeConfig, config_to_dict
 from snptool.data import DataSplit, load_data, prepare_batch
-from snptool.devices import resolve_device, seed_everything
+from snptool.devices import resolve_device
 from snptool.errors import InputFileError
 from snptool.evaluate import check_classes
 from snptool.files import atomic_path, check_output_path, provenance, require_file
@@ -193,12 +194,15 @@ def fit_probes(
     `batches_of_epoch(epoch)` yields ({tap: [B, U·P]}, labels). SGD with Nesterov momentum,
     weight decay and lr × `lr_decay` every epoch; init uniform in ±1/sqrt(U·P).
     """
-    seed_everything(config.seed)
     probes = nn.ModuleDict()
     for tap in taps:
         linear = nn.Linear(tap.units * tap.positions, num_classes, bias=False)
         bound = 1.0 / math.sqrt(tap.units * tap.positions)
-        nn.init.uniform_(linear.weight, -bound, bound)
+        # seeded per tap, so a layer's probe does not depend on which others are probed with it
+        seed = config.seed * 100_003 + zlib.crc32(tap.name.encode())
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            linear.weight.uniform_(-bound, bound, generator=generator)
         probes[_module_key(tap.name)] = linear
     probes.to(device)
     optimizer = torch.optim.SGD(

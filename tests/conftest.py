@@ -1,15 +1,19 @@
-"""Shared fixtures: seeded synthetic data, the real CIFAR-10 npz, one tiny trained checkpoint."""
+"""Shared fixtures: seeded synthetic data, the real CIFAR-10 npz, one tiny trained checkpoint
+and its probe file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
-from snptool.config import TrainConfig
+from snptool.config import ProbeConfig, TrainConfig
+from snptool.matrix_file import create_layer, create_matrix_file
+from snptool.probe import ProbeResult, run_probe
 from snptool.train import TrainResult, run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +27,9 @@ torch.set_num_threads(1)
 
 # The trained fixture: 2 epochs of tiny_vgg on digits reach ~0.88 test accuracy in ~1 s.
 TINY_TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, flip=False, device="cpu")
+# The probed fixture: two conv taps and one FC tap of that model, 5 probe epochs (~1 s).
+PROBE_LAYERS = ["features.2", "features.10", "classifier.1"]
+TINY_PROBE = ProbeConfig(epochs=5, device="cpu")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +63,24 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 def checkpoint_path(trained: TrainResult) -> Path:
     """The last state of the trained fixture; copy it before changing it."""
     return Path(trained.output)
+
+
+@pytest.fixture(scope="session")
+def tiny_probe() -> ProbeConfig:
+    """The probe settings of the `probe_result` fixture."""
+    return TINY_PROBE
+
+
+@pytest.fixture(scope="session")
+def probe_result(checkpoint_path: Path, tmp_path_factory: pytest.TempPathFactory) -> ProbeResult:
+    """Probes of PROBE_LAYERS on the trained fixture (TINY_PROBE); treat the file as read-only."""
+    output = tmp_path_factory.mktemp("probes") / "tiny_vgg.probes.safetensors"
+    return run_probe(checkpoint_path, PROBE_LAYERS, output, TINY_PROBE)
+
+
+@pytest.fixture(scope="session")
+def probes_path(probe_result: ProbeResult) -> Path:
+    return Path(probe_result.output)
 
 
 @pytest.fixture(scope="session")
@@ -115,3 +140,24 @@ def make_npz(tmp_path: Path) -> Callable[..., Path]:
 def synthetic_npz(make_npz: Callable[..., Path]) -> Path:
     """60 RGB 32×32 images in 3 classes named a, b, c (no test mask)."""
     return make_npz(class_names=["a", "b", "c"])
+
+
+@pytest.fixture
+def make_matrix_file(tmp_path: Path) -> Callable[..., Path]:
+    """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names)."""
+
+    def make(
+        layers: dict[str, np.ndarray], class_names: list[str], name: str = "matrices.h5"
+    ) -> Path:
+        path = tmp_path / name
+        with h5py.File(path, "w") as handle:
+            create_matrix_file(handle, class_names, {"split": "train"})
+            for order, (tap, matrices) in enumerate(layers.items()):
+                units = len(matrices)
+                attrs = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}
+                dataset = create_layer(handle, tap, units, len(class_names), attrs)
+                dataset[...] = matrices
+                dataset.parent.attrs["order"] = order
+        return path
+
+    return make

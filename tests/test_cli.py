@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -478,3 +479,200 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
     assert completed.returncode == 0, completed.stderr
     assert "Usage" in completed.stdout
     assert completed.stdout.strip().splitlines()[-1] == "TORCH_LOADED False"
+
+
+# --- probe, matrix, clusters ------------------------------------------------------------------
+
+
+def test_probe_matrix_clusters(checkpoint_path: Path, trained: TrainResult, tmp_path: Path) -> None:
+    probes = tmp_path / "probes.safetensors"
+    result = invoke(
+        "probe", checkpoint_path, "--all", "--epochs", 2, "--device", "cpu", "-o", probes, "--json"
+    )
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert set(payload) == {
+        "output",
+        "checkpoint",
+        "data",
+        "mode",
+        "model_accuracy",
+        "layers",
+        "seconds",
+    }
+    assert (payload["output"], payload["data"], payload["mode"]) == (
+        str(probes),
+        "digits",
+        "cached",
+    )
+    assert payload["model_accuracy"] == pytest.approx(trained.final_accuracy)
+    taps = ["features.2", "features.6", "features.10", "classifier.1"]
+    assert [layer["name"] for layer in payload["layers"]] == taps
+    for layer in payload["layers"]:
+        assert {"layer", "unit", "units", "positions", "train_accuracy"} <= set(layer)
+        assert 0.2 < layer["test_accuracy"] <= 1.0
+    assert "layer accuracy" in result.stderr
+    assert f"model accuracy {payload['model_accuracy']:.4f}" in result.stderr
+    assert probes.is_file() and part_files(tmp_path) == []
+
+    matrices = tmp_path / "matrices.h5"
+    args = ["matrix", checkpoint_path, probes, "--split", "test", "--device", "cpu"]
+    result = invoke(*args, "-o", matrices, "--json")
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert (payload["output"], payload["split"]) == (str(matrices), "test")
+    assert [layer["layer"] for layer in payload["layers"]] == taps
+    assert {(x["samples"], x["classes"], x["source"]) for x in payload["layers"]} == {
+        (359, 10, "probe file")
+    }
+    assert "matrices (test split)" in result.stderr
+
+    result = invoke("clusters", matrices, "--json")
+    assert_ok(result)
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list) and [row["layer"] for row in rows] == taps
+    keys = {
+        "layer",
+        "units",
+        "units_without_clusters",
+        "accuracy",
+        "mean_cluster_size",
+        "clusters_per_unit",
+        "labels_per_unit",
+        "noise_per_unit",
+        "snr",
+    }
+    probed = probe_taps(probes)
+    for row in rows:
+        assert keys <= set(row)
+        assert row["units"] == probed[row["layer"]]["units"]
+        assert row["accuracy"] == pytest.approx(probed[row["layer"]]["test_accuracy"])
+        assert 0 <= row["units_without_clusters"] <= row["units"]
+    assert f"clusters (threshold 0.3) → {matrices}" in result.stderr
+    with h5py.File(matrices, "r") as handle:
+        for row in rows:
+            clusters = handle[f"layers/{row['layer']}/clusters"]
+            assert int((clusters["count"][()] == 0).sum()) == row["units_without_clusters"]
+
+
+def probe_taps(probes: Path) -> dict[str, dict]:
+    """The probe file's tap records by name (read with safetensors, not snptool)."""
+    with safe_open(str(probes), framework="pt") as handle:
+        return {tap["name"]: tap for tap in json.loads(handle.metadata()["snptool"])["taps"]}
+
+
+@pytest.fixture
+def named_matrices(make_matrix_file) -> Path:
+    """One layer of 3 units over 4 labels; unit 1 serves {cat, dog} and {truck}."""
+    matrices = np.zeros((3, 4, 4), dtype=np.float32)
+    matrices[0] = np.eye(4)
+    matrices[1, :2, :2] = 1.0
+    matrices[1, 3, 3] = 0.8
+    matrices[2] = -1.0
+    return make_matrix_file({"conv": matrices}, ["cat", "dog", "ship", "truck"])
+
+
+def test_clusters_of_one_unit(named_matrices: Path) -> None:
+    result = invoke("clusters", named_matrices, "--layer", "conv", "--unit", 1, "--json")
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert payload["clusters"] == [["cat", "dog"], ["truck"]]
+    assert (payload["layer"], payload["unit"], payload["signal"], payload["noise"]) == (
+        "conv",
+        1,
+        5,
+        0,
+    )
+    assert "cat, dog" in result.stderr and "truck" in result.stderr
+    assert "ship" not in result.stderr
+    assert "conv unit 1: maximum 1, signal 5, noise 0 (threshold 0.3)" in result.stderr
+
+
+def test_probe_errors(checkpoint_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "probes.safetensors"
+    assert_one_error(
+        invoke("probe", checkpoint_path, "--layer", "nope", "-o", out),
+        "the model has no layer 'nope'; run `snptool layers CHECKPOINT` to list them.",
+    )
+    assert_one_error(
+        invoke("probe", checkpoint_path, "--layer", "features.2,featurs.6", "-o", out),
+        contains="the model has no layer 'featurs.6'; did you mean features.6",
+    )
+    for flags in ([], ["--all", "--layer", "features.2"]):
+        assert_one_error(
+            invoke("probe", checkpoint_path, *flags, "-o", out),
+            "give either --layer NAME (repeatable) or --all.",
+        )
+    assert_one_error(
+        invoke("probe", checkpoint_path, "--all", "--memory-budget", "lots", "-o", out),
+        "memory size 'lots' is not a size like 4GiB, 512MiB or 2e9.",
+    )
+    assert_one_error(
+        invoke("probe", checkpoint_path, "--layer", "features.2:node", "-o", out),
+        contains="read it as channel, not node",
+    )
+    assert not out.exists() and part_files(tmp_path) == []
+
+
+def test_matrix_errors(checkpoint_path: Path, probes_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "matrices.h5"
+    assert_one_error(
+        invoke("matrix", checkpoint_path, checkpoint_path, "-o", out),
+        f"{checkpoint_path} is not a probe file but a checkpoint; make one with `snptool probe`.",
+    )
+    assert_one_error(
+        invoke("matrix", checkpoint_path, probes_path, "--layer", "features.6", "-o", out),
+        f"{probes_path} has no probe for 'features.6'; "
+        "it has features.2, features.10, classifier.1.",
+    )
+    assert_one_error(
+        invoke("matrix", checkpoint_path, probes_path, "--split", "val", "-o", out),
+        "unknown split 'val'; use one of train, test, all.",
+    )
+    absent = tmp_path / "absent.safetensors"
+    assert_one_error(
+        invoke("matrix", checkpoint_path, absent, "-o", out),
+        f"probe file {absent} does not exist; check the path.",
+    )
+    assert_one_error(
+        invoke("matrix", absent, probes_path, "-o", out),
+        f"checkpoint {absent} does not exist; check the path.",
+    )
+    assert not out.exists() and part_files(tmp_path) == []
+
+
+def test_clusters_errors(named_matrices: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(4096))
+    line = assert_one_error(invoke("clusters", corrupt), contains="is not a readable HDF5 file")
+    assert line.startswith(f"error: {corrupt}") and line.endswith("it may be truncated.")
+
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(named_matrices.read_bytes()[:1000])
+    assert_one_error(invoke("clusters", truncated), contains="is not a readable HDF5 file")
+
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as handle:
+        handle["x"] = np.zeros(3)
+    assert_one_error(
+        invoke("clusters", foreign),
+        f"{foreign} is not an snptool matrix file; make one with `snptool matrix`.",
+    )
+    digest = sha256_file(named_matrices)
+    assert_one_error(
+        invoke("clusters", named_matrices, "--layer", "conv", "--unit", 3),
+        "layer conv has units 0..2; --unit 3 is not one.",
+    )
+    assert_one_error(
+        invoke("clusters", named_matrices, "--layer", "fc", "--unit", 0),
+        "the matrix file has no layer 'fc'; it has conv.",
+    )
+    assert_one_error(
+        invoke("clusters", named_matrices, "--unit", 0),
+        "--unit and --layer go together: --layer NAME --unit N.",
+    )
+    assert_one_error(
+        invoke("clusters", named_matrices, "--threshold", 1.5),
+        "threshold must lie in [0, 1), not 1.5.",
+    )
+    assert sha256_file(named_matrices) == digest

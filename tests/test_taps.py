@@ -1,0 +1,212 @@
+"""Taps: several layers in one forward pass, [N, U, P] views, copies, and layer errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from snptool.architectures import build_model
+from snptool.config import InputSpec
+from snptool.errors import LayerError
+from snptool.taps import UNIT_KINDS, TapRecorder, UnitKind, analysable_layers, resolve_taps
+
+SPEC = InputSpec()  # 3×32×32
+SMALL = InputSpec(height=8, width=8)
+
+
+@pytest.fixture
+def vgg() -> nn.Module:
+    torch.manual_seed(0)
+    model, _ = build_model("tiny_vgg", num_classes=10)
+    return model.eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def count_calls(module: nn.Module) -> list[int]:
+    """A one-element counter that a forward pre-hook on `module` increments."""
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    module.register_forward_pre_hook(hook)
+    return calls
+
+
+class Tokens(nn.Module):
+    """[N, C, H, W] → [N, H·W, C]: a token tensor like a transformer's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class SharedActivation(nn.Module):
+    """One ReLU used after both convs: it runs twice per forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv2(self.act(self.conv1(x))))
+        return self.head(torch.flatten(x, 1))
+
+
+def test_one_forward_pass_taps_every_layer_in_forward_order(
+    vgg: nn.Module, images: torch.Tensor
+) -> None:
+    recorder = TapRecorder(vgg, ["classifier.1", "features.2", "features.6"], SPEC)
+    calls = count_calls(vgg)  # after the recorder's own dummy pass
+    outputs, logits = recorder.run(images)
+    assert calls == [1] and logits is None
+    assert list(outputs) == ["features.2", "features.6", "classifier.1"]
+    assert [t.name for t in recorder.taps] == list(outputs)
+    shapes = {name: tuple(t.shape) for name, t in outputs.items()}
+    assert shapes == {
+        "features.2": (4, 8, 32 * 32),  # channel units: U = C, P = H·W
+        "features.6": (4, 16, 16 * 16),
+        "classifier.1": (4, 16, 1),  # node units: U = D, P = 1
+    }
+    units = [(t.unit, t.units, t.positions, t.shape) for t in recorder.taps]
+    assert units == [
+        ("channel", 8, 1024, (8, 32, 32)),
+        ("channel", 16, 256, (16, 16, 16)),
+        ("node", 16, 1, (16,)),
+    ]
+    with torch.no_grad():
+        conv = vgg.features[:3](images)
+        hidden = vgg.classifier[:2](torch.flatten(vgg.features(images), 1))
+    torch.testing.assert_close(outputs["features.2"], conv.reshape(4, 8, -1), rtol=0, atol=0)
+    torch.testing.assert_close(outputs["classifier.1"][:, :, 0], hidden, rtol=0, atol=0)
+
+
+def test_run_stops_after_the_last_tap_unless_full(vgg: nn.Module, images: torch.Tensor) -> None:
+    recorder = TapRecorder(vgg, ["features.6"], SPEC)
+    later = count_calls(vgg.features[8])
+    head = count_calls(vgg.classifier)
+    outputs, logits = recorder.run(images)
+    assert logits is None and list(outputs) == ["features.6"]
+    assert later == [0] and head == [0]
+
+    outputs, logits = recorder.run(images, full=True)
+    assert later == [1] and head == [1]
+    with torch.no_grad():
+        expected = vgg(images)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(
+        outputs["features.6"], vgg.features[:7](images).detach().reshape(4, 16, -1)
+    )
+
+
+def test_tap_input_reads_module_inputs(vgg: nn.Module, images: torch.Tensor) -> None:
+    recorder = TapRecorder(vgg, ["classifier.0", "features.3"], SPEC, tap_input=True)
+    outputs, _ = recorder.run(images)
+    assert list(outputs) == ["features.3@input", "classifier.0@input"]
+    assert all(t.tap_input for t in recorder.taps)
+    with torch.no_grad():
+        relu = vgg.features[:3](images)  # features.3 (pool) reads the ReLU's output
+        flat = torch.flatten(vgg.features(images), 1)
+    torch.testing.assert_close(outputs["features.3@input"], relu.reshape(4, 8, -1))
+    assert outputs["classifier.0@input"].shape == (4, 256, 1)
+    torch.testing.assert_close(outputs["classifier.0@input"][:, :, 0], flat)
+
+
+def test_tapped_tensors_are_copies_before_an_inplace_relu() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(256, 3)
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        conv = model[0](x)
+    outputs, logits = TapRecorder(model, ["0"], SMALL).run(x, full=True)
+    assert logits is not None  # the in-place ReLU ran on the conv's output tensor
+    assert (outputs["0"] < 0).any()
+    torch.testing.assert_close(outputs["0"], conv.reshape(2, 4, 64), rtol=0, atol=0)
+
+
+def test_token_tensor_reads_as_feature_units() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 5, 1), Tokens(), nn.Flatten(), nn.Linear(5 * 64, 3))
+    x = torch.randn(2, 3, 8, 8)
+    (tap,) = resolve_taps(model, ["1"], SMALL)
+    assert (tap.unit, tap.units, tap.positions, tap.shape) == ("feature", 5, 64, (64, 5))
+    outputs, _ = TapRecorder(model, ["1"], SMALL).run(x)
+    with torch.no_grad():
+        expected = model[0](x).flatten(2)  # [N, D, T]: unit d holds the T positions
+    torch.testing.assert_close(outputs["1"], expected)
+
+
+def test_unit_kind_syntax(vgg: nn.Module) -> None:
+    channel, node = resolve_taps(vgg, ["classifier.1:node", "features.2:channel"], SPEC)
+    assert (channel.name, channel.unit, channel.default_unit) == ("features.2", "channel", True)
+    assert (node.name, node.unit, node.units) == ("classifier.1", "node", 16)
+    with pytest.raises(LayerError, match=r"shape \[2, 8, 32, 32\]; read it as channel, not node"):
+        resolve_taps(vgg, ["features.2:node"], SPEC)
+    with pytest.raises(LayerError, match="read it as node, not feature"):
+        resolve_taps(vgg, ["classifier.1:feature"], SPEC)
+    with pytest.raises(LayerError, match="requested twice"):
+        resolve_taps(vgg, ["features.2", "features.2:channel"], SPEC)
+
+
+def test_a_second_unit_kind_names_its_taps(
+    vgg: nn.Module, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Channel pairs of a conv output, registered the way the transformer issue adds `head`.
+    pairs = UnitKind(
+        "pairs",
+        "two channels",
+        lambda s: len(s) == 4,
+        lambda x: x.reshape(len(x), x.shape[1] // 2, -1),
+    )
+    monkeypatch.setitem(UNIT_KINDS, "pairs", pairs)
+    recorder = TapRecorder(vgg, ["features.2:pairs", "features.2"], SPEC)
+    assert [(t.name, t.unit, t.units, t.positions) for t in recorder.taps] == [
+        ("features.2:pairs", "pairs", 4, 2048),
+        ("features.2", "channel", 8, 1024),
+    ]
+    calls = count_calls(vgg)
+    outputs, _ = recorder.run(images)
+    assert calls == [1] and set(outputs) == {"features.2:pairs", "features.2"}
+    torch.testing.assert_close(outputs["features.2:pairs"], outputs["features.2"].reshape(4, 4, -1))
+
+
+def test_unknown_layer_suggests_close_names(vgg: nn.Module) -> None:
+    with pytest.raises(LayerError, match="no layer 'featurs.2'; did you mean features.2"):
+        TapRecorder(vgg, ["featurs.2"], SPEC)
+    with pytest.raises(LayerError) as error:
+        resolve_taps(vgg, ["features.2", "nothing_like_it"], SPEC)
+    assert str(error.value) == (
+        "the model has no layer 'nothing_like_it'; run `snptool layers CHECKPOINT` to list them."
+    )
+    with pytest.raises(LayerError, match="no layer given"):
+        resolve_taps(vgg, [], SPEC)
+
+
+def test_a_module_that_runs_twice_is_refused() -> None:
+    model = SharedActivation().eval()
+    with pytest.raises(LayerError, match="act runs 2 times per forward pass"):
+        TapRecorder(model, ["act"], SMALL)
+    assert analysable_layers(model, SMALL) == ["conv1", "conv2", "head"]
+
+
+def test_analysable_layers() -> None:
+    for arch in ("tiny_vgg", "tiny_lenet"):
+        model, _ = build_model(arch, num_classes=10)
+        assert analysable_layers(model, SPEC) == model.probe_taps
+    assert build_model("tiny_lenet", num_classes=10)[0].probe_taps == [
+        "features.1",
+        "features.4",
+        "classifier.1",
+    ]
+    plain = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Flatten(), nn.Linear(256, 3)
+    )
+    assert analysable_layers(plain, SMALL) == ["0.0", "0.1", "1", "2"]
