@@ -5,7 +5,7 @@ or --positions P) with 1,000 classes, then runs `snptool matrix` and `snptool cl
 subprocesses and reports each one's peak resident memory (the matrices alone are
 2,048 × 1,000 × 1,000 float32 = 8.2 GB on disk).
 
-    python examples/benchmarks/imagenet_scale_memory.py [--units 2048 --classes 1000 --positions 1] [--keep DIR]
+    python examples/benchmarks/imagenet_scale_memory.py [--units 2048 --classes 1000] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -33,10 +33,20 @@ def write_inputs(folder: Path, units: int, classes: int, positions: int) -> tupl
     checkpoint = folder / "model.safetensors"
     model = torch.nn.Linear(units, classes)
     names = [f"class{i}" for i in range(classes)]
-    write_checkpoint(checkpoint, model, make_metadata(
-        arch={"spec": "torch.nn:Linear", "kwargs": {"in_features": units, "out_features": classes}},
-        class_names=names, input_spec=InputSpec(), data=None, provenance={},
-    ))
+    write_checkpoint(
+        checkpoint,
+        model,
+        make_metadata(
+            arch={
+                "spec": "torch.nn:Linear",
+                "kwargs": {"in_features": units, "out_features": classes},
+            },
+            class_names=names,
+            input_spec=InputSpec(),
+            data=None,
+            provenance={},
+        ),
+    )
     generator = torch.Generator().manual_seed(0)
     shape = (classes, units, positions)
     tensors = {
@@ -47,11 +57,24 @@ def write_inputs(folder: Path, units: int, classes: int, positions: int) -> tupl
     from snptool.files import sha256_file
 
     metadata = {
-        "kind": "probes", "format_version": 1, "class_names": names,
+        "kind": "probes",
+        "format_version": 1,
+        "class_names": names,
         "checkpoint": {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
         "data": {"train": {"spec": "imagenet:synthetic", "split": "train"}},
-        "taps": [{"name": "fc", "layer": "fc", "unit": "node", "units": units, "positions": positions,
-                  "train_accuracy": 0.0, "test_accuracy": 0.0, "tap_input": False, "shape": [units]}],
+        "taps": [
+            {
+                "name": "fc",
+                "layer": "fc",
+                "unit": "node",
+                "units": units,
+                "positions": positions,
+                "train_accuracy": 0.0,
+                "test_accuracy": 0.0,
+                "tap_input": False,
+                "shape": [units],
+            }
+        ],
     }
     probes = folder / "probes.safetensors"
     save_file(tensors, str(probes), metadata={"snptool": json.dumps(metadata)})
@@ -80,16 +103,31 @@ def main() -> None:
     snptool = [sys.executable, "-m", "snptool", "--quiet"]
     matrices = folder / "matrices.h5"
     # RUSAGE_CHILDREN is the maximum over all children so far: run matrix first, then clusters
-    matrix_peak, matrix_seconds = peak_of([*snptool, "matrix", str(checkpoint), str(probes), "-o", str(matrices)])
+    matrix_peak, matrix_seconds = peak_of(
+        [*snptool, "matrix", str(checkpoint), str(probes), "-o", str(matrices)]
+    )
     size = matrices.stat().st_size
     clusters_peak, clusters_seconds = peak_of([*snptool, "clusters", str(matrices)])
-    print(json.dumps({
-        "units": args.units, "classes": args.classes, "positions": args.positions,
-        "matrix_file_gib": round(size / 2**30, 2),
-        "matrix": {"peak_rss_gib": round(matrix_peak, 2), "seconds": round(matrix_seconds, 1)},
-        "clusters": {"peak_rss_gib_max_of_both": round(clusters_peak, 2), "seconds": round(clusters_seconds, 1)},
-        **machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "units": args.units,
+                "classes": args.classes,
+                "positions": args.positions,
+                "matrix_file_gib": round(size / 2**30, 2),
+                "matrix": {
+                    "peak_rss_gib": round(matrix_peak, 2),
+                    "seconds": round(matrix_seconds, 1),
+                },
+                "clusters": {
+                    "peak_rss_gib_max_of_both": round(clusters_peak, 2),
+                    "seconds": round(clusters_seconds, 1),
+                },
+                **machine(),
+            },
+            indent=2,
+        )
+    )
     if not args.keep:
         for path in folder.iterdir():
             path.unlink()
