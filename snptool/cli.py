@@ -86,6 +86,14 @@ ResizeOpt = Annotated[
     typer.Option("--resize", help="Resize image files' shorter side to this, then centre-crop."),
 ]
 
+# The SGD flags of `train` and `probe` (defaults differ, so each command sets its own).
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Mini-batch size.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Initial learning rate.")]
+MomentumOpt = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
+NesterovOpt = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")]
+WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of initialisation and shuffling.")]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -198,15 +206,11 @@ def train(
     epochs: Annotated[
         int, typer.Option(help="Epochs in total (a resumed run continues to this).")
     ] = TrainConfig.epochs,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = TrainConfig.batch_size,
-    lr: Annotated[
-        float, typer.Option("--lr", help="Initial learning rate.")
-    ] = TrainConfig.learning_rate,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = TrainConfig.momentum,
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = TrainConfig.nesterov,
-    weight_decay: Annotated[
-        float, typer.Option(help="L2 weight decay.")
-    ] = TrainConfig.weight_decay,
+    batch_size: BatchSizeOpt = TrainConfig.batch_size,
+    lr: LrOpt = TrainConfig.learning_rate,
+    momentum: MomentumOpt = TrainConfig.momentum,
+    nesterov: NesterovOpt = TrainConfig.nesterov,
+    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
     lr_decay: Annotated[
         float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")
     ] = TrainConfig.lr_decay,
@@ -220,9 +224,7 @@ def train(
         int, typer.Option(help="Largest translation in pixels.")
     ] = TrainConfig.translate,
     flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
-    seed: Annotated[
-        int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")
-    ] = TrainConfig.seed,
+    seed: SeedOpt = TrainConfig.seed,
     device: DeviceOpt = TrainConfig.device,
     eval_batch_size: Annotated[
         int, typer.Option(help="Batch size of the per-epoch test.")
@@ -455,23 +457,15 @@ def probe(
         str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
     ] = None,
     epochs: Annotated[int, typer.Option(help="Probe epochs.")] = ProbeConfig.epochs,
-    batch_size: Annotated[
-        int, typer.Option(help="Probe mini-batch size.")
-    ] = ProbeConfig.batch_size,
-    lr: Annotated[
-        float, typer.Option("--lr", help="Initial learning rate.")
-    ] = ProbeConfig.learning_rate,
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = ProbeConfig.momentum,
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum.")] = ProbeConfig.nesterov,
-    weight_decay: Annotated[
-        float, typer.Option(help="L2 weight decay.")
-    ] = ProbeConfig.weight_decay,
+    batch_size: BatchSizeOpt = ProbeConfig.batch_size,
+    lr: LrOpt = ProbeConfig.learning_rate,
+    momentum: MomentumOpt = ProbeConfig.momentum,
+    nesterov: NesterovOpt = ProbeConfig.nesterov,
+    weight_decay: WeightDecayOpt = ProbeConfig.weight_decay,
     lr_decay: Annotated[
         float, typer.Option(help="lr is multiplied by this every epoch.")
     ] = ProbeConfig.lr_decay,
-    seed: Annotated[
-        int, typer.Option(help="Seed of initialisation and shuffling.")
-    ] = ProbeConfig.seed,
+    seed: SeedOpt = ProbeConfig.seed,
     device: DeviceOpt = ProbeConfig.device,
     memory_budget: Annotated[
         str, typer.Option(help="Cache features up to this size (e.g. 4GiB), else stream them.")

@@ -15,6 +15,7 @@ noise = marked − signal. Written to /layers/<tap>/clusters/ of the matrix file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 from snptool import console
 from snptool.config import ClustersConfig
 from snptool.errors import UsageError
-from snptool.files import check_output_path
+from snptool.files import check_output_path, strict_json
 from snptool.matrix_file import (
     class_names,
     edit_matrix_file,
@@ -125,6 +126,9 @@ class LayerClusters:
         return [set(j for c in self.clusters_of(u) for j in c) for u in range(len(self.count))]
 
 
+ARRAYS = tuple(f.name for f in dataclasses.fields(LayerClusters))
+
+
 def _mean(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
@@ -161,13 +165,6 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator
 
 
-def _nan_to_none(value: Any) -> Any:
-    """Strict JSON for the file: the means of a layer without clusters (NaN) become null."""
-    if isinstance(value, dict):
-        return {key: _nan_to_none(item) for key, item in value.items()}
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
 def cluster_layer(
     dataset, threshold: float, task: console.ProgressTask | None = None
 ) -> LayerClusters:
@@ -186,22 +183,13 @@ def write_layer_clusters(group, layer: LayerClusters, threshold: float, statisti
     if "clusters" in group:
         del group["clusters"]
     target = group.create_group("clusters")
-    for name in (
-        "count",
-        "labels",
-        "signal",
-        "noise",
-        "maximum",
-        "members",
-        "cluster_offsets",
-        "unit_offsets",
-    ):
+    for name in ARRAYS:
         target.create_dataset(name, data=getattr(layer, name))
     target.attrs["threshold"] = threshold
     target.attrs["rule"] = (
         "strictly above threshold x unit maximum; greedy squares from the diagonal"
     )
-    target.attrs["statistics"] = json.dumps(_nan_to_none(statistics), allow_nan=False)
+    target.attrs["statistics"] = json.dumps(strict_json(statistics), allow_nan=False)
 
 
 def read_layer_clusters(group) -> LayerClusters:
@@ -210,21 +198,7 @@ def read_layer_clusters(group) -> LayerClusters:
             "the matrix file has no clusters yet; run `snptool clusters MATRICES.h5` first."
         )
     target = group["clusters"]
-    return LayerClusters(
-        **{
-            name: target[name][()]
-            for name in (
-                "count",
-                "labels",
-                "signal",
-                "noise",
-                "maximum",
-                "members",
-                "cluster_offsets",
-                "unit_offsets",
-            )
-        }
-    )
+    return LayerClusters(**{name: target[name][()] for name in ARRAYS})
 
 
 @dataclass(frozen=True)

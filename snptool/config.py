@@ -123,21 +123,11 @@ class TrainConfig:
     eval_batch_size: int = 500
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, not {self.batch_size}"),
-            (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
-            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), not {self.momentum}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, not {self.weight_decay}"),
-            (0 < self.lr_decay <= 1, f"lr decay q must lie in (0, 1], not {self.lr_decay}"),
+        check_sgd(self)
+        _require(
             (self.lr_step >= 1, f"lr step must be at least 1 epoch, not {self.lr_step}"),
             (self.translate >= 0, f"translate must be >= 0 pixels, not {self.translate}"),
-            (not (self.nesterov and self.momentum == 0), "Nesterov needs a momentum > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message + ".")
-        check_device(self.device)
+        )
 
 
 @dataclass(frozen=True)
@@ -189,21 +179,9 @@ class ProbeConfig:
     tap_input: bool = False
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be at least 1, not {self.batch_size}"),
-            (self.learning_rate > 0, f"learning rate must be positive, not {self.learning_rate}"),
-            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), not {self.momentum}"),
-            (self.weight_decay >= 0, f"weight decay must be >= 0, not {self.weight_decay}"),
-            (0 < self.lr_decay <= 1, f"lr decay must lie in (0, 1], not {self.lr_decay}"),
-            (self.forward_batch_size >= 1, "forward batch size must be at least 1"),
-            (not (self.nesterov and self.momentum == 0), "Nesterov needs a momentum > 0"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message + ".")
+        check_sgd(self)
+        _require((self.forward_batch_size >= 1, "forward batch size must be at least 1"))
         parse_bytes(self.memory_budget)
-        check_device(self.device)
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -273,6 +251,26 @@ def parse_bytes(text: str | int) -> int:
 
 SPLITS = ("train", "test", "all")
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_sgd(config: Any) -> None:
+    """The checks every SGD recipe (TrainConfig, ProbeConfig) shares."""
+    _require(
+        (config.epochs >= 1, f"epochs must be at least 1, not {config.epochs}"),
+        (config.batch_size >= 1, f"batch size must be at least 1, not {config.batch_size}"),
+        (config.learning_rate > 0, f"learning rate must be positive, not {config.learning_rate}"),
+        (0 <= config.momentum < 1, f"momentum must lie in [0, 1), not {config.momentum}"),
+        (config.weight_decay >= 0, f"weight decay must be >= 0, not {config.weight_decay}"),
+        (0 < config.lr_decay <= 1, f"lr decay must lie in (0, 1], not {config.lr_decay}"),
+        (not (config.nesterov and config.momentum == 0), "Nesterov needs a momentum > 0"),
+    )
+    check_device(config.device)
+
+
+def _require(*checks: tuple[bool, str]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message + ".")
 
 
 def check_split(split: str) -> str:

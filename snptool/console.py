@@ -24,6 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from snptool.files import strict_json
+
 stderr = Console(stderr=True, highlight=False)
 if not stderr.is_terminal:  # logs and pipes: no live bars, no truncated tables
     stderr.width = 160
@@ -115,20 +117,9 @@ def format_cell(value: Any) -> str:
 
 def emit_json(payload: Any) -> None:
     """Print a machine-readable result on stdout."""
-    text = json.dumps(_finite(payload), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(strict_json(payload), indent=2, default=_json_default, allow_nan=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def _finite(value: Any) -> Any:
-    """NaN and infinities become null, so stdout is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def _json_default(value: Any) -> Any:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import math
 import os
 import shlex
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from snptool.errors import InputFileError, UsageError
 
@@ -86,6 +88,17 @@ def write_bytes_atomic(destination: str | os.PathLike, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def strict_json(value: Any) -> Any:
+    """A copy of nested dicts/lists in which NaN and infinities are None (JSON null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    return value
 
 
 def command_line() -> str:

@@ -170,7 +170,7 @@ def test_learning_rate_schedule() -> None:
         ("epochs", 0, "epochs must be at least 1"),
         ("learning_rate", 0.0, "learning rate must be positive"),
         ("momentum", 1.0, "momentum must lie in"),
-        ("lr_decay", 0.0, "lr decay q"),
+        ("lr_decay", 0.0, "lr decay must"),
         ("device", "tpu", "unknown device 'tpu'"),
     ],
 )
