@@ -242,7 +242,6 @@ def test_layer_accuracy_of_the_last_conv_block_matches_the_model_on_digits(
     assert abs(tap.test_accuracy - result.model_accuracy) <= 0.05
 
 
-@pytest.mark.slow
 def test_layer_accuracy_of_the_last_conv_block_matches_the_model_on_cifar10(
     cifar_npz: Path, tmp_path: Path
 ) -> None:
