@@ -90,6 +90,19 @@ def check_classes(checkpoint: Checkpoint, data: DataSplit) -> None:
         )
 
 
+def load_checkpoint_data(
+    checkpoint: Checkpoint, data_spec: str | None, split: str, data_config: DataConfig | None
+) -> DataSplit:
+    """A split of `data_spec`, else of the data the checkpoint was trained on, divided into
+    train and test as in training; its classes must match the checkpoint's."""
+    data_spec = data_spec or checkpoint.metadata.get("data")
+    if not data_spec:
+        raise UsageError(f"{checkpoint.path} does not name its data set; pass --data SPEC.")
+    data = load_data(data_spec, split, (data_config or DataConfig()).inherit(checkpoint.metadata))
+    check_classes(checkpoint, data)
+    return data
+
+
 def run_evaluate(
     checkpoint_path: str | Path,
     data_spec: str | None = None,
@@ -100,20 +113,14 @@ def run_evaluate(
     config = config or EvaluateConfig()
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
-    data_spec = data_spec or checkpoint.metadata.get("data")
-    if not data_spec:
-        raise UsageError(f"{checkpoint_path} does not name its data set; pass --data SPEC.")
-    data = load_data(
-        data_spec, config.split, (data_config or DataConfig()).inherit(checkpoint.metadata)
-    )
-    check_classes(checkpoint, data)
+    data = load_checkpoint_data(checkpoint, data_spec, config.split, data_config)
     result = evaluate_model(
         checkpoint.model, data, checkpoint.input_spec, batch_size=config.batch_size, device=device
     )
     per_class = dict(zip(checkpoint.class_names, result.per_class, strict=True))
     return EvaluateResult(
         str(checkpoint_path),
-        data_spec,
+        data.spec,
         config.split,
         result.accuracy,
         result.loss,

@@ -21,10 +21,9 @@ import torch
 from snptool import console
 from snptool.checkpoint import read_checkpoint
 from snptool.config import DataConfig, MatrixConfig, config_to_dict
-from snptool.data import load_data
 from snptool.devices import resolve_device
 from snptool.errors import InputFileError
-from snptool.evaluate import check_classes
+from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance, require_file, sha256_file
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeFile, run_split
@@ -114,8 +113,7 @@ def mean_source(
         checkpoint.model, requests, spec, tap_input=any(t.get("tap_input") for t in taps)
     )
     data_spec = data_spec or probes.metadata["data"]["train"]["spec"]
-    data = load_data(data_spec, split, (data_config or DataConfig()).inherit(checkpoint.metadata))
-    check_classes(checkpoint, data)
+    data = load_checkpoint_data(checkpoint, data_spec, split, data_config)
     result = run_split(
         checkpoint.model,
         recorder,

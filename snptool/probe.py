@@ -31,10 +31,10 @@ from torch import nn
 from snptool import console
 from snptool.checkpoint import Checkpoint, read_checkpoint, read_header
 from snptool.config import DataConfig, InputSpec, ProbeConfig, config_to_dict
-from snptool.data import DataSplit, load_data, prepare_batch
+from snptool.data import DataSplit, prepare_batch
 from snptool.devices import resolve_device
 from snptool.errors import InputFileError
-from snptool.evaluate import check_classes
+from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance, require_file
 from snptool.taps import Tap, TapRecorder, analysable_layers
 
@@ -271,11 +271,9 @@ def run_probe(
     spec = checkpoint.input_spec
     layers = layers or analysable_layers(checkpoint.model, spec)
     recorder = TapRecorder(checkpoint.model, layers, spec, tap_input=config.tap_input)
-    data_spec = data_spec or checkpoint.metadata.get("data") or "digits"
-    data_config = (data_config or DataConfig()).inherit(checkpoint.metadata)
-    splits = {name: load_data(data_spec, name, data_config) for name in SPLITS}
-    for split in splits.values():
-        check_classes(checkpoint, split)
+    splits = {
+        name: load_checkpoint_data(checkpoint, data_spec, name, data_config) for name in SPLITS
+    }
     needed = sum(feature_bytes(recorder.taps, len(split)) for split in splits.values())
     cache = needed <= config.memory_budget_bytes
     mode = "cached" if cache else "streamed"
@@ -337,29 +335,40 @@ def run_probe(
     metadata = _probe_metadata(
         checkpoint, splits, results, recorder.taps, passes, config, mode, checkpoint_path
     )
-    tensors = {}
-    for tap in recorder.taps:
-        shape = (checkpoint.num_classes, tap.units, tap.positions)
-        tensors[f"probe/{tap.name}"] = weights[tap.name].reshape(shape).contiguous()
-        for split_name, split_pass in passes.items():
-            tensors[f"mean/{split_name}/{tap.name}"] = (
-                split_pass.means(tap.name).reshape(shape).contiguous()
-            )
-    for split_name, split_pass in passes.items():
-        tensors[f"count/{split_name}"] = split_pass.counts
-    with atomic_path(output) as temporary:
-        save_file(
-            tensors, str(temporary), metadata={"snptool": json.dumps(metadata, sort_keys=True)}
-        )
+    write_probe_file(output, recorder.taps, weights, passes, metadata)
     return ProbeResult(
         str(output),
         str(checkpoint_path),
-        data_spec,
+        splits["train"].spec,
         mode,
         passes["test"].model_accuracy,
         results,
         timings,
     )
+
+
+def write_probe_file(
+    output: str | Path,
+    taps: list[Tap],
+    weights: dict[str, torch.Tensor],
+    passes: dict[str, SplitPass],
+    metadata: dict[str, Any],
+) -> None:
+    """Probe weights, class means and counts as [C, U, P] tensors, written atomically."""
+    tensors = {}
+    for tap in taps:
+        shape = (len(metadata["class_names"]), tap.units, tap.positions)
+        tensors[f"probe/{tap.name}"] = weights[tap.name].reshape(shape).contiguous()
+        for split, split_pass in passes.items():
+            tensors[f"mean/{split}/{tap.name}"] = (
+                split_pass.means(tap.name).reshape(shape).contiguous()
+            )
+    for split, split_pass in passes.items():
+        tensors[f"count/{split}"] = split_pass.counts
+    with atomic_path(output) as temporary:
+        save_file(
+            tensors, str(temporary), metadata={"snptool": json.dumps(metadata, sort_keys=True)}
+        )
 
 
 def _probe_metadata(
