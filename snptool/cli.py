@@ -21,6 +21,7 @@ from snptool.config import (
     EvaluateConfig,
     MatrixConfig,
     ProbeConfig,
+    PruneConfig,
     TrainConfig,
 )
 from snptool.errors import SnpError, UsageError
@@ -665,6 +666,96 @@ def clusters(
 
 
 @_command()
+def prune(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint to prune.")],
+    output: OutputOpt,
+    clusters_file: Annotated[
+        Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
+    ],
+    method: Annotated[
+        str, typer.Option("--method", help="afcc, random or magnitude.")
+    ] = PruneConfig.method,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers", help="Comma-separated analysed layers (default: all in the file)."
+        ),
+    ] = None,
+    finetune_epochs: Annotated[
+        int, typer.Option(help="Fine-tuning epochs with the masks enforced.")
+    ] = PruneConfig.finetune_epochs,
+    train_layers: Annotated[
+        str | None,
+        typer.Option(
+            "--train-layers",
+            help="Comma-separated modules to fine-tune (default: the pruned ones).",
+        ),
+    ] = None,
+    batch_size: BatchSizeOpt = PruneConfig.batch_size,
+    lr: LrOpt = PruneConfig.learning_rate,
+    momentum: MomentumOpt = PruneConfig.momentum,
+    nesterov: NesterovOpt = PruneConfig.nesterov,
+    weight_decay: WeightDecayOpt = PruneConfig.weight_decay,
+    lr_decay: Annotated[
+        float, typer.Option(help="lr is multiplied by this every epoch.")
+    ] = PruneConfig.lr_decay,
+    augment: Annotated[
+        bool, typer.Option(help="Random translation and flip while fine-tuning.")
+    ] = PruneConfig.augment,
+    seed: SeedOpt = PruneConfig.seed,
+    device: DeviceOpt = PruneConfig.device,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
+    ] = None,
+    test_fraction: TestFractionOpt = None,
+    split_seed: SplitSeedOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Prune connections by the labels units serve (AFCC, METHODS.md §8) and fine-tune.
+
+    Example: snptool prune model.safetensors --clusters matrices.h5 --method afcc
+    --layers features.14,features.17 --finetune-epochs 5 -o pruned.safetensors
+    """
+    from snptool import console
+    from snptool.prune import run_prune
+
+    config = PruneConfig(
+        method=method,
+        finetune_epochs=finetune_epochs,
+        train_layers=tuple(_layer_list([train_layers] if train_layers else None)),
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        augment=augment,
+        seed=seed,
+        device=device,
+    )
+    result = run_prune(
+        checkpoint,
+        clusters_file,
+        output,
+        config,
+        layers=_layer_list([layers] if layers else None) or None,
+        data_spec=data,
+        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+    )
+    console.table(
+        f"{result.method}: accuracy {result.dense_accuracy:.4f} dense, "
+        f"{result.accuracy_before:.4f} pruned, {result.accuracy_after:.4f} fine-tuned → {result.output}",
+        ["layer", "module", "weights", "dilution"],
+        [(x.layer, x.module, x.weights, x.dilution) for x in result.layers],
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
 def models(json_output: JsonOpt = False) -> None:
     """List the architectures registered in model_defs.
 
@@ -681,6 +772,73 @@ def models(json_output: JsonOpt = False) -> None:
     )
     if json_output:
         console.emit_json(rows)
+
+
+from snptool.config import LatencyConfig  # noqa: E402  (kept beside its one command)
+
+
+def _batch_sizes(values: list[str] | None) -> tuple[int, ...]:
+    if not values:
+        return LatencyConfig.batch_sizes
+    try:
+        return tuple(int(v) for value in values for v in value.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(
+            f"--batch {','.join(values)!r} must be whole numbers, e.g. --batch 1,8."
+        ) from None
+
+
+@_command()
+def latency(
+    models: Annotated[list[Path], typer.Argument(help="ONNX files; ratios are to the first.")],
+    warmup: Annotated[
+        int, typer.Option(help="Untimed runs of each model first.")
+    ] = LatencyConfig.warmup,
+    runs: Annotated[int, typer.Option(help="Timed runs of each model.")] = LatencyConfig.runs,
+    budget_seconds: Annotated[
+        float | None,
+        typer.Option(help="Time each batch size for this long instead of --runs (>= 3 runs)."),
+    ] = LatencyConfig.budget_seconds,
+    batch: Annotated[
+        list[str] | None,
+        typer.Option("--batch", help="Batch size (repeatable, or comma-separated) [default: 1]."),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(help="onnxruntime intra-op threads.")
+    ] = LatencyConfig.threads,
+    provider: Annotated[
+        str, typer.Option(help="onnxruntime execution provider.")
+    ] = LatencyConfig.provider,
+    seed: Annotated[int, typer.Option(help="Seed of the random inputs.")] = LatencyConfig.seed,
+    json_output: JsonOpt = False,
+) -> None:
+    """Time ONNX models side by side on onnxruntime: p50/p90/p99, throughput, ratio to the first.
+
+    Example: snptool latency dense.onnx pruned.onnx --batch 1 --threads 1 --json
+    """
+    from snptool import console
+    from snptool.latency import run_latency
+
+    config = LatencyConfig(
+        warmup=warmup,
+        runs=runs,
+        budget_seconds=budget_seconds,
+        batch_sizes=_batch_sizes(batch),
+        threads=threads,
+        provider=provider,
+        seed=seed,
+    )
+    result = run_latency(models, config)
+    env = result.environment
+    console.table(
+        f"latency on {env['provider']}, {env['threads']} intra-op thread(s), "
+        f"onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs",
+        ["model", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms"]
+        + ["images/s", "ratio"],
+        [tuple(row.to_json().values()) for row in result.rows],
+    )
+    if json_output:
+        console.emit_json(result.to_json())
 
 
 def main() -> None:

@@ -125,6 +125,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_sgd(self)
         _require(
+            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
             (self.lr_step >= 1, f"lr step must be at least 1 epoch, not {self.lr_step}"),
             (self.translate >= 0, f"translate must be >= 0 pixels, not {self.translate}"),
         )
@@ -180,7 +181,10 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         check_sgd(self)
-        _require((self.forward_batch_size >= 1, "forward batch size must be at least 1"))
+        _require(
+            (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
+            (self.forward_batch_size >= 1, "forward batch size must be at least 1"),
+        )
         parse_bytes(self.memory_budget)
 
     @property
@@ -214,6 +218,73 @@ class ClustersConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
             raise UsageError(f"threshold must lie in [0, 1), not {self.threshold}.")
+
+
+PRUNE_METHODS = ("afcc", "random", "magnitude")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Label-guided pruning (METHODS.md §8) and the fine-tuning that follows it.
+
+    `afcc` keeps a connection between consecutive analysed units iff their label sets (the
+    union of their clusters) intersect, and a unit's connection to output label k iff k is in
+    its label set. `random` draws balanced random label sets of the same sizes (the papers'
+    control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
+    Fine-tuning trains `train_layers` (default: the pruned layers; the rest frozen, BatchNorm
+    statistics fixed) with the masks re-applied after every optimiser step.
+    """
+
+    method: str = "afcc"
+    finetune_epochs: int = 0
+    train_layers: tuple[str, ...] = ()
+    batch_size: int = 100
+    learning_rate: float = 0.001
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    lr_decay: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in PRUNE_METHODS:
+            raise UsageError(
+                f"unknown method {self.method!r}; use one of {', '.join(PRUNE_METHODS)}."
+            )
+        check_sgd(self)
+        _require(
+            (self.finetune_epochs >= 0, f"finetune epochs must be >= 0, not {self.finetune_epochs}")
+        )
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
+    rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size."""
+
+    warmup: int = 10
+    runs: int = 100
+    budget_seconds: float | None = None
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int = 1
+    provider: str = "CPUExecutionProvider"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
+        budget, smallest = self.budget_seconds, min(self.batch_sizes, default=1)
+        _require(
+            (self.warmup >= 0, f"warmup must be >= 0 runs, not {self.warmup}"),
+            (self.runs >= 1, f"runs must be at least 1, not {self.runs}"),
+            (budget is None or budget > 0, f"budget seconds must be positive, not {budget}"),
+            (bool(self.batch_sizes), "give at least one batch size"),
+            (smallest >= 1, f"batch sizes must be at least 1, not {smallest}"),
+            (self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
+            (bool(self.provider), "give an execution provider, e.g. CPUExecutionProvider"),
+            (self.seed >= 0, f"seed must be >= 0, not {self.seed}"),
+        )
 
 
 _UNITS = {
@@ -256,7 +327,6 @@ DEVICES = ("auto", "cpu", "cuda")
 def check_sgd(config: Any) -> None:
     """The checks every SGD recipe (TrainConfig, ProbeConfig) shares."""
     _require(
-        (config.epochs >= 1, f"epochs must be at least 1, not {config.epochs}"),
         (config.batch_size >= 1, f"batch size must be at least 1, not {config.batch_size}"),
         (config.learning_rate > 0, f"learning rate must be positive, not {config.learning_rate}"),
         (0 <= config.momentum < 1, f"momentum must lie in [0, 1), not {config.momentum}"),

@@ -1,0 +1,399 @@
+"""`snptool prune`: label-guided dilution of a network (METHODS.md §8) and masked fine-tuning.
+
+For the listed (analysed) layers ℓ1 … ℓn, in forward order:
+- the weight layer that produces ℓ(i+1) reads ℓi's units; AFCC keeps its kernel slice from
+  input unit a to output unit b iff Λℓi(a) ∩ Λℓ(i+1)(b) ≠ ∅ (Λ = union of a unit's clusters);
+- when ℓn feeds the output layer directly, unit u keeps its connection to label k iff k ∈ Λℓn(u).
+Fully connected layers follow the same rule with nodes; a Linear that reads a flattened conv
+tap gives every channel its H·W inputs. Masks are stored as tensors (`snptool/mask/<param>`)
+so the zeros survive fine-tuning and export.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from snptool import console
+from snptool.architectures import run_dummy_input
+from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
+from snptool.clusters import read_layer_clusters
+from snptool.config import DataConfig, PruneConfig, config_to_dict
+from snptool.data import DataSplit, augment_batch, prepare_batch
+from snptool.devices import resolve_device, seed_everything
+from snptool.errors import InputFileError, LayerError, UsageError
+from snptool.evaluate import evaluate_model, load_checkpoint_data
+from snptool.files import check_output_path, provenance
+from snptool.matrix_file import layer_group, layer_names, metadata, open_matrix_file
+from snptool.taps import resolve_taps
+
+MASK_PREFIX = "snptool/mask/"
+WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A weight layer whose input units are one analysed layer's units."""
+
+    module: str  # the Conv2d / Linear
+    source: str  # tap whose units are the inputs
+    target: str | None  # tap whose units are the outputs; None: the output labels
+    inputs_per_unit: int  # 1 for conv / node inputs, H·W for a Linear after a flattened conv
+
+
+@dataclass(frozen=True)
+class PrunedLayer:
+    layer: str
+    module: str
+    dilution: float
+    weights: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    output: str
+    method: str
+    dense_accuracy: float
+    accuracy_before: float
+    accuracy_after: float
+    layers: list[PrunedLayer] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "method": self.method,
+            "dense_accuracy": self.dense_accuracy,
+            "accuracy_before": self.accuracy_before,
+            "accuracy_after": self.accuracy_after,
+            "layers": [layer.to_json() for layer in self.layers],
+            "seconds": self.seconds,
+        }
+
+
+def execution_order(model: nn.Module, shape: tuple[int, ...]) -> list[str]:
+    """Names of the leaf modules in the order one forward pass runs them."""
+    order: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda m, a, o, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if name and not list(module.children())
+    ]
+    try:
+        run_dummy_input(model, shape, "the model")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> list[Connection]:
+    """The weight layers between consecutive listed taps, and the output layer after the last."""
+    spec = checkpoint.input_spec
+    taps = resolve_taps(model, layers, spec)
+    if any(tap.tap_input or not tap.default_unit for tap in taps):
+        raise LayerError("prune works on module outputs read with their default unit kind.")
+    order = execution_order(model, spec.shape)
+    weights = [
+        i for i, name in enumerate(order) if isinstance(model.get_submodule(name), WEIGHT_TYPES)
+    ]
+
+    def position(layer: str) -> int:
+        names = [n for n in order if n == layer or n.startswith(layer + ".")]
+        if not names:
+            raise LayerError(f"layer {layer} runs no leaf module; tap another layer.")
+        return max(i for i, n in enumerate(order) if n in names)
+
+    def next_weight_after(index: int) -> int | None:
+        return next((i for i in weights if i > index), None)
+
+    classes = checkpoint.num_classes
+    result = []
+    for source, target in zip(taps, [*taps[1:], None], strict=True):
+        consumer = next_weight_after(position(source.layer))
+        if consumer is None:
+            break
+        name = order[consumer]
+        if target is not None:
+            producer = max((i for i in weights if i <= position(target.layer)), default=None)
+            if producer != consumer:
+                raise LayerError(
+                    f"layers {source.layer} and {target.layer} are not consecutive ({name} reads "
+                    f"{source.layer}); list every analysed layer in between."
+                )
+        elif consumer != weights[-1] or _outputs(model.get_submodule(name)) != classes:
+            break  # the last listed layer does not feed the output layer directly
+        module = model.get_submodule(name)
+        inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+        if inputs % source.units:
+            raise LayerError(
+                f"{name} reads {inputs} inputs, which do not split into the {source.units} units "
+                f"of {source.layer}; prune layers that feed each other directly."
+            )
+        per_unit = inputs // source.units
+        if isinstance(module, nn.Conv2d) and (per_unit != 1 or module.groups != 1):
+            raise LayerError(f"{name} does not read the units of {source.layer} one channel each.")
+        result.append(Connection(name, source.name, target.name if target else None, per_unit))
+    return result
+
+
+def _outputs(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def unit_mask(sources: list[set[int]], targets: list[set[int]]) -> torch.Tensor:
+    """[targets, sources] booleans: keep iff the two label sets intersect."""
+    classes = 1 + max((j for s in (*sources, *targets) for j in s), default=0)
+    source = torch.zeros(len(sources), classes)
+    target = torch.zeros(len(targets), classes)
+    for i, labels in enumerate(sources):
+        source[i, list(labels)] = 1
+    for i, labels in enumerate(targets):
+        target[i, list(labels)] = 1
+    return (target @ source.T) > 0
+
+
+def output_mask(sources: list[set[int]], classes: int) -> torch.Tensor:
+    """[classes, units] booleans: unit u keeps label k iff k ∈ Λ(u)."""
+    mask = torch.zeros(classes, len(sources), dtype=torch.bool)
+    for unit, labels in enumerate(sources):
+        mask[list(labels), unit] = True
+    return mask
+
+
+def expand(mask: torch.Tensor, weight: torch.Tensor, inputs_per_unit: int) -> torch.Tensor:
+    """A [out, in-units] mask → the weight's shape (kernel slices / flattened positions)."""
+    mask = mask.repeat_interleave(inputs_per_unit, dim=1)
+    return mask.reshape(*mask.shape, *([1] * (weight.ndim - 2))).expand_as(weight).clone()
+
+
+def balanced_random_sets(
+    sets: list[set[int]], classes: int, rng: np.random.Generator
+) -> list[set[int]]:
+    """Random label sets of the same sizes, each label used about equally often in the layer."""
+    usage = np.zeros(classes)
+    result: list[set[int]] = [set() for _ in sets]
+    for unit in rng.permutation(len(sets)):
+        size = len(sets[unit])
+        order = np.lexsort((rng.random(classes), usage))  # least used first, random ties
+        chosen = order[:size]
+        usage[chosen] += 1
+        result[unit] = {int(j) for j in chosen}
+    return result
+
+
+def afcc_masks(
+    model: nn.Module, chain: list[Connection], label_sets: dict[str, list[set[int]]], classes: int
+) -> dict[str, torch.Tensor]:
+    """AFCC masks by weight parameter name (METHODS.md §8)."""
+    masks = {}
+    for connection in chain:
+        weight = model.get_submodule(connection.module).weight
+        sources = label_sets[connection.source]
+        if connection.target is None:
+            units_mask = output_mask(sources, classes)
+        else:
+            units_mask = unit_mask(sources, label_sets[connection.target])
+        masks[connection.module + ".weight"] = expand(
+            units_mask, weight, connection.inputs_per_unit
+        )
+    return masks
+
+
+def magnitude_masks(
+    model: nn.Module, chain: list[Connection], reference: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Remove the smallest-magnitude kernel slices (L1) to the reference masks' dilution."""
+    masks = {}
+    for connection in chain:
+        name = connection.module + ".weight"
+        weight = model.get_submodule(connection.module).weight.detach()
+        out_units = weight.shape[0]
+        slices = weight.reshape(
+            out_units, -1, connection.inputs_per_unit * int(np.prod(weight.shape[2:]) or 1)
+        )
+        importance = slices.abs().sum(-1)  # [out, in-units]
+        removed = int((~reference[name]).reshape(out_units, importance.shape[1], -1)[..., 0].sum())
+        keep = torch.ones_like(importance, dtype=torch.bool)
+        if removed:
+            keep.view(-1)[importance.view(-1).argsort()[:removed]] = False
+        masks[name] = expand(keep, weight, connection.inputs_per_unit)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
+
+
+def dilution(mask: torch.Tensor) -> float:
+    return 1.0 - float(mask.float().mean())
+
+
+def finetune(
+    model: nn.Module,
+    masks: dict[str, torch.Tensor],
+    train_data: DataSplit,
+    spec,
+    config: PruneConfig,
+    train_modules: list[str],
+    device: torch.device,
+) -> None:
+    """Train `train_modules` with the masks re-applied after every step; everything else frozen."""
+    seed_everything(config.seed)
+    trainable = []
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(m + ".") for m in train_modules))
+        if parameter.requires_grad:
+            trainable.append(parameter)
+    optimizer = torch.optim.SGD(
+        trainable,
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    steps = config.finetune_epochs * train_data.num_batches(config.batch_size)
+    with console.progress("fine-tune", steps) as task:
+        for epoch in range(config.finetune_epochs):
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate * config.lr_decay**epoch
+            model.train()
+            for module in model.modules():  # frozen BatchNorm statistics
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            for images, labels in train_data.batches(
+                spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
+            ):
+                x = prepare_batch(images.to(device), spec)
+                if config.augment:
+                    x = augment_batch(x, 4, True, generator)
+                loss = F.cross_entropy(model(x), labels.to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                apply_masks(model, masks)
+                task.advance()
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    model.eval()
+
+
+def read_label_sets(clusters_path: str | Path, checkpoint: Checkpoint, layers: list[str] | None):
+    """Λ(u) of every unit of the listed layers (default: all layers in the file), in file order."""
+    with open_matrix_file(clusters_path) as handle:
+        recorded = metadata(handle).get("checkpoint", {}).get("sha256")
+        if recorded and recorded != checkpoint.sha256:
+            raise InputFileError(
+                f"{clusters_path} was computed for another checkpoint than {checkpoint.path}; "
+                "run probe, matrix and clusters on this checkpoint first."
+            )
+        names = layers or layer_names(handle)
+        return names, {
+            name: read_layer_clusters(layer_group(handle, name)).label_sets() for name in names
+        }
+
+
+def run_prune(
+    checkpoint_path: str | Path,
+    clusters_path: str | Path,
+    output: str | Path,
+    config: PruneConfig | None = None,
+    *,
+    layers: list[str] | None = None,
+    data_spec: str | None = None,
+    data_config: DataConfig | None = None,
+) -> PruneResult:
+    """Dilute a checkpoint by its units' label sets, fine-tune, and write the pruned checkpoint."""
+    config = config or PruneConfig()
+    check_output_path(output, checkpoint_path, clusters_path)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    checkpoint = read_checkpoint(checkpoint_path, device)
+    model, spec, classes = checkpoint.model, checkpoint.input_spec, checkpoint.num_classes
+    names, label_sets = read_label_sets(clusters_path, checkpoint, layers)
+    chain = connections(model, checkpoint, names)
+    if not chain:
+        raise UsageError(
+            "the listed layers give nothing to prune; list two consecutive layers, "
+            "or the last one before the output layer."
+        )
+    masks = afcc_masks(model, chain, label_sets, classes)
+    if config.method == "random":
+        rng = np.random.default_rng(config.seed)
+        shuffled = {
+            name: balanced_random_sets(sets, classes, rng) for name, sets in label_sets.items()
+        }
+        masks = afcc_masks(model, chain, shuffled, classes)
+    elif config.method == "magnitude":
+        masks = magnitude_masks(model, chain, masks)
+    test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
+    dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
+    apply_masks(model, masks)
+    before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
+    after = before
+    if config.finetune_epochs:
+        train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
+        modules = list(config.train_layers) or [c.module for c in chain]
+        finetune(model, masks, train_data, spec, config, modules, device)
+        after = evaluate_model(
+            model, test_data, spec, device=device, description="fine-tuned"
+        ).accuracy
+    pruned = [
+        PrunedLayer(
+            c.target or "output",
+            c.module,
+            dilution(masks[c.module + ".weight"]),
+            masks[c.module + ".weight"].numel(),
+        )
+        for c in chain
+    ]
+    record = {
+        "method": config.method,
+        "layers": names,
+        "connections": [vars(c) for c in chain],
+        "dilution": {p.module: p.dilution for p in pruned},
+        "dense_accuracy": dense,
+        "accuracy_before": before,
+        "accuracy_after": after,
+        "config": config_to_dict(config),
+    }
+    meta = make_metadata(
+        arch=checkpoint.metadata["arch"],
+        class_names=checkpoint.class_names,
+        input_spec=spec,
+        data=checkpoint.metadata.get("data"),
+        provenance=provenance({"checkpoint": checkpoint_path, "clusters": clusters_path}),
+        training=checkpoint.metadata.get("training"),
+        pruning=record,
+    )
+    extras = {MASK_PREFIX + name: mask.to(torch.uint8) for name, mask in masks.items()}
+    write_checkpoint(output, model, meta, extras)
+    return PruneResult(
+        str(output), config.method, dense, before, after, pruned, time.perf_counter() - started
+    )
+
+
+def masks_of(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The pruning masks a checkpoint carries, by parameter name (boolean)."""
+    return {
+        k[len(MASK_PREFIX) :]: v.bool()
+        for k, v in checkpoint.extras.items()
+        if k.startswith(MASK_PREFIX)
+    }
+
+
+__all__ = ["run_prune", "PruneResult", "masks_of"]
