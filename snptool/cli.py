@@ -747,7 +747,8 @@ def prune(
     )
     console.table(
         f"{result.method}: accuracy {result.dense_accuracy:.4f} dense, "
-        f"{result.accuracy_before:.4f} pruned, {result.accuracy_after:.4f} fine-tuned → {result.output}",
+        f"{result.accuracy_before:.4f} pruned, {result.accuracy_after:.4f} fine-tuned "
+        f"→ {result.output}",
         ["layer", "module", "weights", "dilution"],
         [(x.layer, x.module, x.weights, x.dilution) for x in result.layers],
     )

@@ -1,0 +1,190 @@
+"""prune: the AFCC rule, its controls, the chain of connections, masked fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from snptool.checkpoint import read_checkpoint
+from snptool.cli import app
+from snptool.clusters import read_layer_clusters, run_clusters
+from snptool.config import PruneConfig
+from snptool.errors import InputFileError, LayerError
+from snptool.matrix import run_matrix
+from snptool.matrix_file import layer_group, open_matrix_file
+from snptool.probe import run_probe
+from snptool.prune import (
+    balanced_random_sets,
+    connections,
+    expand,
+    masks_of,
+    output_mask,
+    run_prune,
+    unit_mask,
+)
+
+LAYERS = ["features.2", "features.6", "features.10", "classifier.1"]
+
+
+@pytest.fixture(scope="module")
+def clusters_path(checkpoint_path: Path, tiny_probe, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prune")
+    run_probe(checkpoint_path, LAYERS, folder / "probes.safetensors", tiny_probe)
+    path = folder / "matrices.h5"
+    run_matrix(checkpoint_path, folder / "probes.safetensors", path)
+    run_clusters(path)
+    return path
+
+
+def label_sets(path: Path) -> dict[str, list[set[int]]]:
+    with open_matrix_file(path) as handle:
+        return {
+            name: read_layer_clusters(layer_group(handle, name)).label_sets() for name in LAYERS
+        }
+
+
+def test_unit_mask_keeps_pairs_whose_label_sets_intersect():
+    sources = [{0, 1}, {2}, set()]
+    targets = [{1}, {2, 3}, {4}]
+    expected = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=torch.bool)
+    assert torch.equal(unit_mask(sources, targets), expected)
+
+
+def test_output_mask_keeps_the_labels_of_each_unit():
+    mask = output_mask([{0, 2}, set(), {1}], classes=3)
+    assert mask.tolist() == [[True, False, False], [False, False, True], [True, False, False]]
+
+
+def test_expand_covers_kernel_slices_and_flattened_positions():
+    units = torch.tensor([[True, False]])
+    conv = expand(units, torch.zeros(1, 2, 3, 3), 1)
+    assert conv[0, 0].all() and not conv[0, 1].any()
+    linear = expand(units, torch.zeros(1, 8), 4)  # 2 channels × 4 positions, channel-major
+    assert linear.tolist() == [[True] * 4 + [False] * 4]
+
+
+def test_balanced_random_sets_keep_sizes_and_balance_labels():
+    sets = [{0}, {1, 2}, {3, 4, 5}, set(), {6, 7}, {8}] * 5
+    drawn = balanced_random_sets(sets, classes=10, rng=np.random.default_rng(0))
+    assert [len(s) for s in drawn] == [len(s) for s in sets]
+    usage = np.bincount([j for s in drawn for j in s], minlength=10)
+    assert usage.max() - usage.min() <= 1
+
+
+def test_connections_of_tiny_vgg(checkpoint_path: Path):
+    checkpoint = read_checkpoint(checkpoint_path)
+    chain = connections(checkpoint.model, checkpoint, LAYERS)
+    assert [(c.module, c.source, c.target, c.inputs_per_unit) for c in chain] == [
+        ("features.4", "features.2", "features.6", 1),
+        ("features.8", "features.6", "features.10", 1),
+        ("classifier.0", "features.10", "classifier.1", 16),  # 16 channels × 4×4 positions
+        ("classifier.2", "classifier.1", None, 1),
+    ]
+
+
+def test_layers_that_are_not_consecutive_are_refused(checkpoint_path: Path):
+    checkpoint = read_checkpoint(checkpoint_path)
+    with pytest.raises(LayerError, match="not consecutive"):
+        connections(checkpoint.model, checkpoint, ["features.2", "features.10"])
+
+
+def test_afcc_masks_follow_the_rule_and_survive_fine_tuning(
+    checkpoint_path, clusters_path, tmp_path
+):
+    output = tmp_path / "pruned.safetensors"
+    result = run_prune(
+        checkpoint_path, clusters_path, output, PruneConfig(finetune_epochs=1, device="cpu")
+    )
+    sets = label_sets(clusters_path)
+    pruned = read_checkpoint(output)
+    masks = masks_of(pruned)
+    assert set(masks) == {
+        "features.4.weight",
+        "features.8.weight",
+        "classifier.0.weight",
+        "classifier.2.weight",
+    }
+    expected = unit_mask(sets["features.6"], sets["features.10"])
+    assert torch.equal(masks["features.8.weight"][:, :, 0, 0], expected)
+    assert torch.equal(masks["classifier.2.weight"], output_mask(sets["classifier.1"], 10))
+    weights = dict(pruned.model.named_parameters())
+    for name, mask in masks.items():
+        assert not weights[name][~mask].any(), f"{name} regrew pruned weights while fine-tuning"
+    for layer in result.layers:
+        mask = masks[layer.module + ".weight"]
+        assert layer.dilution == pytest.approx(1 - mask.float().mean().item())
+    record = pruned.metadata["pruning"]
+    assert record["method"] == "afcc" and record["accuracy_after"] == result.accuracy_after
+    assert 0 <= result.accuracy_before <= 1 and result.dense_accuracy > 0.5
+
+
+def test_controls_match_afcc_dilution(checkpoint_path, clusters_path, tmp_path):
+    runs = {
+        method: run_prune(
+            checkpoint_path,
+            clusters_path,
+            tmp_path / f"{method}.safetensors",
+            PruneConfig(method=method, device="cpu"),
+        )
+        for method in ("afcc", "random", "magnitude")
+    }
+    afcc = {layer.module: layer.dilution for layer in runs["afcc"].layers}
+    magnitude = {layer.module: layer.dilution for layer in runs["magnitude"].layers}
+    assert magnitude == pytest.approx(afcc)
+    random = {layer.module: layer.dilution for layer in runs["random"].layers}
+    assert random["classifier.2"] == pytest.approx(afcc["classifier.2"])  # same set sizes
+    for module in afcc:
+        assert abs(random[module] - afcc[module]) <= 0.35
+
+
+def test_clusters_of_another_checkpoint_are_refused(trained, clusters_path, tmp_path):
+    with pytest.raises(InputFileError, match="another checkpoint"):
+        run_prune(trained.best_output, clusters_path, tmp_path / "x.safetensors")
+
+
+def test_cli_prune_json(checkpoint_path, clusters_path, tmp_path):
+    output = tmp_path / "cli.safetensors"
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            str(checkpoint_path),
+            "--clusters",
+            str(clusters_path),
+            "--method",
+            "afcc",
+            "--layers",
+            "features.6,features.10",
+            "-o",
+            str(output),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert {"method", "accuracy_before", "accuracy_after", "layers"} <= set(payload)
+    assert [layer["layer"] for layer in payload["layers"]] == ["features.10"]
+    assert "dilution" in payload["layers"][0]
+
+
+def test_cli_prune_unknown_method_is_one_line(checkpoint_path, clusters_path, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "prune",
+            str(checkpoint_path),
+            "--clusters",
+            str(clusters_path),
+            "--method",
+            "best",
+            "-o",
+            str(tmp_path / "x.safetensors"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown method" in result.stderr
