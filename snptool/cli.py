@@ -19,6 +19,7 @@ from snptool.config import (
     ClustersConfig,
     DataConfig,
     EvaluateConfig,
+    LatencyConfig,
     MatrixConfig,
     ProbeConfig,
     PruneConfig,
@@ -775,7 +776,77 @@ def models(json_output: JsonOpt = False) -> None:
         console.emit_json(rows)
 
 
-from snptool.config import LatencyConfig  # noqa: E402  (kept beside its one command)
+from snptool.config import ExportConfig  # noqa: E402  (kept beside its one command)
+
+
+@_command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
+    output: OutputOpt,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = ExportConfig.opset,
+    dynamo: Annotated[
+        bool, typer.Option(help="Use torch's dynamo exporter, not the TorchScript one.")
+    ] = ExportConfig.dynamo,
+    parity_samples: Annotated[
+        int, typer.Option(help="Test images run through torch and onnxruntime.")
+    ] = ExportConfig.parity_samples,
+    parity_tolerance: Annotated[
+        float, typer.Option(help="Largest logit difference allowed.")
+    ] = ExportConfig.parity_tolerance,
+    batch_size: Annotated[
+        int, typer.Option(help="Batch size of the parity check.")
+    ] = ExportConfig.batch_size,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu (onnxruntime's CPU provider).")
+    ] = ExportConfig.device,
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
+    ] = None,
+    test_fraction: TestFractionOpt = None,
+    split_seed: SplitSeedOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Export a checkpoint to one ONNX file, checked against torch in onnxruntime.
+
+    Example: snptool export pruned.safetensors -o pruned.onnx
+    """
+    from snptool import console
+    from snptool.export import run_export
+
+    config = ExportConfig(
+        opset=opset,
+        dynamo=dynamo,
+        parity_samples=parity_samples,
+        parity_tolerance=parity_tolerance,
+        batch_size=batch_size,
+        device=device,
+    )
+    result = run_export(
+        checkpoint,
+        output,
+        config,
+        data_spec=data,
+        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+    )
+    console.table(
+        f"{checkpoint} → {result.output} (opset {result.opset})",
+        ["graph", "params", "MACs per sample"],
+        [
+            ("dense", result.dense_params, result.dense_macs),
+            ("exported", result.params, result.macs),
+        ],
+    )
+    console.log(
+        f"max |torch − onnxruntime| {result.max_abs_diff:.3g} on {result.samples} test images, "
+        f"argmax agreement {result.argmax_agreement:.4f}"
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
 
 
 def _batch_sizes(values: list[str] | None) -> tuple[int, ...]:

@@ -14,8 +14,10 @@ from snptool.cli import app
 from snptool.config import (
     ClustersConfig,
     EvaluateConfig,
+    LatencyConfig,
     MatrixConfig,
     ProbeConfig,
+    PruneConfig,
     TrainConfig,
 )
 
@@ -124,7 +126,8 @@ def test_every_command_takes_json():
         assert "--json" in {o for p in command.params for o in p.opts}, name
 
 
-FLAG_OF_FIELD = {"learning_rate": "--lr"}
+FLAG_OF_FIELD = {"learning_rate": "--lr", "batch_sizes": "--batch"}
+LIST_FIELDS = {"train_layers", "batch_sizes"}  # comma-separated on the command line
 
 
 CONFIGS = [
@@ -133,6 +136,8 @@ CONFIGS = [
     ("probe", ProbeConfig),
     ("matrix", MatrixConfig),
     ("clusters", ClustersConfig),
+    ("prune", PruneConfig),
+    ("latency", LatencyConfig),
 ]
 
 
@@ -148,8 +153,11 @@ def test_every_config_field_has_a_flag(command, config):
 def test_flag_defaults_come_from_the_config(command, config):
     params = {p.name: p for p in commands()[command].params}
     for field in dataclasses.fields(config):
-        name = "lr" if field.name == "learning_rate" else field.name
-        assert params[name].default == field.default, f"{command} --{name}"
+        if field.name in LIST_FIELDS:
+            continue
+        flag = FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
+        param = next(p for p in params.values() if flag in p.opts)
+        assert param.default == field.default, f"{command} {flag}"
 
 
 def test_public_api_resolves():
