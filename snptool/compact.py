@@ -1,0 +1,227 @@
+"""Masks → a smaller dense model with the same outputs (METHODS.md §10).
+
+Zeroed weights give no speed-up in dense kernels, so units whose connections all vanished are
+cut out of the network:
+- a unit with no outgoing connection is removed (its producer's output channel, the
+  per-channel modules after it, and the consumer's input slice);
+- a unit with no incoming connection outputs a constant; it is removed and that constant's
+  contribution is folded into the consumer's bias when that is exact (a Linear consumer, an
+  unpadded conv, or a constant of 0); otherwise it stays.
+The surgery replaces Conv2d / Linear / BatchNorm modules in place, so it works on any
+architecture whose pruned units sit between a producer and a consumer through per-channel
+modules only (BatchNorm, activations, pooling, dropout); it is rebuilt from the checkpoint
+alone (architecture, weights, masks and the pruning record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from snptool.architectures import run_dummy_input
+from snptool.checkpoint import Checkpoint
+from snptool.prune import WEIGHT_TYPES, Connection, execution_order, masks_of
+
+PER_CHANNEL = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+)
+
+
+@dataclass
+class CompactReport:
+    """What the compaction removed, by tap."""
+
+    removed: dict[str, int] = field(default_factory=dict)
+    folded: dict[str, int] = field(default_factory=dict)
+    kept_constant: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"removed": self.removed, "folded": self.folded, "kept_constant": self.kept_constant}
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def _unit_columns(mask: torch.Tensor, units: int, per_unit: int) -> torch.Tensor:
+    """[out, in] → per input unit: does any connection remain?"""
+    flat = mask.reshape(mask.shape[0], units, per_unit, -1)
+    return flat.any(dim=(0, 2, 3))
+
+
+@torch.no_grad()
+def _constant_after(
+    modules: list[nn.Module], value: torch.Tensor, shape: tuple[int, ...]
+) -> torch.Tensor:
+    """Push a per-channel constant through the per-channel modules; return per-channel values."""
+    x = value.reshape(1, -1, *([1] * (len(shape) - 1))).expand(1, *shape).clone()
+    for module in modules:
+        x = module(x)
+    return x.reshape(1, x.shape[1], -1)[0]  # [channels, positions]
+
+
+@torch.no_grad()
+def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
+    """The checkpoint's masked model with dead units cut out; outputs equal up to float error."""
+    model = checkpoint.model.eval()
+    masks = masks_of(checkpoint)
+    record = (checkpoint.metadata.get("pruning") or {}).get("connections") or []
+    chain = [Connection(**c) for c in record]
+    report = CompactReport()
+    if not chain:
+        return model, report
+    spec = checkpoint.input_spec
+    order = execution_order(model, spec.shape)
+    shapes = _output_shapes(model, spec.shape)
+    weights = [i for i, n in enumerate(order) if isinstance(model.get_submodule(n), WEIGHT_TYPES)]
+    index = {n: i for i, n in enumerate(order)}
+    keep_out: dict[str, torch.Tensor] = {}
+    keep_in: dict[str, tuple[torch.Tensor, int]] = {}
+    bias_add: dict[str, torch.Tensor] = {}
+    for connection in chain:
+        consumer = model.get_submodule(connection.module)
+        producer_index = max(i for i in weights if i < index[connection.module])
+        producer_name = order[producer_index]
+        between = [
+            model.get_submodule(n) for n in order[producer_index + 1 : index[connection.module]]
+        ]
+        if not all(isinstance(m, PER_CHANNEL) for m in between):
+            continue  # something mixes channels between producer and consumer: leave it
+        units = _outputs(model.get_submodule(producer_name))
+        mask = masks[connection.module + ".weight"]
+        has_out = _unit_columns(mask, units, connection.inputs_per_unit)
+        producer_mask = masks.get(producer_name + ".weight")
+        has_in = torch.ones(units, dtype=torch.bool)
+        if producer_mask is not None:
+            has_in = producer_mask.reshape(units, -1).any(dim=1)
+        producer = model.get_submodule(producer_name)
+        bias = producer.bias if producer.bias is not None else torch.zeros(units)
+        constant = _constant_after(between, bias, shapes[producer_name])  # [units, positions]
+        removable = ~has_out
+        foldable = has_out & ~has_in
+        exact_zero = foldable & (constant.abs().amax(dim=1) == 0)
+        linear_like = isinstance(consumer, nn.Linear) or (
+            isinstance(consumer, nn.Conv2d) and all(p == 0 for p in _pairs(consumer.padding))
+        )
+        fold = foldable & ~exact_zero if linear_like else torch.zeros_like(foldable)
+        if fold.any():
+            bias_add[connection.module] = bias_add.get(connection.module, 0) + _folded_bias(
+                consumer, mask, constant, fold, connection.inputs_per_unit
+            )
+        keep = ~(removable | exact_zero | fold)
+        keep_out[producer_name] = (
+            keep_out.get(producer_name, torch.ones(units, dtype=torch.bool)) & keep
+        )
+        keep_in[connection.module] = (keep, connection.inputs_per_unit)
+        for module_name in order[producer_index + 1 : index[connection.module]]:
+            if isinstance(model.get_submodule(module_name), nn.modules.batchnorm._BatchNorm):
+                keep_out[module_name] = keep
+        tap = connection.source
+        report.removed[tap] = int((~keep).sum())
+        report.folded[tap] = int(fold.sum())
+        report.kept_constant[tap] = int((foldable & keep).sum())
+    for name in {*keep_out, *keep_in}:
+        _shrink(model, name, keep_out.get(name), keep_in.get(name), bias_add.get(name))
+    return model, report
+
+
+def _pairs(value) -> tuple:
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def _outputs(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _output_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of every Conv2d / Linear."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
+            shapes[name] = tuple(output.shape[1:])
+
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHT_TYPES)
+    ]
+    try:
+        run_dummy_input(model, shape, "the model")
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes
+
+
+def _folded_bias(
+    consumer: nn.Module, mask, constant: torch.Tensor, fold: torch.Tensor, per_unit: int
+) -> torch.Tensor:
+    """Σ over folded units of the consumer's (masked) weights × the unit's constant output."""
+    weight = consumer.weight * mask.to(consumer.weight.dtype)
+    if isinstance(consumer, nn.Linear):
+        columns = weight.reshape(weight.shape[0], len(fold), per_unit)  # [out, units, positions]
+        return torch.einsum("oup,up->o", columns[:, fold], constant[fold][:, :per_unit])
+    return torch.einsum("oukl,u->o", weight[:, fold], constant[fold][:, 0])
+
+
+def _shrink(model, name, keep_out, keep_in, bias_add) -> None:
+    module = model.get_submodule(name)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        new = type(module)(
+            int(keep_out.sum()), eps=module.eps, momentum=module.momentum, affine=module.affine
+        )
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            source = getattr(module, attr)
+            if source is not None:
+                getattr(new, attr).data.copy_(source.data[keep_out])
+        _replace(model, name, new.eval())
+        return
+    weight = module.weight.data
+    bias = module.bias.data.clone() if module.bias is not None else None
+    if bias_add is not None:
+        bias = (bias if bias is not None else torch.zeros(weight.shape[0])) + bias_add
+    if keep_in is not None:
+        keep, per_unit = keep_in
+        columns = keep.repeat_interleave(per_unit)
+        weight = weight[:, columns]
+    if keep_out is not None:
+        weight = weight[keep_out]
+        bias = bias[keep_out] if bias is not None else None
+    if isinstance(module, nn.Conv2d):
+        new = nn.Conv2d(
+            weight.shape[1],
+            weight.shape[0],
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            1,
+            bias is not None,
+            module.padding_mode,
+        )
+    else:
+        new = nn.Linear(weight.shape[1], weight.shape[0], bias is not None)
+    new.weight.data.copy_(weight)
+    if bias is not None:
+        new.bias.data.copy_(bias)
+    _replace(model, name, new.eval())
