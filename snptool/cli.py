@@ -19,6 +19,7 @@ from snptool.config import (
     ClustersConfig,
     DataConfig,
     EvaluateConfig,
+    ExportConfig,
     LatencyConfig,
     MatrixConfig,
     ProbeConfig,
@@ -776,9 +777,6 @@ def models(json_output: JsonOpt = False) -> None:
         console.emit_json(rows)
 
 
-from snptool.config import ExportConfig  # noqa: E402  (kept beside its one command)
-
-
 @_command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
@@ -845,8 +843,6 @@ def export(
     )
     if json_output:
         console.emit_json(result.to_json())
-
-
 
 
 def _batch_sizes(values: list[str] | None) -> tuple[int, ...]:

@@ -260,6 +260,35 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """ONNX export (`dynamo`: torch's dynamo exporter instead of the TorchScript one) and its
+    parity check: the first `parity_samples` test images through torch and onnxruntime on the
+    CPU, whose logits may differ by at most `parity_tolerance`."""
+
+    opset: int = 17
+    parity_samples: int = 64
+    parity_tolerance: float = 1e-4
+    batch_size: int = 32
+    device: str = "cpu"
+    dynamo: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            (self.opset >= 7, f"opset must be at least 7, not {self.opset}"),
+            (
+                self.parity_samples >= 1,
+                f"parity samples must be at least 1, not {self.parity_samples}",
+            ),
+            (
+                self.parity_tolerance >= 0,
+                f"parity tolerance must be >= 0, not {self.parity_tolerance}",
+            ),
+            (self.batch_size >= 1, f"batch size must be at least 1, not {self.batch_size}"),
+            (self.device == "cpu", f"export runs on the CPU, not {self.device}; use --device cpu"),
+        )
+
+
+@dataclass(frozen=True)
 class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
     rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size."""

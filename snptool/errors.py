@@ -29,3 +29,7 @@ class ArchitectureError(SnpError):
 
 class LayerError(SnpError):
     """A layer name that does not exist in a model, or cannot be analysed."""
+
+
+class ExportError(SnpError):
+    """A model that cannot be exported to ONNX, or whose ONNX graph disagrees with torch."""
