@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded digits data set (no download): train a model of the research,
 # evaluate it, list its analysable layers, fit a probe on every layer, compute every unit's
-# labels × labels matrix and its clusters. Every step reads and writes files, and every
-# --json result lands beside them in $OUT.
+# labels × labels matrix and its clusters, prune by the units' labels (AFCC), export the dense
+# and the pruned model to ONNX and time them in onnxruntime. Every step reads and writes
+# files, and every --json result lands beside them in $OUT.
 #
 #   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, DATA can be set in the environment)
 set -euo pipefail
@@ -10,6 +11,7 @@ OUT=${1:-runs/digits}
 ARCH=${ARCH:-vgg6}
 EPOCHS=${EPOCHS:-10}
 PROBE_EPOCHS=${PROBE_EPOCHS:-50}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-2}
 DATA=${DATA:-digits}
 mkdir -p "$OUT"
 
@@ -22,6 +24,11 @@ snptool probe "$OUT/model.best.safetensors" --all --epochs "$PROBE_EPOCHS" \
 snptool matrix "$OUT/model.best.safetensors" "$OUT/probes.safetensors" --split train \
     -o "$OUT/matrices.h5" --json > "$OUT/matrix.json"
 snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json"
+snptool prune "$OUT/model.best.safetensors" --clusters "$OUT/matrices.h5" --method afcc \
+    --finetune-epochs "$FINETUNE_EPOCHS" -o "$OUT/pruned.safetensors" --json > "$OUT/prune.json"
+snptool export "$OUT/model.best.safetensors" -o "$OUT/dense.onnx" --json > "$OUT/export-dense.json"
+snptool export "$OUT/pruned.safetensors" -o "$OUT/pruned.onnx" --json > "$OUT/export-pruned.json"
+snptool latency "$OUT/dense.onnx" "$OUT/pruned.onnx" --batch 1 --threads 1 --json > "$OUT/latency.json"
 
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -31,9 +38,19 @@ evaluation = json.load(open(f"{out}/evaluate.json"))
 clusters = json.load(open(f"{out}/clusters.json"))
 print(f"best test accuracy {train['best_accuracy']:.4f} (epoch {train['best_epoch']}), "
       f"evaluated {evaluation['accuracy']:.4f} on {evaluation['samples']} test images")
+prune = json.load(open(f"{out}/prune.json"))
+exports = [json.load(open(f"{out}/export-{kind}.json")) for kind in ("dense", "pruned")]
+latency = json.load(open(f"{out}/latency.json"))
 fmt = lambda v: "-" if v is None else f"{v:.3f}"
 print(f"{'layer':<14}{'layer acc':>10}{'cluster size':>13}{'labels/unit':>12}{'noise/unit':>11}{'SNR':>7}")
 for r in clusters:
     print(f"{r['layer']:<14}{fmt(r['accuracy']):>10}{fmt(r['mean_cluster_size']):>13}"
           f"{fmt(r['labels_per_unit']):>12}{fmt(r['noise_per_unit']):>11}{fmt(r['snr']):>7}")
+print(f"afcc: accuracy {prune['dense_accuracy']:.4f} dense, {prune['accuracy_before']:.4f} pruned, "
+      f"{prune['accuracy_after']:.4f} fine-tuned; dilution "
+      + ", ".join(f"{l['module']} {l['dilution']:.2f}" for l in prune["layers"]))
+print(f"onnx: params {exports[1]['params']}/{exports[0]['params']}, MACs {exports[1]['macs']}/"
+      f"{exports[0]['macs']}, max |diff| {exports[1]['max_abs_diff']:.1e}; "
+      f"latency p50 {latency[0]['p50_ms']:.3f} ms dense, {latency[1]['p50_ms']:.3f} ms pruned "
+      f"(ratio {latency[1]['ratio']:.3f})")
 PY

@@ -15,6 +15,7 @@ alone (architecture, weights, masks and the pruning record).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -80,13 +81,13 @@ def _constant_after(
 @torch.no_grad()
 def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     """The checkpoint's masked model with dead units cut out; outputs equal up to float error."""
-    model = checkpoint.model.eval()
+    model = copy.deepcopy(checkpoint.model).eval()
     masks = masks_of(checkpoint)
     record = (checkpoint.metadata.get("pruning") or {}).get("connections") or []
     chain = [Connection(**c) for c in record]
     report = CompactReport()
     if not chain:
-        return model, report
+        return checkpoint.model, report
     spec = checkpoint.input_spec
     order = execution_order(model, spec.shape)
     shapes = _output_shapes(model, spec.shape)

@@ -29,11 +29,13 @@ from onnx import TensorProto
 from torch import nn
 
 from snptool.checkpoint import Checkpoint, read_checkpoint
+from snptool.compact import compact_model
 from snptool.config import DataConfig, ExportConfig, config_to_dict
 from snptool.data import DataSplit, prepare_batch
 from snptool.errors import ExportError
 from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance
+from snptool.prune import masks_of
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,12 @@ class ExportResult:
 
 
 def model_for_export(checkpoint: Checkpoint) -> nn.Module:
-    """The module that goes into the ONNX file; for now the checkpoint's dense model."""
-    return checkpoint.model
+    """The module that goes into the ONNX file: a pruned checkpoint's model with its dead
+    units cut out (compact.py), else the checkpoint's model itself."""
+    if not masks_of(checkpoint):
+        return checkpoint.model
+    model, _ = compact_model(checkpoint)
+    return model
 
 
 def run_export(
@@ -108,7 +114,10 @@ def run_export(
     data, inputs = parity_inputs(checkpoint, data_spec, config, data_config)
     model = model_for_export(checkpoint).eval()
     graph = export_onnx(model, inputs.shape[1:], config, source=str(checkpoint_path))
-    parity = check_parity(model, graph, inputs, config, source=str(checkpoint_path))
+    # parity against the checkpoint's own (masked) model, not the compacted copy
+    parity = check_parity(
+        checkpoint.model.eval(), graph, inputs, config, source=str(checkpoint_path)
+    )
     params, macs = count_params(graph), count_macs(graph)
     if model is checkpoint.model:
         dense_params, dense_macs = params, macs

@@ -94,3 +94,12 @@ def test_an_unpruned_checkpoint_is_left_as_it_is(checkpoint_path: Path):
     checkpoint = read_checkpoint(checkpoint_path)
     compact, report = compact_model(checkpoint)
     assert compact is checkpoint.model and report.removed == {}
+
+
+def test_export_of_a_pruned_checkpoint_is_smaller_and_equal(checkpoint_path: Path, tmp_path: Path):
+    from snptool.export import run_export
+
+    path = pruned_by_hand(checkpoint_path, tmp_path)
+    result = run_export(path, tmp_path / "pruned.onnx")
+    assert result.max_abs_diff <= 1e-4 and result.argmax_agreement == 1.0
+    assert result.params < result.dense_params and result.macs < result.dense_macs

@@ -22,6 +22,7 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
         "ARCH": "tiny_vgg",
         "EPOCHS": "3",
         "PROBE_EPOCHS": "3",
+        "FINETUNE_EPOCHS": "1",
     }
     completed = subprocess.run(
         ["bash", str(ROOT / "examples" / "pipeline.sh"), str(out)],
@@ -55,6 +56,16 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
     with h5py.File(out / "matrices.h5") as handle:
         assert handle["layers/features.10/matrix"].shape == (16, 10, 10)
         assert "clusters" in handle["layers/features.10"]
+
+    prune = json.loads((out / "prune.json").read_text())
+    assert prune["method"] == "afcc" and prune["layers"]
+    pruned = json.loads((out / "export-pruned.json").read_text())
+    dense = json.loads((out / "export-dense.json").read_text())
+    assert pruned["max_abs_diff"] <= 1e-4 and dense["max_abs_diff"] <= 1e-4
+    assert pruned["params"] <= dense["params"]
+    latency = json.loads((out / "latency.json").read_text())
+    assert [row["path"] for row in latency] == [str(out / "dense.onnx"), str(out / "pruned.onnx")]
+    assert latency[0]["ratio"] == 1.0
 
     with safe_open(str(out / "model.best.safetensors"), "pt") as handle:
         metadata = json.loads(handle.metadata()["snptool"])
