@@ -675,7 +675,7 @@ def prune(
         Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
     ],
     method: Annotated[
-        str, typer.Option("--method", help="afcc, random or magnitude.")
+        str, typer.Option("--method", help="afcc, afcc-grouped, random or magnitude.")
     ] = PruneConfig.method,
     layers: Annotated[
         str | None,
@@ -683,6 +683,9 @@ def prune(
             "--layers", help="Comma-separated analysed layers (default: all in the file)."
         ),
     ] = None,
+    groups: Annotated[
+        int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
+    ] = PruneConfig.groups,
     finetune_epochs: Annotated[
         int, typer.Option(help="Fine-tuning epochs with the masks enforced.")
     ] = PruneConfig.finetune_epochs,
@@ -726,6 +729,7 @@ def prune(
 
     config = PruneConfig(
         method=method,
+        groups=groups,
         finetune_epochs=finetune_epochs,
         train_layers=tuple(_layer_list([train_layers] if train_layers else None)),
         batch_size=batch_size,

@@ -18,11 +18,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from snptool.architectures import run_dummy_input
 from snptool.checkpoint import Checkpoint
+from snptool.errors import LayerError
 from snptool.prune import WEIGHT_TYPES, Connection, execution_order, masks_of
 
 PER_CHANNEL = (
@@ -51,9 +53,10 @@ class CompactReport:
     removed: dict[str, int] = field(default_factory=dict)
     folded: dict[str, int] = field(default_factory=dict)
     kept_constant: dict[str, int] = field(default_factory=dict)
+    grouped: dict[str, int] = field(default_factory=dict)  # module → groups of its grouped conv
 
     def to_json(self) -> dict:
-        return {"removed": self.removed, "folded": self.folded, "kept_constant": self.kept_constant}
+        return dict(vars(self))
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -88,6 +91,8 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     report = CompactReport()
     if not chain:
         return checkpoint.model, report
+    if (checkpoint.metadata.get("pruning") or {}).get("groups"):
+        return group_model(checkpoint, model, chain, masks)
     spec = checkpoint.input_spec
     order = execution_order(model, spec.shape)
     shapes = _output_shapes(model, spec.shape)
@@ -185,12 +190,14 @@ def _folded_bias(
     return torch.einsum("oukl,u->o", weight[:, fold], constant[fold][:, 0])
 
 
-def _shrink(model, name, keep_out, keep_in, bias_add) -> None:
+def _shrink(model, name, keep_out, keep_in, bias_add, order_only: bool = False) -> None:
+    """Rebuild a module keeping (and ordering) output rows `keep_out` and input units
+    `keep_in` = (selection, inputs per unit); selections are boolean masks, or index
+    permutations when `order_only`."""
     module = model.get_submodule(name)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        new = type(module)(
-            int(keep_out.sum()), eps=module.eps, momentum=module.momentum, affine=module.affine
-        )
+        size = len(keep_out) if order_only else int(keep_out.sum())
+        new = type(module)(size, eps=module.eps, momentum=module.momentum, affine=module.affine)
         for attr in ("weight", "bias", "running_mean", "running_var"):
             source = getattr(module, attr)
             if source is not None:
@@ -203,7 +210,10 @@ def _shrink(model, name, keep_out, keep_in, bias_add) -> None:
         bias = (bias if bias is not None else torch.zeros(weight.shape[0])) + bias_add
     if keep_in is not None:
         keep, per_unit = keep_in
-        columns = keep.repeat_interleave(per_unit)
+        if order_only:  # unit permutation → permutation of its per-unit input blocks
+            columns = (keep[:, None] * per_unit + torch.arange(per_unit)).reshape(-1)
+        else:
+            columns = keep.repeat_interleave(per_unit)
         weight = weight[:, columns]
     if keep_out is not None:
         weight = weight[keep_out]
@@ -225,4 +235,91 @@ def _shrink(model, name, keep_out, keep_in, bias_add) -> None:
     new.weight.data.copy_(weight)
     if bias is not None:
         new.bias.data.copy_(bias)
+    _replace(model, name, new.eval())
+
+
+@torch.no_grad()
+def group_model(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    chain: list[Connection],
+    masks: dict[str, torch.Tensor],
+) -> tuple[nn.Module, CompactReport]:
+    """afcc-grouped: permute every listed layer's units so each label group is contiguous, and
+    turn the block-diagonal convs between listed layers into grouped convs (groups = G)."""
+    grouping = checkpoint.metadata["pruning"]["groups"]
+    count = grouping["count"]
+    permutation = {
+        tap: torch.as_tensor(np.argsort(np.asarray(units), kind="stable"))
+        for tap, units in grouping["units"].items()
+    }
+    order = execution_order(model, checkpoint.input_spec.shape)
+    weights = [i for i, n in enumerate(order) if isinstance(model.get_submodule(n), WEIGHT_TYPES)]
+    index = {n: i for i, n in enumerate(order)}
+    rows: dict[str, torch.Tensor] = {}
+    columns: dict[str, tuple[torch.Tensor, int]] = {}
+    for connection in chain:
+        producer_index = max(i for i in weights if i < index[connection.module])
+        between = order[producer_index + 1 : index[connection.module]]
+        if not all(isinstance(model.get_submodule(n), PER_CHANNEL) for n in between):
+            raise LayerError(
+                f"channels are mixed between {order[producer_index]} and {connection.module}."
+            )
+        perm = permutation[connection.source]
+        rows[order[producer_index]] = perm
+        for name in between:
+            if isinstance(model.get_submodule(name), nn.modules.batchnorm._BatchNorm):
+                rows[name] = perm
+        columns[connection.module] = (perm, connection.inputs_per_unit)
+    report = CompactReport()
+    for name in {*rows, *columns}:
+        module = model.get_submodule(name)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            _shrink(model, name, rows[name], None, None, order_only=True)
+            continue
+        grouped = (
+            isinstance(module, nn.Conv2d)
+            and name in rows
+            and name in columns
+            and module.groups == 1
+        )
+        _shrink(model, name, rows.get(name), columns.get(name), None, order_only=True)
+        if grouped:
+            _to_grouped_conv(
+                model, name, count, masks[name + ".weight"], rows[name], columns[name][0]
+            )
+            report.grouped[name] = count
+    return model, report
+
+
+def _to_grouped_conv(model, name, count, mask, rows, columns) -> None:
+    """Replace a block-diagonal (after permutation) conv by Conv2d(groups=count)."""
+    module = model.get_submodule(name)
+    out_per, in_per = module.out_channels // count, module.in_channels // count
+    permuted_mask = mask[rows][:, columns]
+    blocks = []
+    for group in range(count):
+        out = slice(group * out_per, (group + 1) * out_per)
+        inside = slice(group * in_per, (group + 1) * in_per)
+        outside = torch.ones(module.in_channels, dtype=torch.bool)
+        outside[inside] = False
+        if permuted_mask[out][:, outside].any():
+            raise LayerError(
+                f"{name} is not block-diagonal by label group; prune it with afcc-grouped."
+            )
+        blocks.append(module.weight.data[out, inside])
+    new = nn.Conv2d(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        module.stride,
+        module.padding,
+        module.dilation,
+        count,
+        module.bias is not None,
+        module.padding_mode,
+    )
+    new.weight.data.copy_(torch.cat(blocks))
+    if module.bias is not None:
+        new.bias.data.copy_(module.bias.data)
     _replace(model, name, new.eval())

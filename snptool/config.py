@@ -220,7 +220,7 @@ class ClustersConfig:
             raise UsageError(f"threshold must lie in [0, 1), not {self.threshold}.")
 
 
-PRUNE_METHODS = ("afcc", "random", "magnitude")
+PRUNE_METHODS = ("afcc", "afcc-grouped", "random", "magnitude")
 
 
 @dataclass(frozen=True)
@@ -231,11 +231,15 @@ class PruneConfig:
     union of their clusters) intersect, and a unit's connection to output label k iff k is in
     its label set. `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
+    `afcc-grouped` (our extension) splits the labels into `groups` contiguous groups, gives
+    each unit the group holding most of its labels (equal group sizes), and keeps only
+    connections inside a group, so export can use grouped convolutions.
     Fine-tuning trains `train_layers` (default: the pruned layers; the rest frozen, BatchNorm
     statistics fixed) with the masks re-applied after every optimiser step.
     """
 
     method: str = "afcc"
+    groups: int = 2
     finetune_epochs: int = 0
     train_layers: tuple[str, ...] = ()
     batch_size: int = 100
@@ -255,7 +259,11 @@ class PruneConfig:
             )
         check_sgd(self)
         _require(
-            (self.finetune_epochs >= 0, f"finetune epochs must be >= 0, not {self.finetune_epochs}")
+            (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
+            (
+                self.finetune_epochs >= 0,
+                f"finetune epochs must be >= 0, not {self.finetune_epochs}",
+            ),
         )
 
 

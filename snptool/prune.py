@@ -210,6 +210,59 @@ def afcc_masks(
     return masks
 
 
+def label_groups(classes: int, groups: int) -> list[list[int]]:
+    """The labels split into `groups` contiguous, near-equal groups."""
+    return [part.tolist() for part in np.array_split(np.arange(classes), groups)]
+
+
+def assign_groups(sets: list[set[int]], groups: list[list[int]], layer: str) -> np.ndarray:
+    """Each unit's group: the one holding most of its labels, every group the same size."""
+    count = len(groups)
+    if len(sets) % count:
+        raise LayerError(
+            f"{layer} has {len(sets)} units, which do not split into {count} equal groups; "
+            "choose --groups that divides every listed layer's units."
+        )
+    capacity = np.full(count, len(sets) // count)
+    score = np.array([[len(labels & set(group)) for group in groups] for labels in sets])
+    assigned = np.full(len(sets), -1)
+    for flat in np.lexsort((np.arange(score.size), -score.reshape(-1))):
+        unit, group = divmod(int(flat), count)
+        if assigned[unit] < 0 and capacity[group] > 0:
+            assigned[unit] = group
+            capacity[group] -= 1
+    return assigned
+
+
+def grouped_masks(
+    model: nn.Module,
+    chain: list[Connection],
+    label_sets: dict[str, list[set[int]]],
+    classes: int,
+    groups: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Block-diagonal masks: connections only inside a label group (our extension)."""
+    labels = label_groups(classes, groups)
+    taps = dict.fromkeys(t for c in chain for t in (c.source, c.target) if t is not None)
+    units = {tap: assign_groups(label_sets[tap], labels, tap) for tap in taps}
+    masks = {}
+    for connection in chain:
+        weight = model.get_submodule(connection.module).weight
+        source = torch.as_tensor(units[connection.source])
+        if connection.target is None:
+            member = torch.zeros(classes, groups, dtype=torch.bool)
+            for group, group_labels in enumerate(labels):
+                member[group_labels, group] = True
+            unit_mask_ = member[:, source]
+        else:
+            unit_mask_ = torch.as_tensor(units[connection.target])[:, None] == source[None, :]
+        masks[connection.module + ".weight"] = expand(
+            unit_mask_, weight, connection.inputs_per_unit
+        )
+    record = {"count": groups, "labels": labels, "units": {t: u.tolist() for t, u in units.items()}}
+    return masks, record
+
+
 def magnitude_masks(
     model: nn.Module, chain: list[Connection], reference: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -332,7 +385,10 @@ def run_prune(
             "or the last one before the output layer."
         )
     masks = afcc_masks(model, chain, label_sets, classes)
-    if config.method == "random":
+    grouping = None
+    if config.method == "afcc-grouped":
+        masks, grouping = grouped_masks(model, chain, label_sets, classes, config.groups)
+    elif config.method == "random":
         rng = np.random.default_rng(config.seed)
         shuffled = {
             name: balanced_random_sets(sets, classes, rng) for name, sets in label_sets.items()
@@ -371,6 +427,8 @@ def run_prune(
         "accuracy_after": after,
         "config": config_to_dict(config),
     }
+    if grouping is not None:
+        record["groups"] = grouping
     meta = make_metadata(
         arch=checkpoint.metadata["arch"],
         class_names=checkpoint.class_names,
