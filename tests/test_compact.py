@@ -103,3 +103,41 @@ def test_export_of_a_pruned_checkpoint_is_smaller_and_equal(checkpoint_path: Pat
     result = run_export(path, tmp_path / "pruned.onnx")
     assert result.max_abs_diff <= 1e-4 and result.argmax_agreement == 1.0
     assert result.params < result.dense_params and result.macs < result.dense_macs
+
+
+def test_afcc_grouped_exports_grouped_convolutions(checkpoint_path: Path, tmp_path: Path):
+    import onnx
+
+    from snptool.clusters import run_clusters
+    from snptool.config import ProbeConfig, PruneConfig
+    from snptool.export import run_export
+    from snptool.matrix import run_matrix
+    from snptool.probe import run_probe
+    from snptool.prune import run_prune
+
+    layers = ["features.2", "features.6", "features.10", "classifier.1"]
+    run_probe(checkpoint_path, layers, tmp_path / "p.safetensors", ProbeConfig(epochs=3))
+    run_matrix(checkpoint_path, tmp_path / "p.safetensors", tmp_path / "m.h5")
+    run_clusters(tmp_path / "m.h5")
+    pruned = tmp_path / "g.safetensors"
+    run_prune(
+        checkpoint_path, tmp_path / "m.h5", pruned, PruneConfig(method="afcc-grouped", groups=4)
+    )
+    compact, report = compact_model(read_checkpoint(pruned))
+    assert report.grouped == {"features.4": 4, "features.8": 4}
+    assert compact.get_submodule("features.8").groups == 4
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compact(x), read_checkpoint(pruned).model.eval()(x), rtol=1e-5, atol=1e-5
+        )
+    result = run_export(pruned, tmp_path / "g.onnx")
+    assert result.max_abs_diff <= 1e-4 and result.macs < result.dense_macs
+    groups = [
+        attribute.i
+        for node in onnx.load(str(tmp_path / "g.onnx")).graph.node
+        if node.op_type == "Conv"
+        for attribute in node.attribute
+        if attribute.name == "group"
+    ]
+    assert sorted(groups) == [1, 4, 4]

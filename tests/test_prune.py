@@ -188,3 +188,36 @@ def test_cli_prune_unknown_method_is_one_line(checkpoint_path, clusters_path, tm
     )
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "unknown method" in result.stderr
+
+
+def test_groups_are_equal_and_follow_the_labels():
+    from snptool.prune import assign_groups, label_groups
+
+    groups = label_groups(10, 2)
+    assert groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    sets = [{0, 1}, {7}, {2, 8, 9}, {3}, set(), {6}]
+    assigned = assign_groups(sets, groups, "layer")
+    assert np.bincount(assigned).tolist() == [3, 3]
+    assert assigned[0] == 0 and assigned[1] == 1 and assigned[2] == 1 and assigned[3] == 0
+    with pytest.raises(LayerError, match="equal groups"):
+        assign_groups(sets[:5], groups, "layer")
+
+
+def test_afcc_grouped_masks_are_block_diagonal(checkpoint_path, clusters_path, tmp_path):
+    output = tmp_path / "grouped.safetensors"
+    result = run_prune(
+        checkpoint_path,
+        clusters_path,
+        output,
+        PruneConfig(method="afcc-grouped", groups=2, device="cpu"),
+    )
+    pruned = read_checkpoint(output)
+    grouping = pruned.metadata["pruning"]["groups"]
+    units = {tap: torch.tensor(u) for tap, u in grouping["units"].items()}
+    masks = masks_of(pruned)
+    conv = masks["features.8.weight"][:, :, 0, 0]
+    assert torch.equal(conv, units["features.10"][:, None] == units["features.6"][None, :])
+    output_mask_ = masks["classifier.2.weight"]
+    for unit, group in enumerate(units["classifier.1"].tolist()):
+        assert output_mask_[:, unit].nonzero().flatten().tolist() == grouping["labels"][group]
+    assert all(layer.dilution == pytest.approx(0.5) for layer in result.layers)
