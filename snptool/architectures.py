@@ -122,7 +122,49 @@ def build_model_from_record(
     if source.get("path"):
         dirs = (*dirs, Path(source["path"]).parent)
     model, _ = build_model(record["spec"], record.get("kwargs", {}), search_dirs=dirs)
+    head = record.get("head")
+    if head:
+        model = ProbeHeadModel(model, head["tap"], head["in_features"], head["num_classes"])
     return model
+
+
+class ProbeHeadModel(nn.Module):
+    """A network cut after the module `tap`, classified by a bias-free linear read-out of the
+    flattened tap (a probe): the authors' AFCC classifier (`prune --classifier probe`).
+
+    The cut is made with torch.fx, so submodule names stay as they were under `body.`.
+    """
+
+    def __init__(self, model: nn.Module, tap: str, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.body = cut_after(model, tap)
+        self.head = nn.Linear(in_features, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.body(x), 1))
+
+
+def cut_after(model: nn.Module, tap: str) -> nn.Module:
+    """The part of `model` that computes the output of its submodule `tap` (via torch.fx)."""
+    import torch.fx
+
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception as error:  # fx raises many types for code it cannot trace
+        raise ArchitectureError(
+            f"cannot cut the model after {tap}: torch.fx: {str(error).splitlines()[0]}."
+        ) from None
+    graph = traced.graph
+    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == tap]
+    if len(nodes) != 1:
+        raise ArchitectureError(
+            f"cannot cut the model after {tap}: it runs {len(nodes)} times in its graph."
+        )
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = (nodes[0],)
+    graph.eliminate_dead_code()
+    graph.lint()
+    return torch.fx.GraphModule(traced, graph)
 
 
 @torch.no_grad()

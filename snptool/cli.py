@@ -683,6 +683,12 @@ def prune(
             "--layers", help="Comma-separated analysed layers (default: all in the file)."
         ),
     ] = None,
+    classifier: Annotated[
+        str, typer.Option(help="model (keep it) or probe (the last layer's probe, as the authors).")
+    ] = PruneConfig.classifier,
+    probes: Annotated[
+        Path | None, typer.Option("--probes", help="Probe file, for --classifier probe.")
+    ] = None,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -729,6 +735,7 @@ def prune(
 
     config = PruneConfig(
         method=method,
+        classifier=classifier,
         groups=groups,
         finetune_epochs=finetune_epochs,
         train_layers=tuple(_layer_list([train_layers] if train_layers else None)),
@@ -748,6 +755,7 @@ def prune(
         output,
         config,
         layers=_layer_list([layers] if layers else None) or None,
+        probes_path=probes,
         data_spec=data,
         data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
     )

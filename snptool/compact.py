@@ -25,24 +25,13 @@ from torch import nn
 from snptool.architectures import run_dummy_input
 from snptool.checkpoint import Checkpoint
 from snptool.errors import LayerError
-from snptool.prune import WEIGHT_TYPES, Connection, execution_order, masks_of
-
-PER_CHANNEL = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Identity,
-    nn.MaxPool2d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d,
-    nn.Dropout,
+from snptool.prune import (
+    PER_CHANNEL,
+    WEIGHT_TYPES,
+    Connection,
+    execution_order,
+    masks_of,
+    reads_directly,
 )
 
 
@@ -108,8 +97,8 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
         between = [
             model.get_submodule(n) for n in order[producer_index + 1 : index[connection.module]]
         ]
-        if not all(isinstance(m, PER_CHANNEL) for m in between):
-            continue  # something mixes channels between producer and consumer: leave it
+        if not reads_directly(model, spec.shape, producer_name, connection.module):
+            continue  # e.g. a residual addition couples the producer's channels: leave them
         units = _outputs(model.get_submodule(producer_name))
         mask = masks[connection.module + ".weight"]
         has_out = _unit_columns(mask, units, connection.inputs_per_unit)

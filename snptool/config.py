@@ -231,14 +231,17 @@ class PruneConfig:
     union of their clusters) intersect, and a unit's connection to output label k iff k is in
     its label set. `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
-    `afcc-grouped` (our extension) splits the labels into `groups` contiguous groups, gives
-    each unit the group holding most of its labels (equal group sizes), and keeps only
-    connections inside a group, so export can use grouped convolutions.
+    `classifier="probe"` replaces the network's classifier by the last listed layer's probe
+    (the authors' choice). `afcc-grouped` (our extension) splits the labels into `groups`
+    contiguous groups, gives each unit the group holding most of its labels (equal group
+    sizes), and keeps only connections inside a group, so export can use grouped convolutions.
     Fine-tuning trains `train_layers` (default: the pruned layers; the rest frozen, BatchNorm
-    statistics fixed) with the masks re-applied after every optimiser step.
+    statistics fixed) with the masks re-applied after every optimiser step; `augment` uses
+    the model's training augmentation (off by default: short fine-tunes did better without).
     """
 
     method: str = "afcc"
+    classifier: str = "model"
     groups: int = 2
     finetune_epochs: int = 0
     train_layers: tuple[str, ...] = ()
@@ -248,7 +251,7 @@ class PruneConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     lr_decay: float = 1.0
-    augment: bool = True
+    augment: bool = False
     seed: int = 0
     device: str = "auto"
 
@@ -259,6 +262,10 @@ class PruneConfig:
             )
         check_sgd(self)
         _require(
+            (
+                self.classifier in ("model", "probe"),
+                f"classifier must be model or probe, not {self.classifier!r}",
+            ),
             (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
             (
                 self.finetune_epochs >= 0,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snptool import console
-from snptool.architectures import run_dummy_input
+from snptool.architectures import ProbeHeadModel, run_dummy_input
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters
 from snptool.config import DataConfig, PruneConfig, config_to_dict
@@ -32,10 +32,29 @@ from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.evaluate import evaluate_model, load_checkpoint_data
 from snptool.files import check_output_path, provenance
 from snptool.matrix_file import layer_group, layer_names, metadata, open_matrix_file
+from snptool.probe import ProbeFile
 from snptool.taps import resolve_taps
 
 MASK_PREFIX = "snptool/mask/"
 WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
+# Modules that act channel by channel: units pass through them unmixed.
+PER_CHANNEL = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Dropout,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,63 @@ def execution_order(model: nn.Module, shape: tuple[int, ...]) -> list[str]:
     return order
 
 
+@torch.no_grad()
+def reads_directly(model: nn.Module, shape: tuple[int, ...], start: str, consumer: str) -> bool:
+    """Does `consumer` read the output of `start` through per-channel modules only?
+
+    Checked on values: one forward pass of a seeded random input records `start`'s output
+    and `consumer`'s input; replaying the leaf modules run in between must reproduce it. A
+    residual addition or any other op outside modules makes them differ.
+    """
+    seen: dict[str, torch.Tensor] = {}
+    between: list[str] = []
+
+    def record_start(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+        seen.setdefault("start", output.detach().clone())
+
+    def record_consumer(module: nn.Module, args: Any) -> None:
+        seen.setdefault("consumer", args[0].detach().clone())
+
+    def record_leaf(name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if "start" in seen and "consumer" not in seen:
+                between.append(name)
+
+        return hook
+
+    handles = [
+        model.get_submodule(start).register_forward_hook(record_start),
+        model.get_submodule(consumer).register_forward_pre_hook(record_consumer),
+    ]
+    handles += [
+        module.register_forward_hook(record_leaf(name))
+        for name, module in model.named_modules()
+        if name and not list(module.children()) and name != start
+    ]
+    was_training = model.training
+    model.eval()
+    try:
+        generator = torch.Generator().manual_seed(0)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        model(torch.randn(2, *shape, generator=generator).to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if "start" not in seen or "consumer" not in seen:
+        return False
+    x = seen["start"]
+    for name in between:
+        module = model.get_submodule(name)
+        if not isinstance(module, PER_CHANNEL):
+            return False
+        x = module(x)
+    received = seen["consumer"]
+    return x.numel() == received.numel() and torch.allclose(
+        x.reshape(received.shape), received, atol=1e-6
+    )
+
+
 def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> list[Connection]:
     """The weight layers between consecutive listed taps, and the output layer after the last."""
     spec = checkpoint.input_spec
@@ -124,6 +200,14 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
         if consumer is None:
             break
         name = order[consumer]
+        direct = reads_directly(model, spec.shape, source.layer, name)
+        if target is not None and not direct:
+            raise LayerError(
+                f"{name} does not read {source.layer} directly (a residual addition or another "
+                "op lies between); list layers that feed the next one, e.g. inside a block."
+            )
+        if target is None and not direct:
+            break
         if target is not None:
             producer = max((i for i in weights if i <= position(target.layer)), default=None)
             if producer != consumer:
@@ -303,8 +387,13 @@ def finetune(
     config: PruneConfig,
     train_modules: list[str],
     device: torch.device,
+    augmentation: tuple[int, bool] = (4, True),
 ) -> None:
-    """Train `train_modules` with the masks re-applied after every step; everything else frozen."""
+    """Train `train_modules` with the masks re-applied after every step; everything else frozen.
+
+    `augmentation` (translation in pixels, flip) is the one the model was trained with.
+    """
+    translate, flip = augmentation
     seed_everything(config.seed)
     trainable = []
     for name, parameter in model.named_parameters():
@@ -333,7 +422,7 @@ def finetune(
             ):
                 x = prepare_batch(images.to(device), spec)
                 if config.augment:
-                    x = augment_batch(x, 4, True, generator)
+                    x = augment_batch(x, translate, flip, generator)
                 loss = F.cross_entropy(model(x), labels.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -343,6 +432,50 @@ def finetune(
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()
+
+
+def with_probe_classifier(
+    checkpoint: Checkpoint,
+    chain: list[Connection],
+    last: str,
+    label_sets: dict[str, list[set[int]]],
+    probes_path: str | Path | None,
+) -> tuple[nn.Module, list[Connection], dict[str, list[set[int]]], dict[str, Any]]:
+    """The network cut after `last` with `last`'s probe as classifier; names gain `body.`."""
+    if probes_path is None:
+        raise UsageError(
+            "--classifier probe needs the probe file: pass --probes PROBES.safetensors."
+        )
+    probes = ProbeFile(probes_path)
+    if probes.metadata["checkpoint"]["sha256"] != checkpoint.sha256:
+        raise InputFileError(
+            f"{probes_path} was fitted on another checkpoint than {checkpoint.path}."
+        )
+    if last not in probes.tap_names:
+        raise InputFileError(f"{probes_path} has no probe for {last}; probe that layer first.")
+    tap = probes.tap(last)
+    if tap["tap_input"] or tap["unit"] not in ("channel", "node"):
+        raise LayerError(
+            f"--classifier probe reads channel or node taps, not {tap['unit']} units of {last}."
+        )
+    weight = probes.tensor(f"probe/{last}").reshape(checkpoint.num_classes, -1)
+    model = ProbeHeadModel(checkpoint.model, tap["layer"], weight.shape[1], checkpoint.num_classes)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+    renamed = [
+        Connection("body." + c.module, "body." + c.source, "body." + c.target, c.inputs_per_unit)
+        for c in chain
+        if c.target is not None
+    ]
+    renamed.append(Connection("head", "body." + last, None, tap["positions"]))
+    sets = {"body." + name: value for name, value in label_sets.items()}
+    head = {
+        "kind": "probe",
+        "tap": tap["layer"],
+        "in_features": weight.shape[1],
+        "num_classes": checkpoint.num_classes,
+    }
+    return model.eval(), renamed, sets, {**checkpoint.metadata["arch"], "head": head}
 
 
 def read_label_sets(clusters_path: str | Path, checkpoint: Checkpoint, layers: list[str] | None):
@@ -367,18 +500,31 @@ def run_prune(
     config: PruneConfig | None = None,
     *,
     layers: list[str] | None = None,
+    probes_path: str | Path | None = None,
     data_spec: str | None = None,
     data_config: DataConfig | None = None,
 ) -> PruneResult:
-    """Dilute a checkpoint by its units' label sets, fine-tune, and write the pruned checkpoint."""
+    """Dilute a checkpoint by its units' label sets, fine-tune, and write the pruned checkpoint.
+
+    With `config.classifier == "probe"` the network is cut after the last listed layer and
+    classified by that layer's probe (from `probes_path`), as in the authors' code.
+    """
     config = config or PruneConfig()
-    check_output_path(output, checkpoint_path, clusters_path)
+    check_output_path(output, checkpoint_path, clusters_path, probes_path)
     started = time.perf_counter()
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
     model, spec, classes = checkpoint.model, checkpoint.input_spec, checkpoint.num_classes
     names, label_sets = read_label_sets(clusters_path, checkpoint, layers)
     chain = connections(model, checkpoint, names)
+    test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
+    dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
+    arch = checkpoint.metadata["arch"]
+    if config.classifier == "probe":
+        model, chain, label_sets, arch = with_probe_classifier(
+            checkpoint, chain, names[-1], label_sets, probes_path
+        )
+        model.to(device)
     if not chain:
         raise UsageError(
             "the listed layers give nothing to prune; list two consecutive layers, "
@@ -396,15 +542,15 @@ def run_prune(
         masks = afcc_masks(model, chain, shuffled, classes)
     elif config.method == "magnitude":
         masks = magnitude_masks(model, chain, masks)
-    test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
-    dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
     apply_masks(model, masks)
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
     if config.finetune_epochs:
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
         modules = list(config.train_layers) or [c.module for c in chain]
-        finetune(model, masks, train_data, spec, config, modules, device)
+        training = (checkpoint.metadata.get("training") or {}).get("config") or {}
+        augmentation = (training.get("translate", 4), training.get("flip", True))
+        finetune(model, masks, train_data, spec, config, modules, device, augmentation)
         after = evaluate_model(
             model, test_data, spec, device=device, description="fine-tuned"
         ).accuracy
@@ -430,11 +576,13 @@ def run_prune(
     if grouping is not None:
         record["groups"] = grouping
     meta = make_metadata(
-        arch=checkpoint.metadata["arch"],
+        arch=arch,
         class_names=checkpoint.class_names,
         input_spec=spec,
         data=checkpoint.metadata.get("data"),
-        provenance=provenance({"checkpoint": checkpoint_path, "clusters": clusters_path}),
+        provenance=provenance(
+            {"checkpoint": checkpoint_path, "clusters": clusters_path, "probes": probes_path}
+        ),
         training=checkpoint.metadata.get("training"),
         pruning=record,
     )

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from snptool.checkpoint import read_checkpoint
+from snptool.checkpoint import read_checkpoint, read_tensors
 from snptool.cli import app
 from snptool.clusters import read_layer_clusters, run_clusters
 from snptool.config import PruneConfig
-from snptool.errors import InputFileError, LayerError
+from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.matrix import run_matrix
 from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
@@ -221,3 +221,38 @@ def test_afcc_grouped_masks_are_block_diagonal(checkpoint_path, clusters_path, t
     for unit, group in enumerate(units["classifier.1"].tolist()):
         assert output_mask_[:, unit].nonzero().flatten().tolist() == grouping["labels"][group]
     assert all(layer.dilution == pytest.approx(0.5) for layer in result.layers)
+
+
+def test_probe_classifier_replaces_the_head_and_rebuilds_from_the_file(
+    checkpoint_path, clusters_path, tmp_path
+):
+    probes = clusters_path.parent / "probes.safetensors"
+    output = tmp_path / "probe-head.safetensors"
+    result = run_prune(
+        checkpoint_path,
+        clusters_path,
+        output,
+        PruneConfig(classifier="probe", device="cpu"),
+        layers=["features.6", "features.10"],
+        probes_path=probes,
+    )
+    assert [layer.module for layer in result.layers] == ["body.features.8", "head"]
+    pruned = read_checkpoint(output)  # rebuilt from the checkpoint alone
+    assert pruned.metadata["arch"]["head"]["tap"] == "features.10"
+    head = pruned.model.head.weight
+    sets = label_sets(clusters_path)["features.10"]
+    expected = output_mask(sets, 10).repeat_interleave(64, dim=1)  # 16 channels × 8×8 positions
+    assert torch.equal(masks_of(pruned)["head.weight"], expected)
+    assert not head[~expected].any()
+    probe = read_tensors(probes)["probe/features.10"].reshape(10, -1)
+    torch.testing.assert_close(head[expected], probe[expected])
+
+
+def test_probe_classifier_needs_the_probe_file(checkpoint_path, clusters_path, tmp_path):
+    with pytest.raises(UsageError, match="--probes"):
+        run_prune(
+            checkpoint_path,
+            clusters_path,
+            tmp_path / "x.safetensors",
+            PruneConfig(classifier="probe"),
+        )
