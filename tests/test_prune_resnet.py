@@ -25,7 +25,7 @@ from snptool.checkpoint import read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters, run_clusters
 from snptool.compact import compact_model
 from snptool.config import ImportConfig, InputSpec, ProbeConfig, PruneConfig, TrainConfig
-from snptool.errors import ExportError, LayerError
+from snptool.errors import LayerError
 from snptool.export import run_export
 from snptool.importer import run_import
 from snptool.matrix import run_matrix
