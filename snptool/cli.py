@@ -713,6 +713,9 @@ def prune(
     augment: Annotated[
         bool, typer.Option(help="Random translation and flip while fine-tuning.")
     ] = PruneConfig.augment,
+    freeze_bn_stats: Annotated[
+        bool, typer.Option(help="Keep BatchNorm running statistics fixed while fine-tuning.")
+    ] = PruneConfig.freeze_bn_stats,
     seed: SeedOpt = PruneConfig.seed,
     device: DeviceOpt = PruneConfig.device,
     data: Annotated[
@@ -746,6 +749,7 @@ def prune(
         weight_decay=weight_decay,
         lr_decay=lr_decay,
         augment=augment,
+        freeze_bn_stats=freeze_bn_stats,
         seed=seed,
         device=device,
     )

@@ -235,8 +235,9 @@ class PruneConfig:
     (the authors' choice). `afcc-grouped` (our extension) splits the labels into `groups`
     contiguous groups, gives each unit the group holding most of its labels (equal group
     sizes), and keeps only connections inside a group, so export can use grouped convolutions.
-    Fine-tuning trains `train_layers` (default: the pruned layers; the rest frozen, BatchNorm
-    statistics fixed) with the masks re-applied after every optimiser step; `augment` uses
+    Fine-tuning trains `train_layers` (default: the pruned layers; the other weights frozen,
+    BatchNorm running statistics updated unless `freeze_bn_stats`) with the masks re-applied
+    after every optimiser step; `augment` uses
     the model's training augmentation (off by default: short fine-tunes did better without).
     """
 
@@ -252,6 +253,7 @@ class PruneConfig:
     weight_decay: float = 5e-4
     lr_decay: float = 1.0
     augment: bool = False
+    freeze_bn_stats: bool = False
     seed: int = 0
     device: str = "auto"
 

@@ -412,10 +412,11 @@ def finetune(
         for epoch in range(config.finetune_epochs):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * config.lr_decay**epoch
-            model.train()
-            for module in model.modules():  # frozen BatchNorm statistics
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+            model.train()  # BatchNorm statistics follow the diluted layers
+            if config.freeze_bn_stats:
+                for module in model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             for images, labels in train_data.batches(
                 spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
