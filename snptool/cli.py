@@ -96,6 +96,7 @@ MomentumOpt = Annotated[float, typer.Option("--momentum", help="SGD momentum.")]
 NesterovOpt = Annotated[bool, typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum.")]
 WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="L2 weight decay.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of initialisation and shuffling.")]
+EpochLrDecayOpt = Annotated[float, typer.Option("--lr-decay", help="lr × this every epoch.")]
 
 
 def _version(value: bool) -> None:
@@ -465,9 +466,7 @@ def probe(
     momentum: MomentumOpt = ProbeConfig.momentum,
     nesterov: NesterovOpt = ProbeConfig.nesterov,
     weight_decay: WeightDecayOpt = ProbeConfig.weight_decay,
-    lr_decay: Annotated[
-        float, typer.Option(help="lr is multiplied by this every epoch.")
-    ] = ProbeConfig.lr_decay,
+    lr_decay: EpochLrDecayOpt = ProbeConfig.lr_decay,
     seed: SeedOpt = ProbeConfig.seed,
     device: DeviceOpt = ProbeConfig.device,
     memory_budget: Annotated[
@@ -707,9 +706,7 @@ def prune(
     momentum: MomentumOpt = PruneConfig.momentum,
     nesterov: NesterovOpt = PruneConfig.nesterov,
     weight_decay: WeightDecayOpt = PruneConfig.weight_decay,
-    lr_decay: Annotated[
-        float, typer.Option(help="lr is multiplied by this every epoch.")
-    ] = PruneConfig.lr_decay,
+    lr_decay: EpochLrDecayOpt = PruneConfig.lr_decay,
     augment: Annotated[
         bool, typer.Option(help="Random translation and flip while fine-tuning.")
     ] = PruneConfig.augment,
