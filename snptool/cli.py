@@ -691,6 +691,9 @@ def prune(
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
+    label_grouping: Annotated[
+        str, typer.Option(help="afcc-grouped label groups: cooccurrence or contiguous.")
+    ] = PruneConfig.label_grouping,
     finetune_epochs: Annotated[
         int, typer.Option(help="Fine-tuning epochs with the masks enforced.")
     ] = PruneConfig.finetune_epochs,
@@ -737,6 +740,7 @@ def prune(
         method=method,
         classifier=classifier,
         groups=groups,
+        label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,
         train_layers=tuple(_layer_list([train_layers] if train_layers else None)),
         batch_size=batch_size,

@@ -221,6 +221,7 @@ class ClustersConfig:
 
 
 PRUNE_METHODS = ("afcc", "afcc-grouped", "random", "magnitude")
+LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,9 @@ class PruneConfig:
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
     (the authors' choice). `afcc-grouped` (our extension) splits the labels into `groups`
-    contiguous groups, gives each unit the group holding most of its labels (equal group
-    sizes), and keeps only connections inside a group, so export can use grouped convolutions.
+    groups (`label_grouping`: by how often units serve labels together, or contiguous label
+    ranges), gives each unit the group holding most of its labels (equal group sizes), and
+    keeps only connections inside a group, so export can use grouped convolutions.
     Fine-tuning trains `train_layers` (default: the pruned layers; the other weights frozen,
     BatchNorm running statistics updated unless `freeze_bn_stats`) with the masks re-applied
     after every optimiser step; `augment` uses
@@ -244,6 +246,7 @@ class PruneConfig:
     method: str = "afcc"
     classifier: str = "model"
     groups: int = 2
+    label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
     train_layers: tuple[str, ...] = ()
     batch_size: int = 100
@@ -268,6 +271,7 @@ class PruneConfig:
                 self.classifier in ("model", "probe"),
                 f"classifier must be model or probe, not {self.classifier!r}",
             ),
+            (self.label_grouping in LABEL_GROUPINGS, f"label grouping is one of {LABEL_GROUPINGS}"),
             (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
             (
                 self.finetune_epochs >= 0,

@@ -299,6 +299,28 @@ def label_groups(classes: int, groups: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(classes), groups)]
 
 
+def cooccurrence_groups(
+    label_sets: dict[str, list[set[int]]], classes: int, groups: int, seed: int
+) -> list[list[int]]:
+    """Labels grouped by how often units serve them together (spectral clustering of the
+    label co-occurrence over all listed layers' units), so few units straddle two groups."""
+    from sklearn.cluster import SpectralClustering
+
+    together = np.zeros((classes, classes))
+    for sets in label_sets.values():
+        for labels in sets:
+            index = np.fromiter(labels, dtype=int)
+            together[np.ix_(index, index)] += 1
+    affinity = together + together.T + 1e-3  # connected even where labels never meet
+    assignment = SpectralClustering(
+        groups, affinity="precomputed", random_state=seed, assign_labels="discretize"
+    ).fit_predict(affinity)
+    result = [np.flatnonzero(assignment == g).tolist() for g in range(groups)]
+    if any(not group for group in result):
+        return label_groups(classes, groups)
+    return sorted(result)
+
+
 def assign_groups(sets: list[set[int]], groups: list[list[int]], layer: str) -> np.ndarray:
     """Each unit's group: the one holding most of its labels, every group the same size."""
     count = len(groups)
@@ -324,9 +346,15 @@ def grouped_masks(
     label_sets: dict[str, list[set[int]]],
     classes: int,
     groups: int,
+    grouping: str = "contiguous",
+    seed: int = 0,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Block-diagonal masks: connections only inside a label group (our extension)."""
-    labels = label_groups(classes, groups)
+    labels = (
+        cooccurrence_groups(label_sets, classes, groups, seed)
+        if grouping == "cooccurrence"
+        else label_groups(classes, groups)
+    )
     taps = dict.fromkeys(t for c in chain for t in (c.source, c.target) if t is not None)
     units = {tap: assign_groups(label_sets[tap], labels, tap) for tap in taps}
     masks = {}
@@ -343,7 +371,12 @@ def grouped_masks(
         masks[connection.module + ".weight"] = expand(
             unit_mask_, weight, connection.inputs_per_unit
         )
-    record = {"count": groups, "labels": labels, "units": {t: u.tolist() for t, u in units.items()}}
+    record = {
+        "count": groups,
+        "grouping": grouping,
+        "labels": labels,
+        "units": {t: u.tolist() for t, u in units.items()},
+    }
     return masks, record
 
 
@@ -534,7 +567,9 @@ def run_prune(
     masks = afcc_masks(model, chain, label_sets, classes)
     grouping = None
     if config.method == "afcc-grouped":
-        masks, grouping = grouped_masks(model, chain, label_sets, classes, config.groups)
+        masks, grouping = grouped_masks(
+            model, chain, label_sets, classes, config.groups, config.label_grouping, config.seed
+        )
     elif config.method == "random":
         rng = np.random.default_rng(config.seed)
         shuffled = {

@@ -256,3 +256,10 @@ def test_probe_classifier_needs_the_probe_file(checkpoint_path, clusters_path, t
             tmp_path / "x.safetensors",
             PruneConfig(classifier="probe"),
         )
+
+
+def test_cooccurrence_groups_put_labels_served_together_in_one_group():
+    from snptool.prune import cooccurrence_groups
+
+    sets = {"a": [{0, 3}, {0, 3}, {1, 2}, {1, 2}, {0}, {2}, {3, 0}, {2, 1}]}
+    assert cooccurrence_groups(sets, classes=4, groups=2, seed=0) == [[0, 3], [1, 2]]
