@@ -24,15 +24,15 @@ from torch import nn
 
 from snptool.architectures import run_dummy_input
 from snptool.checkpoint import Checkpoint
-from snptool.errors import LayerError
-from snptool.prune import (
+from snptool.connections import (
     PER_CHANNEL,
     WEIGHT_TYPES,
     Connection,
     execution_order,
-    masks_of,
     reads_directly,
 )
+from snptool.errors import LayerError
+from snptool.prune import masks_of
 
 
 @dataclass

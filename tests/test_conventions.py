@@ -42,6 +42,7 @@ STEPS = [
     "probe",
     "matrix",
     "clusters",
+    "connections",
     "prune",
     "compact",
     "export",

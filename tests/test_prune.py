@@ -14,13 +14,13 @@ from snptool.checkpoint import read_checkpoint, read_tensors
 from snptool.cli import app
 from snptool.clusters import read_layer_clusters, run_clusters
 from snptool.config import PruneConfig
+from snptool.connections import connections
 from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.matrix import run_matrix
 from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
 from snptool.prune import (
     balanced_random_sets,
-    connections,
     expand,
     masks_of,
     output_mask,
