@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import model_defs
-from snptool.errors import ArchitectureError, UsageError
+from snptool.errors import ArchitectureError, UsageError, first_line
 
 
 def parse_arch_kwargs(values: list[str] | str | None) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def cut_after(model: nn.Module, tap: str) -> nn.Module:
         traced = torch.fx.symbolic_trace(model)
     except Exception as error:  # fx raises many types for code it cannot trace
         raise ArchitectureError(
-            f"cannot cut the model after {tap}: torch.fx: {str(error).splitlines()[0]}."
+            f"cannot cut the model after {tap}: torch.fx: {first_line(error)}."
         ) from None
     graph = traced.graph
     nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == tap]
@@ -181,7 +181,7 @@ def run_dummy_input(model: nn.Module, shape: tuple[int, ...], what: str) -> torc
     except RuntimeError as error:
         raise UsageError(
             f"{what} does not run on a {'x'.join(map(str, shape))} input "
-            f"({str(error).splitlines()[0]}); "
+            f"({first_line(error)}); "
             "make --channels, --input-size and --arch-kwargs agree."
         ) from None
     finally:

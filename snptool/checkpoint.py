@@ -19,7 +19,7 @@ from torch import nn
 
 from snptool.architectures import build_model_from_record
 from snptool.config import InputSpec
-from snptool.errors import CheckpointMismatchError, InputFileError
+from snptool.errors import CheckpointMismatchError, InputFileError, first_line
 from snptool.files import atomic_path, require_file, sha256_file
 
 FORMAT_VERSION = 1
@@ -145,7 +145,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputFileError(
-            f"{path} is not a readable safetensors file ({_first_line(error)}); "
+            f"{path} is not a readable safetensors file ({first_line(error)}); "
             "it may be truncated or of another format."
         ) from None
 
@@ -157,14 +157,9 @@ def read_header(path: Path) -> dict[str, str]:
             return handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputFileError(
-            f"{path} is not a readable safetensors file ({_first_line(error)}); "
+            f"{path} is not a readable safetensors file ({first_line(error)}); "
             "it may be truncated or of another format."
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True)

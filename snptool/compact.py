@@ -29,6 +29,7 @@ from snptool.connections import (
     WEIGHT_TYPES,
     Connection,
     execution_order,
+    output_units,
     reads_directly,
 )
 from snptool.errors import LayerError
@@ -99,7 +100,7 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
         ]
         if not reads_directly(model, spec.shape, producer_name, connection.module):
             continue  # e.g. a residual addition couples the producer's channels: leave them
-        units = _outputs(model.get_submodule(producer_name))
+        units = output_units(model.get_submodule(producer_name))
         mask = masks[connection.module + ".weight"]
         has_out = _unit_columns(mask, units, connection.inputs_per_unit)
         producer_mask = masks.get(producer_name + ".weight")
@@ -139,10 +140,6 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
 
 def _pairs(value) -> tuple:
     return value if isinstance(value, tuple) else (value, value)
-
-
-def _outputs(module: nn.Module) -> int:
-    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
 def _output_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

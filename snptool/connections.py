@@ -165,7 +165,7 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
                     f"layers {source.layer} and {target.layer} are not consecutive ({name} reads "
                     f"{source.layer}); list every analysed layer in between."
                 )
-        elif consumer != weights[-1] or _outputs(model.get_submodule(name)) != classes:
+        elif consumer != weights[-1] or output_units(model.get_submodule(name)) != classes:
             break  # the last listed layer does not feed the output layer directly
         module = model.get_submodule(name)
         inputs = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
@@ -181,5 +181,6 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
     return result
 
 
-def _outputs(module: nn.Module) -> int:
+def output_units(module: nn.Module) -> int:
+    """Output channels of a Conv2d, output features of a Linear."""
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features

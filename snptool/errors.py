@@ -1,6 +1,12 @@
 """Errors a user can act on. The CLI prints their message on one line and exits with status 2."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message, else the error's type name."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 class SnpError(Exception):
     """Base class: the message is one sentence saying what is wrong and how to fix it."""
 

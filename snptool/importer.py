@@ -27,7 +27,7 @@ from snptool.checkpoint import (
 )
 from snptool.config import DataConfig, ImportConfig
 from snptool.data import load_data
-from snptool.errors import CheckpointMismatchError, InputFileError, UsageError
+from snptool.errors import CheckpointMismatchError, InputFileError, UsageError, first_line
 from snptool.files import check_output_path, provenance, require_file
 
 CONTAINER_KEYS = (
@@ -66,14 +66,13 @@ def read_foreign_weights(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise InputFileError(
-            f"{path} cannot be read safely with weights_only=True ({reason[:200]}); save its "
-            "state_dict (tensors only) and import that."
+            f"{path} cannot be read safely with weights_only=True ({first_line(error)[:200]}); "
+            "save its state_dict (tensors only) and import that."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
         raise InputFileError(
-            f"{path} is not a readable PyTorch weights file ({str(error).splitlines()[0][:200]}); "
+            f"{path} is not a readable PyTorch weights file ({first_line(error)[:200]}); "
             "it may be truncated or of another format."
         ) from None
     return unwrap_state_dict(loaded, str(path))

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from snptool.errors import InputFileError, LayerError
+from snptool.errors import InputFileError, LayerError, first_line
 from snptool.files import atomic_path, require_file
 
 FORMAT_VERSION = 1
@@ -74,8 +74,7 @@ def open_matrix_file(path: str | Path, mode: str = "r") -> Iterator[h5py.File]:
         handle = h5py.File(path, mode)
     except OSError as error:
         raise InputFileError(
-            f"{path} is not a readable HDF5 file ({str(error).splitlines()[0]}); "
-            "it may be truncated."
+            f"{path} is not a readable HDF5 file ({first_line(error)}); it may be truncated."
         ) from None
     with handle:
         if "layers" not in handle or "format_version" not in handle.attrs:
