@@ -50,3 +50,18 @@ def fc_head(
 def relu_taps(prefix: str, layers: nn.Sequential) -> list[str]:
     """Return the qualified names (`<prefix>.<index>`) of the ReLUs in `layers`, in order."""
     return [f"{prefix}.{i}" for i, layer in enumerate(layers) if isinstance(layer, nn.ReLU)]
+
+
+class HeadOutputs(nn.Identity):
+    """Identity on the concatenated head outputs `[B, T, h·d]` before an attention's output
+    projection: the tap of single-head performance (METHODS.md §7).
+
+    `num_heads` tells snptool how the last dimension splits into heads (unit kind `head`).
+    """
+
+    def __init__(self, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"

@@ -5,20 +5,22 @@
 #   bash examples/benchmarks/cifar_layer_table.sh [OUT] [EPOCHS] [PROBE_EPOCHS]
 #
 # Trains VGG-11 with half the widths (1 thread, ~25 min for 40 epochs on a 2-core CPU) unless
-# OUT/vgg11h-cifar.safetensors exists, then probes every conv and FC tap, computes the
-# matrices on the train split and clusters them at threshold 0.3.
+# OUT/vgg11h-cifar.safetensors exists, then probes every conv and FC tap of the best epoch's
+# state (OUT/vgg11h-cifar.best.safetensors), computes the matrices on the train split and
+# clusters them at threshold 0.3.
 set -euo pipefail
 OUT=${1:-runs/cifar-layers}
 EPOCHS=${2:-40}
 PROBE_EPOCHS=${3:-50}
 HERE=$(cd "$(dirname "$0")" && pwd)
 DATA=npz:${CIFAR_NPZ:-$HERE/../../../shared/data/cifar10_test.npz}
-MODEL=$OUT/vgg11h-cifar.safetensors
+LAST=$OUT/vgg11h-cifar.safetensors
+MODEL=$OUT/vgg11h-cifar.best.safetensors
 mkdir -p "$OUT"
 
-if [ ! -f "$MODEL" ]; then
+if [ ! -f "$LAST" ]; then
     snptool train --arch vgg11 --arch-kwargs 'widths=[32,64,128,128,256,256,256,256],fc_widths=[256,256]' \
-        --data "$DATA" --epochs "$EPOCHS" --lr 0.05 --lr-decay 0.5 --lr-step 10 -o "$MODEL" --json > "$OUT/train.json"
+        --data "$DATA" --epochs "$EPOCHS" --lr 0.05 --lr-decay 0.5 --lr-step 10 -o "$LAST" --json > "$OUT/train.json"
 fi
 snptool probe "$MODEL" --all --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors" --json > "$OUT/probe.json"
 snptool matrix "$MODEL" "$OUT/probes.safetensors" --split train -o "$OUT/matrices.h5" --json > "$OUT/matrix.json"

@@ -5,11 +5,11 @@
 #
 #   bash examples/benchmarks/prune_latency.sh [DIR] [FINETUNE_EPOCHS]
 #
-# DIR holds vgg11h-cifar.safetensors and its matrices.h5 with clusters (cifar_layer_table.sh).
+# DIR holds vgg11h-cifar.best.safetensors and its matrices.h5 with clusters (cifar_layer_table.sh).
 set -euo pipefail
 DIR=${1:-runs/cifar-layers}
 FT=${2:-3}
-MODEL=$DIR/vgg11h-cifar.safetensors
+MODEL=$DIR/vgg11h-cifar.best.safetensors
 OUT=$DIR/prune
 LAYERS=${LAYERS:-features.6,features.10,features.13,features.17,features.20,features.24,features.27}
 mkdir -p "$OUT"
