@@ -716,6 +716,13 @@ def prune(
     freeze_bn_stats: Annotated[
         bool, typer.Option(help="Keep BatchNorm running statistics fixed while fine-tuning.")
     ] = PruneConfig.freeze_bn_stats,
+    distill: Annotated[
+        float,
+        typer.Option(help="Weight (0-1) of distillation from the dense model while fine-tuning."),
+    ] = PruneConfig.distill,
+    distill_temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of the distillation loss.")
+    ] = PruneConfig.distill_temperature,
     seed: SeedOpt = PruneConfig.seed,
     device: DeviceOpt = PruneConfig.device,
     data: Annotated[
@@ -751,6 +758,8 @@ def prune(
         lr_decay=lr_decay,
         augment=augment,
         freeze_bn_stats=freeze_bn_stats,
+        distill=distill,
+        distill_temperature=distill_temperature,
         seed=seed,
         device=device,
     )

@@ -241,6 +241,9 @@ class PruneConfig:
     BatchNorm running statistics updated unless `freeze_bn_stats`) with the masks re-applied
     after every optimiser step; `augment` uses
     the model's training augmentation (off by default: short fine-tunes did better without).
+    `distill` > 0 adds knowledge distillation from the dense model: the loss becomes
+    (1 − distill)·cross-entropy + distill·T²·KL(teacher ‖ student) at temperature
+    `distill_temperature` (Hinton et al. 2015), which recovers more accuracy from few images.
     """
 
     method: str = "afcc"
@@ -257,6 +260,8 @@ class PruneConfig:
     lr_decay: float = 1.0
     augment: bool = False
     freeze_bn_stats: bool = False
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     seed: int = 0
     device: str = "auto"
 
@@ -276,6 +281,11 @@ class PruneConfig:
             (
                 self.finetune_epochs >= 0,
                 f"finetune epochs must be >= 0, not {self.finetune_epochs}",
+            ),
+            (0.0 <= self.distill <= 1.0, f"distill must be between 0 and 1, not {self.distill}"),
+            (
+                self.distill_temperature > 0,
+                f"distill temperature must be > 0, not {self.distill_temperature}",
             ),
         )
 

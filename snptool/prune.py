@@ -11,6 +11,7 @@ so the zeros survive fine-tuning and export.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,26 @@ def dilution(mask: torch.Tensor) -> float:
     return 1.0 - float(mask.float().mean())
 
 
+def finetune_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    config: PruneConfig,
+) -> torch.Tensor:
+    """Cross-entropy, mixed with distillation from `teacher_logits` when config.distill > 0."""
+    loss = F.cross_entropy(logits, labels)
+    if teacher_logits is None or not config.distill:
+        return loss
+    t = config.distill_temperature
+    soft = F.kl_div(
+        F.log_softmax(logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    return (1 - config.distill) * loss + config.distill * t * t * soft
+
+
 def finetune(
     model: nn.Module,
     masks: dict[str, torch.Tensor],
@@ -257,10 +278,12 @@ def finetune(
     train_modules: list[str],
     device: torch.device,
     augmentation: tuple[int, bool] = (4, True),
+    teacher: nn.Module | None = None,
 ) -> None:
     """Train `train_modules` with the masks re-applied after every step; everything else frozen.
 
-    `augmentation` (translation in pixels, flip) is the one the model was trained with.
+    `augmentation` (translation in pixels, flip) is the one the model was trained with;
+    `teacher` (the dense model, eval mode) is distilled from when config.distill > 0.
     """
     translate, flip = augmentation
     seed_everything(config.seed)
@@ -293,7 +316,11 @@ def finetune(
                 x = prepare_batch(images.to(device), spec)
                 if config.augment:
                     x = augment_batch(x, translate, flip, generator)
-                loss = F.cross_entropy(model(x), labels.to(device))
+                teacher_logits = None
+                if teacher is not None and config.distill:
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                loss = finetune_loss(model(x), labels.to(device), teacher_logits, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -302,6 +329,14 @@ def finetune(
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()
+
+
+def dense_teacher(model: nn.Module) -> nn.Module:
+    """A frozen copy of the dense model (eval mode) to distill from."""
+    teacher = copy.deepcopy(model).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return teacher
 
 
 def with_probe_classifier(
@@ -390,6 +425,7 @@ def run_prune(
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
     dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
     arch = checkpoint.metadata["arch"]
+    teacher = dense_teacher(model) if config.distill and config.finetune_epochs else None
     if config.classifier == "probe":
         model, chain, label_sets, arch = with_probe_classifier(
             checkpoint, chain, names[-1], label_sets, probes_path
@@ -422,7 +458,7 @@ def run_prune(
         modules = list(config.train_layers) or [c.module for c in chain]
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
-        finetune(model, masks, train_data, spec, config, modules, device, augmentation)
+        finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)
         after = evaluate_model(
             model, test_data, spec, device=device, description="fine-tuned"
         ).accuracy

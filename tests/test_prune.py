@@ -15,13 +15,16 @@ from snptool.cli import app
 from snptool.clusters import read_layer_clusters, run_clusters
 from snptool.config import PruneConfig
 from snptool.connections import connections
+from snptool.data import prepare_batch
 from snptool.errors import InputFileError, LayerError, UsageError
+from snptool.evaluate import load_checkpoint_data
 from snptool.matrix import run_matrix
 from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
 from snptool.prune import (
     balanced_random_sets,
     expand,
+    finetune_loss,
     masks_of,
     output_mask,
     run_prune,
@@ -263,3 +266,62 @@ def test_cooccurrence_groups_put_labels_served_together_in_one_group():
 
     sets = {"a": [{0, 3}, {0, 3}, {1, 2}, {1, 2}, {0}, {2}, {3, 0}, {2, 1}]}
     assert cooccurrence_groups(sets, classes=4, groups=2, seed=0) == [[0, 3], [1, 2]]
+
+
+def test_finetune_loss_mixes_cross_entropy_and_distillation():
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 6, 5, generator=generator)
+    labels = torch.tensor([0, 4, 2, 2, 1, 3])
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    plain = PruneConfig()
+    assert finetune_loss(student, labels, teacher, plain) == pytest.approx(ce.item())
+    config = PruneConfig(distill=0.25, distill_temperature=2.0)
+    p_teacher = np.exp(teacher.numpy() / 2) / np.exp(teacher.numpy() / 2).sum(1, keepdims=True)
+    p_student = np.exp(student.numpy() / 2) / np.exp(student.numpy() / 2).sum(1, keepdims=True)
+    kl = (p_teacher * np.log(p_teacher / p_student)).sum(1).mean()
+    expected = 0.75 * ce.item() + 0.25 * 4 * kl
+    assert finetune_loss(student, labels, teacher, config).item() == pytest.approx(expected, 1e-5)
+    assert finetune_loss(teacher, labels, teacher, PruneConfig(distill=1.0)).item() == (
+        pytest.approx(0.0, abs=1e-6)
+    )
+
+
+def mean_kl_to_dense(dense_path: Path, pruned_path: Path) -> float:
+    """KL(dense ‖ pruned) of the softmax outputs, averaged over the train split."""
+    dense, pruned = read_checkpoint(dense_path), read_checkpoint(pruned_path)
+    data = load_checkpoint_data(dense, None, "train", None)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for images, _ in data.batches(dense.input_spec, 256):
+            x = prepare_batch(images, dense.input_spec)
+            log_p = torch.log_softmax(dense.model.eval()(x), 1)
+            log_q = torch.log_softmax(pruned.model.eval()(x), 1)
+            total += float((log_p.exp() * (log_p - log_q)).sum())
+            count += len(x)
+    return total / count
+
+
+def test_distillation_pulls_the_pruned_model_towards_the_dense_one(
+    checkpoint_path, clusters_path, tmp_path
+):
+    kl = {}
+    for name, distill in (("cross_entropy", 0.0), ("distilled", 1.0)):
+        output = tmp_path / f"{name}.safetensors"
+        config = PruneConfig(
+            method="afcc-grouped",
+            groups=2,
+            finetune_epochs=2,
+            learning_rate=0.02,
+            distill=distill,
+            distill_temperature=2.0,
+            device="cpu",
+        )
+        run_prune(checkpoint_path, clusters_path, output, config, layers=LAYERS[1:])
+        kl[name] = mean_kl_to_dense(checkpoint_path, output)
+    assert kl["distilled"] < 0.5 * kl["cross_entropy"], kl
+    distilled = read_checkpoint(tmp_path / "distilled.safetensors")
+    record = distilled.metadata["pruning"]["config"]
+    assert record["distill"] == 1.0 and record["distill_temperature"] == 2.0
+    weights = dict(distilled.model.named_parameters())
+    for name, mask in masks_of(distilled).items():
+        assert not weights[name][~mask].any(), f"{name} regrew pruned weights while distilling"
