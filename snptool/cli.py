@@ -701,7 +701,7 @@ def prune(
         str | None,
         typer.Option(
             "--train-layers",
-            help="Comma-separated modules to fine-tune (default: the pruned ones).",
+            help="Comma-separated modules to fine-tune, or all (default: the pruned ones).",
         ),
     ] = None,
     batch_size: BatchSizeOpt = PruneConfig.batch_size,

@@ -331,6 +331,28 @@ def finetune(
     model.eval()
 
 
+def trainable_modules(model: nn.Module, config: PruneConfig, chain: list[Connection]) -> list[str]:
+    """The modules to fine-tune: `config.train_layers` (named as in the original network, also
+    with `--classifier probe`, whose probe is `head`; `all` for every module), else the pruned
+    weight layers."""
+    if not config.train_layers:
+        return [c.module for c in chain]
+    if "all" in config.train_layers:
+        return [name for name, _ in model.named_children()]
+    names = {name for name, _ in model.named_parameters()}
+    prefix = "body." if isinstance(model, ProbeHeadModel) else ""
+    modules = []
+    for layer in config.train_layers:
+        module = layer if layer == "head" or layer.startswith(prefix) else prefix + layer
+        if not any(name.startswith(module + ".") for name in names):
+            raise LayerError(
+                f"--train-layers {layer} names no module with parameters; "
+                "use module names as `snptool layers` prints them."
+            )
+        modules.append(module)
+    return modules
+
+
 def dense_teacher(model: nn.Module) -> nn.Module:
     """A frozen copy of the dense model (eval mode) to distill from."""
     teacher = copy.deepcopy(model).eval()
@@ -455,7 +477,7 @@ def run_prune(
     after = before
     if config.finetune_epochs:
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
-        modules = list(config.train_layers) or [c.module for c in chain]
+        modules = trainable_modules(model, config, chain)
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
         finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)

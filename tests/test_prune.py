@@ -325,3 +325,46 @@ def test_distillation_pulls_the_pruned_model_towards_the_dense_one(
     weights = dict(distilled.model.named_parameters())
     for name, mask in masks_of(distilled).items():
         assert not weights[name][~mask].any(), f"{name} regrew pruned weights while distilling"
+
+
+def test_train_layers_are_named_as_in_the_original_network(
+    checkpoint_path, clusters_path, tmp_path
+):
+    probes = clusters_path.parent / "probes.safetensors"
+    output = tmp_path / "probe-head.safetensors"
+    config = PruneConfig(
+        classifier="probe",
+        finetune_epochs=1,
+        train_layers=("features.0", "head"),
+        learning_rate=0.05,
+        device="cpu",
+    )
+    run_prune(
+        checkpoint_path,
+        clusters_path,
+        output,
+        config,
+        layers=["features.6", "features.10"],
+        probes_path=probes,
+    )
+    dense, pruned = read_tensors(checkpoint_path), read_tensors(output)
+    assert not torch.equal(pruned["body.features.0.weight"], dense["features.0.weight"])
+    assert torch.equal(pruned["body.features.4.weight"], dense["features.4.weight"])
+    probe = read_tensors(probes)["probe/features.10"].reshape(10, -1)
+    masked = probe * masks_of(read_checkpoint(output))["head.weight"]
+    assert not torch.equal(pruned["head.weight"], masked), "the probe head was not fine-tuned"
+
+
+def test_unknown_train_layers_are_refused(checkpoint_path, clusters_path, tmp_path):
+    config = PruneConfig(finetune_epochs=1, train_layers=("features.99",), device="cpu")
+    with pytest.raises(LayerError, match="features.99 names no module"):
+        run_prune(checkpoint_path, clusters_path, tmp_path / "x.safetensors", config)
+
+
+def test_train_layers_all_fine_tunes_every_module(checkpoint_path, clusters_path, tmp_path):
+    output = tmp_path / "all.safetensors"
+    config = PruneConfig(finetune_epochs=1, train_layers=("all",), device="cpu")
+    run_prune(checkpoint_path, clusters_path, output, config, layers=["features.6", "features.10"])
+    dense, pruned = read_tensors(checkpoint_path), read_tensors(output)
+    for name in ("features.0.weight", "features.4.weight", "classifier.2.weight"):
+        assert not torch.equal(pruned[name], dense[name]), f"{name} was not fine-tuned"

@@ -3,31 +3,38 @@
 # random and magnitude pruning of the VGG that cifar_layer_table.sh trained and analysed, all
 # exported models timed side by side in ONE `snptool latency` run.
 #
-#   bash examples/benchmarks/prune_latency.sh [DIR] [FINETUNE_EPOCHS]
+#   bash examples/benchmarks/prune_latency.sh [DIR] [FINETUNE_EPOCHS] [OUT]
 #
-# DIR holds vgg11h-cifar.best.safetensors and its matrices.h5 with clusters (cifar_layer_table.sh).
+# DIR holds vgg11h-cifar.best.safetensors, its probes.safetensors and its matrices.h5 with
+# clusters (cifar_layer_table.sh). LAYERS (the listed layers) and FLAGS (more fine-tuning flags,
+# e.g. FLAGS="--distill 0.9 --lr-decay 0.8") come from the environment.
 set -euo pipefail
 DIR=${1:-runs/cifar-layers}
 FT=${2:-3}
+OUT=${3:-$DIR/prune}
 MODEL=$DIR/vgg11h-cifar.best.safetensors
-OUT=$DIR/prune
 LAYERS=${LAYERS:-features.6,features.10,features.13,features.17,features.20,features.24,features.27}
+read -r -a FLAGS <<< "${FLAGS:-}"
 mkdir -p "$OUT"
 
 prune() {  # NAME METHOD [extra flags]
     local name=$1 method=$2; shift 2
     snptool prune "$MODEL" --clusters "$DIR/matrices.h5" --method "$method" --layers "$LAYERS" \
-        --finetune-epochs "$FT" --lr 0.01 "$@" -o "$OUT/$name.safetensors" --json > "$OUT/$name.prune.json"
+        --finetune-epochs "$FT" --lr 0.01 "${FLAGS[@]}" "$@" -o "$OUT/$name.safetensors" \
+        --json > "$OUT/$name.prune.json"
     snptool export "$OUT/$name.safetensors" -o "$OUT/$name.onnx" --json > "$OUT/$name.export.json"
 }
 snptool export "$MODEL" -o "$OUT/dense.onnx" --json > "$OUT/dense.export.json"
 prune afcc afcc
+prune afcc-probe afcc --classifier probe --probes "$DIR/probes.safetensors"
 prune grouped2 afcc-grouped --groups 2
 prune grouped4 afcc-grouped --groups 4
 prune random random
 prune magnitude magnitude
-snptool latency "$OUT"/dense.onnx "$OUT"/{afcc,grouped2,grouped4,random,magnitude}.onnx \
-    --batch 1 --threads 1 --warmup 20 --runs 300 --json > "$OUT/latency.json"
+MODELS=()
+for name in dense afcc afcc-probe grouped2 grouped4 random magnitude; do MODELS+=("$OUT/$name.onnx"); done
+snptool latency "${MODELS[@]}" --batch 1 --threads 1 --warmup 20 --runs 300 \
+    --json > "$OUT/latency.json"
 
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -35,16 +42,16 @@ out = sys.argv[1]
 dense = json.load(open(f"{out}/dense.export.json"))
 latency = {row["path"].rsplit("/", 1)[-1][:-5]: row for row in json.load(open(f"{out}/latency.json"))}
 print(f"dense: params {dense['params']}, MACs {dense['macs']}, p50 {latency['dense']['p50_ms']:.3f} ms")
-print(f"{'method':<10}{'dilution':>9}{'acc dense':>10}{'before':>8}{'after':>8}{'params':>8}{'MACs':>7}"
+print(f"{'method':<11}{'dilution':>9}{'acc dense':>10}{'before':>8}{'after':>8}{'params':>8}{'MACs':>7}"
       f"{'latency':>8}{'of ideal':>9}")
-for name in ("afcc", "grouped2", "grouped4", "random", "magnitude"):
+for name in ("afcc", "afcc-probe", "grouped2", "grouped4", "random", "magnitude"):
     prune = json.load(open(f"{out}/{name}.prune.json"))
     export = json.load(open(f"{out}/{name}.export.json"))
     weights = sum(l["weights"] for l in prune["layers"])
     dilution = sum(l["dilution"] * l["weights"] for l in prune["layers"]) / weights
     mac_ratio = export["macs"] / dense["macs"]
     latency_ratio = latency[name]["ratio"]
-    print(f"{name:<10}{dilution:>9.3f}{prune['dense_accuracy']:>10.4f}{prune['accuracy_before']:>8.4f}"
+    print(f"{name:<11}{dilution:>9.3f}{prune['dense_accuracy']:>10.4f}{prune['accuracy_before']:>8.4f}"
           f"{prune['accuracy_after']:>8.4f}{export['params'] / dense['params']:>8.3f}{mac_ratio:>7.3f}"
           f"{latency_ratio:>8.3f}{(1 / latency_ratio) / (1 / mac_ratio):>9.2f}")
 PY
