@@ -674,7 +674,7 @@ def prune(
         Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
     ],
     method: Annotated[
-        str, typer.Option("--method", help="afcc, afcc-grouped, random or magnitude.")
+        str, typer.Option("--method", help="afcc, andc, afcc-grouped, random or magnitude.")
     ] = PruneConfig.method,
     layers: Annotated[
         str | None,
@@ -688,6 +688,10 @@ def prune(
     probes: Annotated[
         Path | None, typer.Option("--probes", help="Probe file, for --classifier probe.")
     ] = None,
+    andc_threshold: Annotated[
+        float | None,
+        typer.Option(help="andc: diagonal threshold (default: the clusters' threshold)."),
+    ] = PruneConfig.andc_threshold,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -746,6 +750,7 @@ def prune(
     config = PruneConfig(
         method=method,
         classifier=classifier,
+        andc_threshold=andc_threshold,
         groups=groups,
         label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,

@@ -220,7 +220,7 @@ class ClustersConfig:
             raise UsageError(f"threshold must lie in [0, 1), not {self.threshold}.")
 
 
-PRUNE_METHODS = ("afcc", "afcc-grouped", "random", "magnitude")
+PRUNE_METHODS = ("afcc", "andc", "afcc-grouped", "random", "magnitude")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
@@ -230,7 +230,10 @@ class PruneConfig:
 
     `afcc` keeps a connection between consecutive analysed units iff their label sets (the
     union of their clusters) intersect, and a unit's connection to output label k iff k is in
-    its label set. `random` draws balanced random label sets of the same sizes (the papers'
+    its label set. `andc` (METHODS.md §7) applies that rule to each unit's marked diagonal
+    labels (diagonal element strictly above `andc_threshold` × the unit's maximum; default the
+    clusters' threshold, at which they equal the clusters' unions) and needs no clusters.
+    `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
     (the authors' choice). `afcc-grouped` (our extension) splits the labels into `groups`
@@ -248,6 +251,7 @@ class PruneConfig:
 
     method: str = "afcc"
     classifier: str = "model"
+    andc_threshold: float | None = None
     groups: int = 2
     label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
@@ -278,6 +282,10 @@ class PruneConfig:
             ),
             (self.label_grouping in LABEL_GROUPINGS, f"label grouping is one of {LABEL_GROUPINGS}"),
             (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
+            (
+                self.andc_threshold is None or 0 <= self.andc_threshold < 1,
+                f"andc threshold must be in [0, 1), not {self.andc_threshold}",
+            ),
             (
                 self.finetune_epochs >= 0,
                 f"finetune epochs must be >= 0, not {self.finetune_epochs}",

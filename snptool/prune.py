@@ -405,8 +405,36 @@ def with_probe_classifier(
     return model.eval(), renamed, sets, {**checkpoint.metadata["arch"], "head": head}
 
 
-def read_label_sets(clusters_path: str | Path, checkpoint: Checkpoint, layers: list[str] | None):
-    """Λ(u) of every unit of the listed layers (default: all layers in the file), in file order."""
+def diagonal_label_sets(group, threshold: float | None) -> list[set[int]]:
+    """ANDC's label sets (METHODS.md §7): label j iff the unit's diagonal element j is strictly
+    above `threshold` × the unit's maximum (a unit whose maximum is ≤ 0 serves none).
+
+    `threshold` defaults to the one `clusters` used on this layer. The diagonal labels are
+    exactly the cluster candidates, so at that threshold the sets equal the clusters' unions.
+    """
+    if threshold is None:
+        threshold = float(group["clusters"].attrs["threshold"]) if "clusters" in group else 0.3
+    matrix = group["matrix"]
+    units, classes = matrix.shape[:2]
+    step = max(1, (64 << 20) // (4 * classes * classes))  # about 64 MiB of matrices at a time
+    sets = []
+    for start in range(0, units, step):
+        block = matrix[start : start + step]  # [u, C, C]
+        maximum = block.reshape(len(block), -1).max(axis=1)
+        diagonal = block[:, np.arange(classes), np.arange(classes)]
+        marked = (diagonal > threshold * maximum[:, None]) & (maximum[:, None] > 0)
+        sets += [set(np.flatnonzero(row).tolist()) for row in marked]
+    return sets
+
+
+def read_label_sets(
+    clusters_path: str | Path,
+    checkpoint: Checkpoint,
+    layers: list[str] | None,
+    config: PruneConfig,
+):
+    """Λ(u) of every unit of the listed layers (default: all layers in the file), in file order:
+    the union of its clusters, or its marked diagonal labels for ANDC."""
     with open_matrix_file(clusters_path) as handle:
         recorded = metadata(handle).get("checkpoint", {}).get("sha256")
         if recorded and recorded != checkpoint.sha256:
@@ -415,6 +443,11 @@ def read_label_sets(clusters_path: str | Path, checkpoint: Checkpoint, layers: l
                 "run probe, matrix and clusters on this checkpoint first."
             )
         names = layers or layer_names(handle)
+        if config.method == "andc":
+            return names, {
+                name: diagonal_label_sets(layer_group(handle, name), config.andc_threshold)
+                for name in names
+            }
         return names, {
             name: read_layer_clusters(layer_group(handle, name)).label_sets() for name in names
         }
@@ -442,7 +475,7 @@ def run_prune(
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
     model, spec, classes = checkpoint.model, checkpoint.input_spec, checkpoint.num_classes
-    names, label_sets = read_label_sets(clusters_path, checkpoint, layers)
+    names, label_sets = read_label_sets(clusters_path, checkpoint, layers, config)
     chain = connections(model, checkpoint, names)
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
     dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy

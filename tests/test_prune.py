@@ -23,6 +23,7 @@ from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
 from snptool.prune import (
     balanced_random_sets,
+    diagonal_label_sets,
     expand,
     finetune_loss,
     masks_of,
@@ -368,3 +369,46 @@ def test_train_layers_all_fine_tunes_every_module(checkpoint_path, clusters_path
     dense, pruned = read_tensors(checkpoint_path), read_tensors(output)
     for name in ("features.0.weight", "features.4.weight", "classifier.2.weight"):
         assert not torch.equal(pruned[name], dense[name]), f"{name} was not fine-tuned"
+
+
+def test_andc_label_sets_are_the_marked_diagonal(make_matrix_file):
+    matrices = np.array(
+        [
+            [[1.0, 0.9, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.5]],  # diagonal 1, .2, .5 of max 1
+            [[-1.0, 0.0, 0.0], [0.0, -2.0, 0.0], [0.0, 0.0, -0.5]],  # maximum ≤ 0: serves none
+            [[0.1, 0.0, 0.0], [0.0, 0.1, 4.0], [0.0, 0.0, 2.0]],  # the maximum is off-diagonal
+        ],
+        dtype=np.float32,
+    )
+    path = make_matrix_file({"layer": matrices}, ["a", "b", "c"])
+    with open_matrix_file(path) as handle:
+        group = layer_group(handle, "layer")
+        assert diagonal_label_sets(group, 0.3) == [{0, 2}, set(), {2}]
+        assert diagonal_label_sets(group, 0.5) == [{0}, set(), set()]  # strictly above
+        assert diagonal_label_sets(group, None) == [{0, 2}, set(), {2}]  # no clusters: 0.3
+
+
+def test_andc_equals_afcc_at_the_clusters_threshold_and_follows_its_own(
+    checkpoint_path, clusters_path, tmp_path
+):
+    masks = {}
+    for name, config in {
+        "afcc": PruneConfig(device="cpu"),
+        "andc": PruneConfig(method="andc", device="cpu"),
+        "andc6": PruneConfig(method="andc", andc_threshold=0.6, device="cpu"),
+    }.items():
+        run_prune(checkpoint_path, clusters_path, tmp_path / f"{name}.safetensors", config)
+        masks[name] = masks_of(read_checkpoint(tmp_path / f"{name}.safetensors"))
+    assert masks["andc"].keys() == masks["afcc"].keys()
+    for name, mask in masks["afcc"].items():
+        assert torch.equal(masks["andc"][name], mask)
+    with open_matrix_file(clusters_path) as handle:
+        sets = {name: diagonal_label_sets(layer_group(handle, name), 0.6) for name in LAYERS}
+    assert torch.equal(
+        masks["andc6"]["features.8.weight"][:, :, 0, 0],
+        unit_mask(sets["features.6"], sets["features.10"]),
+    )
+    assert torch.equal(masks["andc6"]["classifier.2.weight"], output_mask(sets["classifier.1"], 10))
+    kept = {name: int(mask.sum()) for name, mask in masks["andc6"].items()}
+    assert all(kept[name] <= int(masks["afcc"][name].sum()) for name in kept)
+    assert sum(kept.values()) < sum(int(m.sum()) for m in masks["afcc"].values())
