@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import model_defs
+from snptool.attention import expose_heads
 from snptool.errors import ArchitectureError, UsageError, first_line
 
 
@@ -91,7 +92,8 @@ def build_model(
 
     `num_classes` is passed to factories that accept it unless kwargs already set it. The
     record (spec, kwargs actually passed, and the source file's sha256 for file specs) is
-    what `build_model_from_record` needs to rebuild the same model.
+    what `build_model_from_record` needs to rebuild the same model. Every attention gets a
+    head tap (`expose_heads`: same parameter names, same outputs).
     """
     kwargs = dict(kwargs or {})
     factory, source = resolve_factory(spec, search_dirs)
@@ -107,6 +109,7 @@ def build_model(
         raise ArchitectureError(
             f"architecture {spec} returned {type(model).__name__}, not a torch module."
         )
+    expose_heads(model)
     record: dict[str, Any] = {"spec": spec, "kwargs": kwargs}
     if source is not None:
         record["source"] = source
