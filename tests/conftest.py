@@ -14,7 +14,7 @@ import torch
 from snptool.config import ProbeConfig, TrainConfig
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeResult, run_probe
-from snptool.train import TrainResult, run_train
+from snptool.train import InputOverrides, TrainResult, run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -30,6 +30,21 @@ TINY_TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, flip=False
 # The probed fixture: two conv taps and one FC tap of that model, 5 probe epochs (~1 s).
 PROBE_LAYERS = ["features.2", "features.10", "classifier.1"]
 TINY_PROBE = ProbeConfig(epochs=5, device="cpu")
+
+# A tiny torchvision ViT (2 blocks, 2 heads, 16 tokens of 8×8 patches + the class token); its
+# nn.MultiheadAttention is swapped for the head-exposing one when snptool builds it.
+TINY_VIT = "torchvision.models.vision_transformer:VisionTransformer"
+TINY_VIT_KWARGS = {
+    "image_size": 32,
+    "patch_size": 8,
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 16,
+    "mlp_dim": 32,
+}
+TINY_VIT_TRAIN = TrainConfig(
+    epochs=2, batch_size=32, learning_rate=0.1, augment=False, lr_step=100, device="cpu"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +78,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 def checkpoint_path(trained: TrainResult) -> Path:
     """The last state of the trained fixture; copy it before changing it."""
     return Path(trained.output)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> tuple[str, dict]:
+    """The tiny torchvision ViT's architecture spec and keyword arguments."""
+    return TINY_VIT, dict(TINY_VIT_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def trained_vit(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """TINY_VIT trained on digits at 32×32 RGB for 2 epochs (~2 s); treat it as read-only."""
+    directory = tmp_path_factory.mktemp("trained_vit")
+    return run_train(
+        TINY_VIT,
+        "digits",
+        directory / "tiny_vit.safetensors",
+        TINY_VIT_TRAIN,
+        arch_kwargs=TINY_VIT_KWARGS,
+        inputs=InputOverrides(channels=3, size=(32, 32)),
+    )
 
 
 @pytest.fixture(scope="session")
