@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from snptool.config import ProbeConfig, TrainConfig
+from snptool.clusters import run_clusters
+from snptool.config import ClustersConfig, ProbeConfig, TrainConfig
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeResult, run_probe
 from snptool.train import InputOverrides, TrainResult, run_train
@@ -179,20 +180,44 @@ def synthetic_npz(make_npz: Callable[..., Path]) -> Path:
 
 @pytest.fixture
 def make_matrix_file(tmp_path: Path) -> Callable[..., Path]:
-    """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names)."""
+    """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names);
+    `attrs` {tap: {...}} overrides a layer's attributes (unit "channel", accuracy 0.5, …)."""
 
     def make(
-        layers: dict[str, np.ndarray], class_names: list[str], name: str = "matrices.h5"
+        layers: dict[str, np.ndarray],
+        class_names: list[str],
+        name: str = "matrices.h5",
+        attrs: dict[str, dict] | None = None,
     ) -> Path:
         path = tmp_path / name
         with h5py.File(path, "w") as handle:
             create_matrix_file(handle, class_names, {"split": "train"})
             for order, (tap, matrices) in enumerate(layers.items()):
                 units = len(matrices)
-                attrs = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}
-                dataset = create_layer(handle, tap, units, len(class_names), attrs)
+                defaults = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}
+                attrs_of_tap = {"layer": tap, **defaults, **(attrs or {}).get(tap, {})}
+                dataset = create_layer(handle, tap, units, len(class_names), attrs_of_tap)
                 dataset[...] = matrices
                 dataset.parent.attrs["order"] = order
         return path
 
     return make
+
+
+HEAD_LAYER = "blocks.0.attn.heads:head"
+HEAD_CLASSES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def head_matrices(make_matrix_file: Callable[..., Path]) -> Path:
+    """A clustered matrix file with one conv layer and one head layer of 3 heads over 5 labels:
+    h0 serves the cluster {a, b}, h1 the clusters {b} and {c}, h2 nothing; no head serves d, e."""
+    heads = np.zeros((3, 5, 5), dtype=np.float32)
+    heads[0, :2, :2] = 1.0
+    heads[1, 1, 1] = heads[1, 2, 2] = 1.0
+    heads[2] = -1.0  # maximum <= 0: no clusters
+    conv = np.eye(5, dtype=np.float32)[None]
+    attrs = {HEAD_LAYER: {"unit": "head", "layer": "blocks.0.attn.heads", "accuracy": 0.75}}
+    path = make_matrix_file({"conv": conv, HEAD_LAYER: heads}, HEAD_CLASSES, "heads.h5", attrs)
+    run_clusters(path, ClustersConfig(threshold=0.3))
+    return path
