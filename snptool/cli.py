@@ -701,10 +701,11 @@ def _show_heads(row: dict[str, Any]) -> None:
     def cell(value: float | None) -> Any:
         return "-" if value is None else value
 
-    heads = row["heads"]
+    heads, mean = row["heads"], row["mean_overlap"]
     console.table(
         f"{row['layer']}: {len(heads)} heads, layer acc {row['accuracy']:.4g}, threshold "
-        f"{row['threshold']}, mean {row['overlap_measure']} overlap {cell(row['mean_overlap'])}",
+        f"{row['threshold']}, mean {row['overlap_measure']} overlap "
+        + ("-" if mean is None else f"{mean:.4g}"),
         ["head", "labels", "label set", *(f"h{i}" for i in range(len(heads)))],
         [
             (head["head"], len(head["labels"]), ", ".join(head["labels"]), *map(cell, overlaps))

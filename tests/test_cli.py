@@ -686,7 +686,7 @@ def test_heads(head_matrices: Path) -> None:
     assert [head["labels"] for head in row["heads"]] == [["a", "b"], ["b", "c"], []]
     assert row["labels_without_heads"] == ["d", "e"] and row["overlap"][2] == [0.0, 0.0, None]
     assert "blocks.0.attn.heads:head: 3 heads, layer acc 0.75, threshold 0.3" in result.stderr
-    assert "mean jaccard overlap 0.1111" in result.stderr
+    assert "mean jaccard overlap 0.1111\n" in result.stderr
     assert "heads per label: a 1, b 2, c 1, d 0, e 0" in result.stderr
     assert "labels served by no head: d, e" in result.stderr
     quiet = invoke("--quiet", "heads", head_matrices, "--overlap", "coefficient", "--json")
