@@ -134,6 +134,17 @@ def test_silencing_all_but_one_head_or_node_gives_its_matrix(
         assert (attrs["unit"], attrs["layer"]) == ("head", heads.removesuffix(":head"))
     activations, labels = tap_activations(trained_vit.output, [heads, nodes], "train")
     assert_silenced_probes_give_the_matrices(matrices, probes, activations, labels)
+    # the forward pass of `matrix --data` re-taps `LAYER:head` and views it the same way
+    forward = tmp_path / "vit.forward.h5"
+    run_matrix(trained_vit.output, probes, forward, MatrixConfig(device="cpu"), data_spec="digits")
+    with h5py.File(matrices, "r") as stored, h5py.File(forward, "r") as computed:
+        for name in (heads, nodes):
+            np.testing.assert_allclose(
+                computed["layers"][name]["matrix"][()],
+                stored["layers"][name]["matrix"][()],
+                rtol=1e-4,
+                atol=1e-6,
+            )
 
 
 # --- the probe file ---------------------------------------------------------------------------
