@@ -110,6 +110,36 @@ def test_unbatched_input_and_training_mode() -> None:
     assert original.in_proj_weight.grad is not None and original.out_proj.weight.grad is not None
 
 
+class TinyTransformer(nn.Module):
+    """Patches → nn.TransformerEncoder (2 layers, 2 heads) → mean of the tokens → 3 labels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 8, stride=8)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        return self.head(self.encoder(tokens).mean(1))
+
+
+def test_tapping_a_transformer_encoder_layer_leaves_its_fused_fast_path() -> None:
+    # In eval without grad, nn.TransformerEncoderLayer calls a fused kernel with self_attn's
+    # weights; a hook anywhere inside the layer (the head tap) makes it run the modules.
+    torch.manual_seed(0)
+    original, model = TinyTransformer().eval(), TinyTransformer()
+    model.load_state_dict(original.state_dict())
+    assert expose_heads(model) == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    model.eval()
+    recorder = TapRecorder(model, ["encoder.layers.1.self_attn.heads:head"], SPEC)
+    with torch.no_grad():
+        outputs, logits = recorder.run(images(), full=True)
+        torch.testing.assert_close(logits, original(images()), rtol=0, atol=1e-5)
+    assert outputs["encoder.layers.1.self_attn.heads:head"].shape == (4, 2, 16 * 8)
+
+
 # --- torchvision ViT ----------------------------------------------------------------------------
 
 
