@@ -42,7 +42,8 @@ def mean_overlap(overlaps: list[list[float | None]]) -> float | None:
 
 @dataclass(frozen=True)
 class HeadLayerReport:
-    """One head layer: its heads' clusters and label sets, by class name."""
+    """One head layer: its heads' clusters (label indices) and overlaps; `to_json` names the
+    labels by class name."""
 
     layer: str
     module: str
