@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 import model_defs
+from snptool.attention import HeadedMultiheadAttention, expose_heads
 from snptool.errors import ArchitectureError, UsageError, first_line
 
 
@@ -91,7 +93,8 @@ def build_model(
 
     `num_classes` is passed to factories that accept it unless kwargs already set it. The
     record (spec, kwargs actually passed, and the source file's sha256 for file specs) is
-    what `build_model_from_record` needs to rebuild the same model.
+    what `build_model_from_record` needs to rebuild the same model. Every attention gets a
+    head tap (`expose_heads`: same parameter names, same outputs).
     """
     kwargs = dict(kwargs or {})
     factory, source = resolve_factory(spec, search_dirs)
@@ -107,6 +110,7 @@ def build_model(
         raise ArchitectureError(
             f"architecture {spec} returned {type(model).__name__}, not a torch module."
         )
+    expose_heads(model)
     record: dict[str, Any] = {"spec": spec, "kwargs": kwargs}
     if source is not None:
         record["source"] = source
@@ -144,12 +148,19 @@ class ProbeHeadModel(nn.Module):
         return self.head(torch.flatten(self.body(x), 1))
 
 
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with the head-exposing attention a leaf as nn.MultiheadAttention is."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, HeadedMultiheadAttention) or super().is_leaf_module(
+            module, qualified_name
+        )
+
+
 def cut_after(model: nn.Module, tap: str) -> nn.Module:
     """The part of `model` that computes the output of its submodule `tap` (via torch.fx)."""
-    import torch.fx
-
     try:
-        traced = torch.fx.symbolic_trace(model)
+        traced = torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception as error:  # fx raises many types for code it cannot trace
         raise ArchitectureError(
             f"cannot cut the model after {tap}: torch.fx: {first_line(error)}."

@@ -20,6 +20,7 @@ from snptool.config import (
     DataConfig,
     EvaluateConfig,
     ExportConfig,
+    HeadsConfig,
     LatencyConfig,
     MatrixConfig,
     ProbeConfig,
@@ -664,6 +665,56 @@ def clusters(
     )
     if json_output:
         console.emit_json(result.to_json())
+
+
+@_command()
+def heads(
+    matrices: Annotated[
+        Path, typer.Argument(help="Matrix file with clusters (after `snptool clusters`).")
+    ],
+    layer: Annotated[
+        list[str] | None, typer.Option("--layer", help="Only this head layer (repeatable).")
+    ] = None,
+    overlap: Annotated[
+        str, typer.Option("--overlap", help="Overlap of two label sets: jaccard or coefficient.")
+    ] = HeadsConfig.overlap,
+    json_output: JsonOpt = False,
+) -> None:
+    """Labels each attention head serves, heads per label and the heads' overlap (METHODS.md §7).
+
+    Example: snptool heads matrices.h5 --layer blocks.0.attn.heads:head --json
+    """
+    from snptool import console
+    from snptool.heads import run_heads
+
+    result = run_heads(matrices, HeadsConfig(overlap=overlap), layers=layer)
+    for report in result.layers:
+        _show_heads(report.to_json())
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+def _show_heads(row: dict[str, Any]) -> None:
+    """One head layer's table (head, label count, label set, overlaps) and label lines."""
+    from snptool import console
+
+    def cell(value: float | None) -> Any:
+        return "-" if value is None else value
+
+    heads, mean = row["heads"], row["mean_overlap"]
+    console.table(
+        f"{row['layer']}: {len(heads)} heads, layer acc {row['accuracy']:.4g}, threshold "
+        f"{row['threshold']}, mean {row['overlap_measure']} overlap "
+        + ("-" if mean is None else f"{mean:.4g}"),
+        ["head", "labels", "label set", *(f"h{i}" for i in range(len(heads)))],
+        [
+            (head["head"], len(head["labels"]), ", ".join(head["labels"]), *map(cell, overlaps))
+            for head, overlaps in zip(heads, row["overlap"], strict=True)
+        ],
+    )
+    counts = ", ".join(f"{name} {len(found)}" for name, found in row["label_heads"].items())
+    console.log(f"heads per label: {counts}")
+    console.log(f"labels served by no head: {', '.join(row['labels_without_heads']) or 'none'}")
 
 
 @_command()

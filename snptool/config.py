@@ -220,6 +220,23 @@ class ClustersConfig:
             raise UsageError(f"threshold must lie in [0, 1), not {self.threshold}.")
 
 
+OVERLAP_MEASURES = ("jaccard", "coefficient")
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """The head report (METHODS.md §7). Decision: `overlap` of two heads' label sets A, B is
+    the Jaccard index |A ∩ B| / |A ∪ B| or the overlap coefficient |A ∩ B| / min(|A|, |B|)."""
+
+    overlap: str = "jaccard"
+
+    def __post_init__(self) -> None:
+        if self.overlap not in OVERLAP_MEASURES:
+            raise UsageError(
+                f"unknown overlap {self.overlap!r}; use one of {', '.join(OVERLAP_MEASURES)}."
+            )
+
+
 PRUNE_METHODS = ("afcc", "andc", "afcc-grouped", "random", "magnitude")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 

@@ -1,6 +1,7 @@
 """Taps: module outputs read as units (METHODS.md §2).
 
-A unit kind says how a tap tensor is viewed as [N, U, P] (samples, units, positions).
+A unit kind says how a tap tensor is viewed as [N, U, P] (samples, units, positions), from
+its shape and the module that produced it (a HeadOutputs module knows its number of heads).
 `discover_layers` finds, with one forward pass of a dummy input, every module whose output
 can be analysed and the unit kinds that apply to it.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_defs._blocks import HeadOutputs
 from snptool.architectures import run_dummy_input
 from snptool.checkpoint import read_checkpoint
 from snptool.config import InputSpec
@@ -24,31 +26,50 @@ from snptool.errors import LayerError
 
 @dataclass(frozen=True)
 class UnitKind:
-    """How a tap tensor splits into units: `applies(shape)` (batch included), `view` → [N, U, P]."""
+    """How a tap tensor splits into units.
+
+    `count_units(module, shape)` is U for a tensor of `shape` (batch included) that `module`
+    outputs (or reads), or None where the kind does not apply; `view(tensor, units)` is the
+    tensor as [N, U, P].
+    """
 
     name: str
     description: str
-    applies: Callable[[tuple[int, ...]], bool]
-    view: Callable[[torch.Tensor], torch.Tensor]
+    count_units: Callable[[nn.Module, tuple[int, ...]], int | None]
+    view: Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def _channel_view(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], x.shape[1], -1)
+def _channel_view(x: torch.Tensor, units: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], units, -1)  # (N, C, H·W)
 
 
-def _feature_view(x: torch.Tensor) -> torch.Tensor:
-    return x.transpose(1, 2)
+def _feature_view(x: torch.Tensor, units: int) -> torch.Tensor:
+    return x.transpose(1, 2)  # (N, D, T)
 
 
-def _node_view(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], x.shape[1], 1)
+def _node_view(x: torch.Tensor, units: int) -> torch.Tensor:
+    return x.reshape(x.shape[0], units, 1)  # (N, D, 1)
+
+
+def _head_view(x: torch.Tensor, units: int) -> torch.Tensor:
+    """(N, T, h·d) → (N, h, T·d): head i holds columns i·d … i·d + d − 1 of every token;
+    its positions run token-major, then over the d features (p = t·d + j)."""
+    n, tokens, _ = x.shape
+    return x.reshape(n, tokens, units, -1).transpose(1, 2).reshape(n, units, -1)
+
+
+def _heads_of(module: nn.Module, shape: tuple[int, ...]) -> int | None:
+    """h for the [N, T, h·d] output of a HeadOutputs module, else None."""
+    if isinstance(module, HeadOutputs) and len(shape) == 3 and shape[2] % module.num_heads == 0:
+        return module.num_heads
+    return None
 
 
 UNIT_KINDS: dict[str, UnitKind] = {}
 
 
 def register_unit_kind(kind: UnitKind) -> UnitKind:
-    """Add a unit kind (the transformer issue adds `head`)."""
+    """Add a unit kind; kinds are tried in registration order, the first is a tap's default."""
     if kind.name in UNIT_KINDS:
         raise ValueError(f"unit kind {kind.name} is already registered")
     UNIT_KINDS[kind.name] = kind
@@ -59,7 +80,7 @@ register_unit_kind(
     UnitKind(
         "channel",
         "conv filter of [N, C, H, W]: U = C, P = H·W",
-        lambda s: len(s) == 4,
+        lambda module, s: s[1] if len(s) == 4 else None,
         _channel_view,
     )
 )
@@ -67,15 +88,46 @@ register_unit_kind(
     UnitKind(
         "feature",
         "node of a token tensor [N, T, D]: U = D, P = T",
-        lambda s: len(s) == 3,
+        lambda module, s: s[2] if len(s) == 3 else None,
         _feature_view,
     )
 )
 register_unit_kind(
     UnitKind(
-        "node", "node of a flat tensor [N, D]: U = D, P = 1", lambda s: len(s) == 2, _node_view
+        "node",
+        "node of a flat tensor [N, D]: U = D, P = 1",
+        lambda module, s: s[1] if len(s) == 2 else None,
+        _node_view,
     )
 )
+register_unit_kind(
+    UnitKind(
+        "head",
+        "attention head of the concatenated heads [N, T, h·d] (a HeadOutputs): U = h, P = T·d",
+        _heads_of,
+        _head_view,
+    )
+)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A tensor read as units of one kind: U units of P positions."""
+
+    unit: str
+    units: int
+    positions: int
+
+
+def unit_readings(module: nn.Module, shape: tuple[int, ...]) -> list[Reading]:
+    """Every unit kind that reads a tensor of `shape` (batch included) from `module`."""
+    readings = []
+    for kind in UNIT_KINDS.values():
+        units = kind.count_units(module, shape)
+        if units:
+            positions = kind.view(torch.empty(shape, device="meta"), units).shape[2]
+            readings.append(Reading(kind.name, int(units), int(positions)))
+    return readings
 
 
 @dataclass(frozen=True)
@@ -142,22 +194,20 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     probe_taps = set(getattr(model, "probe_taps", []) or [])
     layers = []
     for name in order:
-        shape = shapes[name]
-        for kind in UNIT_KINDS.values():
-            if kind.applies(shape):
-                units, positions = kind.view(torch.empty(shape, device="meta")).shape[1:]
-                layers.append(
-                    LayerInfo(
-                        layer=name,
-                        module=type(model.get_submodule(name)).__name__,
-                        shape=shape[1:],
-                        unit=kind.name,
-                        units=int(units),
-                        positions=int(positions),
-                        calls=calls[name],
-                        probe_tap=name in probe_taps,
-                    )
+        module = model.get_submodule(name)
+        for reading in unit_readings(module, shapes[name]):
+            layers.append(
+                LayerInfo(
+                    layer=name,
+                    module=type(module).__name__,
+                    shape=shapes[name][1:],
+                    unit=reading.unit,
+                    units=reading.units,
+                    positions=reading.positions,
+                    calls=calls[name],
+                    probe_tap=name in probe_taps,
                 )
+            )
     return layers
 
 
@@ -210,7 +260,7 @@ class Tap:
         return name if self.default_unit else f"{name}:{self.unit}"
 
     def view(self, tensor: torch.Tensor) -> torch.Tensor:
-        return UNIT_KINDS[self.unit].view(tensor)
+        return UNIT_KINDS[self.unit].view(tensor, self.units)
 
 
 class _StopForward(Exception):
@@ -337,17 +387,22 @@ def resolve_taps(
                 "tap a module that runs once."
             )
         shape = seen[layer]
-        kinds = [k for k in UNIT_KINDS.values() if k.applies(shape)]
-        if not kinds:
+        readings = unit_readings(model.get_submodule(layer), shape)
+        if not readings:
             raise LayerError(f"{where} has shape {list(shape)}, which no unit kind reads.")
-        kind = UNIT_KINDS[unit] if unit else kinds[0]
-        if kind not in kinds:
-            names = ", ".join(k.name for k in kinds)
+        reading = next((r for r in readings if r.unit == unit), None) if unit else readings[0]
+        if reading is None:
+            names = ", ".join(r.unit for r in readings)
             raise LayerError(f"{where} has shape {list(shape)}; read it as {names}, not {unit}.")
-        units, positions = kind.view(torch.empty(shape, device="meta")).shape[1:]
         taps.append(
             Tap(
-                layer, kind.name, tap_input, shape[1:], int(units), int(positions), kind is kinds[0]
+                layer,
+                reading.unit,
+                tap_input,
+                shape[1:],
+                reading.units,
+                reading.positions,
+                reading is readings[0],
             )
         )
     names = [tap.name for tap in taps]

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from snptool.config import ProbeConfig, TrainConfig
+from snptool.clusters import run_clusters
+from snptool.config import ClustersConfig, ProbeConfig, TrainConfig
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeResult, run_probe
-from snptool.train import TrainResult, run_train
+from snptool.train import InputOverrides, TrainResult, run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -30,6 +31,21 @@ TINY_TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, flip=False
 # The probed fixture: two conv taps and one FC tap of that model, 5 probe epochs (~1 s).
 PROBE_LAYERS = ["features.2", "features.10", "classifier.1"]
 TINY_PROBE = ProbeConfig(epochs=5, device="cpu")
+
+# A tiny torchvision ViT (2 blocks, 2 heads, 16 tokens of 8×8 patches + the class token); its
+# nn.MultiheadAttention is swapped for the head-exposing one when snptool builds it.
+TINY_VIT = "torchvision.models.vision_transformer:VisionTransformer"
+TINY_VIT_KWARGS = {
+    "image_size": 32,
+    "patch_size": 8,
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 16,
+    "mlp_dim": 32,
+}
+TINY_VIT_TRAIN = TrainConfig(
+    epochs=2, batch_size=32, learning_rate=0.1, augment=False, lr_step=100, device="cpu"
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -63,6 +79,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
 def checkpoint_path(trained: TrainResult) -> Path:
     """The last state of the trained fixture; copy it before changing it."""
     return Path(trained.output)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit() -> tuple[str, dict]:
+    """The tiny torchvision ViT's architecture spec and keyword arguments."""
+    return TINY_VIT, dict(TINY_VIT_KWARGS)
+
+
+@pytest.fixture(scope="session")
+def trained_vit(tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    """TINY_VIT trained on digits at 32×32 RGB for 2 epochs (~2 s); treat it as read-only."""
+    directory = tmp_path_factory.mktemp("trained_vit")
+    return run_train(
+        TINY_VIT,
+        "digits",
+        directory / "tiny_vit.safetensors",
+        TINY_VIT_TRAIN,
+        arch_kwargs=TINY_VIT_KWARGS,
+        inputs=InputOverrides(channels=3, size=(32, 32)),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -144,20 +180,44 @@ def synthetic_npz(make_npz: Callable[..., Path]) -> Path:
 
 @pytest.fixture
 def make_matrix_file(tmp_path: Path) -> Callable[..., Path]:
-    """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names)."""
+    """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names);
+    `attrs` {tap: {...}} overrides a layer's attributes (unit "channel", accuracy 0.5, …)."""
 
     def make(
-        layers: dict[str, np.ndarray], class_names: list[str], name: str = "matrices.h5"
+        layers: dict[str, np.ndarray],
+        class_names: list[str],
+        name: str = "matrices.h5",
+        attrs: dict[str, dict] | None = None,
     ) -> Path:
         path = tmp_path / name
         with h5py.File(path, "w") as handle:
             create_matrix_file(handle, class_names, {"split": "train"})
             for order, (tap, matrices) in enumerate(layers.items()):
                 units = len(matrices)
-                attrs = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}
-                dataset = create_layer(handle, tap, units, len(class_names), attrs)
+                defaults = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}
+                attrs_of_tap = {"layer": tap, **defaults, **(attrs or {}).get(tap, {})}
+                dataset = create_layer(handle, tap, units, len(class_names), attrs_of_tap)
                 dataset[...] = matrices
                 dataset.parent.attrs["order"] = order
         return path
 
     return make
+
+
+HEAD_LAYER = "blocks.0.attn.heads:head"
+HEAD_CLASSES = ["a", "b", "c", "d", "e"]
+
+
+@pytest.fixture
+def head_matrices(make_matrix_file: Callable[..., Path]) -> Path:
+    """A clustered matrix file with one conv layer and one head layer of 3 heads over 5 labels:
+    h0 serves the cluster {a, b}, h1 the clusters {b} and {c}, h2 nothing; no head serves d, e."""
+    heads = np.zeros((3, 5, 5), dtype=np.float32)
+    heads[0, :2, :2] = 1.0
+    heads[1, 1, 1] = heads[1, 2, 2] = 1.0
+    heads[2] = -1.0  # maximum <= 0: no clusters
+    conv = np.eye(5, dtype=np.float32)[None]
+    attrs = {HEAD_LAYER: {"unit": "head", "layer": "blocks.0.attn.heads", "accuracy": 0.75}}
+    path = make_matrix_file({"conv": conv, HEAD_LAYER: heads}, HEAD_CLASSES, "heads.h5", attrs)
+    run_clusters(path, ClustersConfig(threshold=0.3))
+    return path

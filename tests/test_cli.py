@@ -676,3 +676,40 @@ def test_clusters_errors(named_matrices: Path, tmp_path: Path) -> None:
         "threshold must lie in [0, 1), not 1.5.",
     )
     assert sha256_file(named_matrices) == digest
+
+
+def test_heads(head_matrices: Path) -> None:
+    result = invoke("heads", head_matrices, "--json")
+    assert_ok(result)
+    (row,) = json.loads(result.stdout)
+    assert row["layer"] == "blocks.0.attn.heads:head" and row["overlap_measure"] == "jaccard"
+    assert [head["labels"] for head in row["heads"]] == [["a", "b"], ["b", "c"], []]
+    assert row["labels_without_heads"] == ["d", "e"] and row["overlap"][2] == [0.0, 0.0, None]
+    assert "blocks.0.attn.heads:head: 3 heads, layer acc 0.75, threshold 0.3" in result.stderr
+    assert "mean jaccard overlap 0.1111\n" in result.stderr
+    assert "heads per label: a 1, b 2, c 1, d 0, e 0" in result.stderr
+    assert "labels served by no head: d, e" in result.stderr
+    quiet = invoke("--quiet", "heads", head_matrices, "--overlap", "coefficient", "--json")
+    assert_ok(quiet)
+    assert quiet.stderr == "" and json.loads(quiet.stdout)[0]["mean_overlap"] == 0.5
+
+
+def test_heads_errors(head_matrices: Path, named_matrices: Path, tmp_path: Path) -> None:
+    assert_one_error(
+        invoke("heads", named_matrices),
+        f"{named_matrices} has no head layers; probe a HeadOutputs layer as LAYER:head "
+        "(see `snptool layers CHECKPOINT`), then run matrix and clusters.",
+    )
+    assert_one_error(
+        invoke("heads", head_matrices, "--layer", "conv"),
+        f"layer conv of {head_matrices} holds channel units, not heads; "
+        "its head layers are blocks.0.attn.heads:head.",
+    )
+    assert_one_error(
+        invoke("heads", head_matrices, "--overlap", "cosine"),
+        "unknown overlap 'cosine'; use one of jaccard, coefficient.",
+    )
+    absent = tmp_path / "absent.h5"
+    assert_one_error(
+        invoke("heads", absent), f"matrix file {absent} does not exist; check the path."
+    )

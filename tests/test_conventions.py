@@ -14,6 +14,7 @@ from snptool.cli import app
 from snptool.config import (
     ClustersConfig,
     EvaluateConfig,
+    HeadsConfig,
     LatencyConfig,
     MatrixConfig,
     ProbeConfig,
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "snptool"
 FOUNDATION = {
     "errors",
+    "attention",
     "config",
     "files",
     "console",
@@ -42,6 +44,7 @@ STEPS = [
     "probe",
     "matrix",
     "clusters",
+    "heads",
     "connections",
     "prune",
     "compact",
@@ -137,6 +140,7 @@ CONFIGS = [
     ("probe", ProbeConfig),
     ("matrix", MatrixConfig),
     ("clusters", ClustersConfig),
+    ("heads", HeadsConfig),
     ("prune", PruneConfig),
     ("latency", LatencyConfig),
 ]

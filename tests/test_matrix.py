@@ -147,8 +147,8 @@ def test_forward_pass_of_input_taps_and_other_unit_kinds(
     pairs = UnitKind(
         "pairs",
         "two channels",
-        lambda s: len(s) == 4,
-        lambda x: x.reshape(len(x), x.shape[1] // 2, -1),
+        lambda module, s: s[1] // 2 if len(s) == 4 else None,
+        lambda x, units: x.reshape(len(x), units, -1),
     )
     monkeypatch.setitem(UNIT_KINDS, "pairs", pairs)
     probes = tmp_path / "inputs.safetensors"

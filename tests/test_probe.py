@@ -41,48 +41,56 @@ def class_means(values: torch.Tensor, labels: torch.Tensor, classes: int) -> tor
     return torch.stack([values[labels == c].mean(0) for c in range(classes)])
 
 
+def tap_activations(
+    checkpoint_path: Path | str, taps: list[str], split: str
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The taps' activations [N, U, P] and the labels of one digits split, computed here."""
+    checkpoint = read_checkpoint(checkpoint_path)
+    spec = checkpoint.input_spec
+    recorder = TapRecorder(checkpoint.model, taps, spec)
+    data = load_data("digits", split, DataConfig().inherit(checkpoint.metadata))
+    parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in recorder.taps}
+    labels = []
+    with torch.no_grad():
+        for images, batch_labels in data.batches(spec, 128):
+            outputs, _ = recorder.run(prepare_batch(images, spec))
+            for name, tensor in outputs.items():
+                parts[name].append(tensor)
+            labels.append(batch_labels)
+    return {k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels)
+
+
 @pytest.fixture(scope="module")
 def features(checkpoint_path: Path, probe_result: ProbeResult) -> Features:
     """The taps' activations [N, U, P] and labels of both digits splits, computed here."""
-    checkpoint = read_checkpoint(checkpoint_path)
-    spec = checkpoint.input_spec
-    recorder = TapRecorder(checkpoint.model, [t.name for t in probe_result.taps], spec)
-    found = {}
-    for split in ("train", "test"):
-        data = load_data("digits", split, DataConfig().inherit(checkpoint.metadata))
-        parts: dict[str, list[torch.Tensor]] = {t.name: [] for t in recorder.taps}
-        labels = []
-        with torch.no_grad():
-            for images, batch_labels in data.batches(spec, 128):
-                outputs, _ = recorder.run(prepare_batch(images, spec))
-                for name, tensor in outputs.items():
-                    parts[name].append(tensor)
-                labels.append(batch_labels)
-        found[split] = ({k: torch.cat(v) for k, v in parts.items()}, torch.cat(labels))
-    return found
+    taps = [t.name for t in probe_result.taps]
+    return {split: tap_activations(checkpoint_path, taps, split) for split in ("train", "test")}
 
 
 # --- the single-unit matrix is the silenced probe's mean output --------------------------------
 
 
-@pytest.mark.parametrize("split", ["train", "test"])
-def test_silencing_all_but_one_unit_gives_that_units_matrix(
-    split: str, checkpoint_path: Path, probes_path: Path, features: Features, tmp_path: Path
+def assert_silenced_probes_give_the_matrices(
+    matrices: Path,
+    probes_path: Path,
+    activations: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    units_per_layer: int = 4,
 ) -> None:
-    matrices = tmp_path / "matrices.h5"
-    run_matrix(checkpoint_path, probes_path, matrices, MatrixConfig(split=split, device="cpu"))
-    activations, labels = features[split]
+    """For random units u of every tap: keeping only u's probe weights and averaging the
+    probe's output per true label gives M[u] of the HDF5 file; all units together give the
+    whole probe's mean output."""
     weights = read_tensors(probes_path)
     rng = np.random.default_rng(0)
     with h5py.File(matrices, "r") as handle:
-        assert handle["layers"][next(iter(activations))]["matrix"].attrs["split"] == split
         for name, values in activations.items():
             matrix = torch.from_numpy(handle["layers"][name]["matrix"][()]).double()
             weight = weights[f"probe/{name}"].double()  # [C, U, P]
             classes, units, positions = weight.shape
+            assert matrix.shape == (units, classes, classes)
             flat = values.reshape(len(labels), -1).double()
             probe = nn.Linear(units * positions, classes, bias=False).double()
-            for unit in rng.choice(units, size=min(units, 4), replace=False):
+            for unit in rng.choice(units, size=min(units, units_per_layer), replace=False):
                 silenced = torch.zeros_like(weight)
                 silenced[:, unit, :] = weight[:, unit, :]  # W'[k, v, p] = W[k, v, p] iff v == u
                 with torch.no_grad():
@@ -95,6 +103,47 @@ def test_silencing_all_but_one_unit_gives_that_units_matrix(
             full = class_means(flat @ weight.reshape(classes, -1).T, labels, classes)
             torch.testing.assert_close(
                 matrix.sum(0), full, rtol=1e-4, atol=1e-5 * float(full.abs().max())
+            )
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_silencing_all_but_one_unit_gives_that_units_matrix(
+    split: str, checkpoint_path: Path, probes_path: Path, features: Features, tmp_path: Path
+) -> None:
+    matrices = tmp_path / "matrices.h5"
+    run_matrix(checkpoint_path, probes_path, matrices, MatrixConfig(split=split, device="cpu"))
+    activations, labels = features[split]
+    with h5py.File(matrices, "r") as handle:
+        assert handle["layers"][next(iter(activations))]["matrix"].attrs["split"] == split
+    assert_silenced_probes_give_the_matrices(matrices, probes_path, activations, labels)
+
+
+def test_silencing_all_but_one_head_or_node_gives_its_matrix(
+    trained_vit: TrainResult, tiny_probe: ProbeConfig, tmp_path: Path
+) -> None:
+    # A head tap (U = h = 2, P = T·d = 17·8) and a token tap (feature nodes: U = D = 16, P = T).
+    heads = "encoder.layers.encoder_layer_1.self_attention.heads:head"
+    nodes = "encoder.layers.encoder_layer_0"
+    probes, matrices = tmp_path / "vit.probes.safetensors", tmp_path / "vit.h5"
+    result = run_probe(trained_vit.output, [heads, nodes], probes, tiny_probe)
+    shapes = {t.name: (t.unit, t.units, t.positions) for t in result.taps}
+    assert shapes == {heads: ("head", 2, 17 * 8), nodes: ("feature", 16, 17)}
+    run_matrix(trained_vit.output, probes, matrices, MatrixConfig(device="cpu"))
+    with h5py.File(matrices, "r") as handle:
+        attrs = handle["layers"][heads]["matrix"].attrs
+        assert (attrs["unit"], attrs["layer"]) == ("head", heads.removesuffix(":head"))
+    activations, labels = tap_activations(trained_vit.output, [heads, nodes], "train")
+    assert_silenced_probes_give_the_matrices(matrices, probes, activations, labels)
+    # the forward pass of `matrix --data` re-taps `LAYER:head` and views it the same way
+    forward = tmp_path / "vit.forward.h5"
+    run_matrix(trained_vit.output, probes, forward, MatrixConfig(device="cpu"), data_spec="digits")
+    with h5py.File(matrices, "r") as stored, h5py.File(forward, "r") as computed:
+        for name in (heads, nodes):
+            np.testing.assert_allclose(
+                computed["layers"][name]["matrix"][()],
+                stored["layers"][name]["matrix"][()],
+                rtol=1e-4,
+                atol=1e-6,
             )
 
 

@@ -163,8 +163,8 @@ def test_a_second_unit_kind_names_its_taps(
     pairs = UnitKind(
         "pairs",
         "two channels",
-        lambda s: len(s) == 4,
-        lambda x: x.reshape(len(x), x.shape[1] // 2, -1),
+        lambda module, s: s[1] // 2 if len(s) == 4 else None,
+        lambda x, units: x.reshape(len(x), units, -1),
     )
     monkeypatch.setitem(UNIT_KINDS, "pairs", pairs)
     recorder = TapRecorder(vgg, ["features.2:pairs", "features.2"], SPEC)
