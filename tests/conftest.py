@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from snptool.config import ProbeConfig, TrainConfig
+from snptool.architectures import build_model
+from snptool.checkpoint import make_metadata, write_checkpoint
+from snptool.config import InputSpec, ProbeConfig, TrainConfig
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeResult, run_probe
 from snptool.train import TrainResult, run_train
@@ -161,3 +163,29 @@ def make_matrix_file(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Write an untrained checkpoint of a registered arch for digits (10 classes, 3×32×32):
+    untrained_checkpoint("tiny_cct", conv_blocks=1) → path. BatchNorm statistics are first
+    moved by two train-mode passes of random images, so they are not the trivial 0 and 1."""
+
+    def write(arch: str, **arch_kwargs) -> Path:
+        torch.manual_seed(0)
+        model, record = build_model(arch, arch_kwargs, num_classes=10)
+        with torch.no_grad():
+            for _ in range(2):
+                model.train()(torch.rand(8, 3, 32, 32) * 2 - 1)
+        metadata = make_metadata(
+            arch=record,
+            class_names=[str(i) for i in range(10)],
+            input_spec=InputSpec(),
+            data="digits",
+            provenance={},
+        )
+        path = tmp_path_factory.mktemp("untrained") / f"{arch}.safetensors"
+        write_checkpoint(path, model.eval(), metadata)
+        return path
+
+    return write
