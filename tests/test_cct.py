@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from model_defs import create_model, get_model_entry
 from model_defs._blocks import HeadOutputs
 from snptool.architectures import cut_after
+from snptool.checkpoint import read_checkpoint
 from snptool.cli import app
 
 runner = CliRunner()
@@ -275,6 +276,22 @@ def test_layers_lists_the_taps(untrained_checkpoint: Callable[..., Path]) -> Non
     layers = {x["layer"]: x for x in _invoke_json("layers", path, "--json")}
     assert layers["classifier.blocks.0.self_attn.heads"]["shape"] == [256, 16]  # [T, h·d]
     assert layers["classifier.blocks.0.mha_output"]["shape"] == [256, 16]
+
+
+def test_import_reads_a_state_dict_in_shi_labs_layout(tmp_path: Path) -> None:
+    # A plain .pth state dict with SHI-Labs' names, as their CIFAR checkpoints hold.
+    torch.manual_seed(0)
+    source = create_model("tiny_cct").eval()
+    weights = tmp_path / "cct.pth"
+    torch.save(source.state_dict(), weights)
+    output = tmp_path / "cct.safetensors"
+    result = _invoke_json(
+        "import", weights, "--arch", "tiny_cct", "--data", "digits", "-o", output, "--json"
+    )
+    assert (result["missing"], result["unexpected"], result["mismatched"]) == ([], [], [])
+    imported = read_checkpoint(output).model.state_dict()
+    for name, tensor in source.state_dict().items():
+        torch.testing.assert_close(imported[name], tensor, rtol=0, atol=0)
 
 
 @pytest.fixture(scope="module")
