@@ -76,18 +76,16 @@ def test_head_count_splits_a_fixed_embedding(num_heads: int, images: torch.Tenso
     model = create_model("tiny_cct", num_heads=num_heads)
     (name, heads), *rest = _heads(model)
     assert not rest and name == "classifier.blocks.0.self_attn.heads"
-    assert heads.num_heads == num_heads and model.classifier.blocks[0].self_attn.head_dim == 16 // (
-        num_heads
-    )
-    assert sum(p.numel() for p in model.parameters()) == sum(
-        p.numel() for p in create_model("tiny_cct").parameters()
-    )
+    assert heads.num_heads == num_heads
+    assert model.classifier.blocks[0].self_attn.head_dim == 16 // num_heads
+    params = sum(p.numel() for p in model.parameters())
+    assert params == sum(p.numel() for p in create_model("tiny_cct").parameters())
     assert _outputs(model, [name], images)[name].shape == (2, 256, 16)  # (B, T, h·d)
 
 
 def test_head_outputs_hold_each_heads_attention() -> None:
-    attention = create_model("tiny_cct", attention_dropout=0.0).eval().classifier.blocks[0]
-    attention = attention.self_attn
+    model = create_model("tiny_cct", attention_dropout=0.0).eval()
+    attention = model.classifier.blocks[0].self_attn
     x = torch.randn(2, 256, 16, generator=torch.Generator().manual_seed(1))
     out = _outputs(attention, ["heads"], x)["heads"]
     q, k, v = (x @ attention.qkv.weight.T).chunk(3, dim=-1)  # each (B, T, D), head-major
