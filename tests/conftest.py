@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from snptool.architectures import build_model
+from snptool.checkpoint import make_metadata, write_checkpoint
 from snptool.clusters import run_clusters
-from snptool.config import ClustersConfig, ProbeConfig, TrainConfig
+from snptool.config import ClustersConfig, InputSpec, ProbeConfig, TrainConfig
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.probe import ProbeResult, run_probe
 from snptool.train import InputOverrides, TrainResult, run_train
@@ -221,3 +223,29 @@ def head_matrices(make_matrix_file: Callable[..., Path]) -> Path:
     path = make_matrix_file({"conv": conv, HEAD_LAYER: heads}, HEAD_CLASSES, "heads.h5", attrs)
     run_clusters(path, ClustersConfig(threshold=0.3))
     return path
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Write an untrained checkpoint of a registered arch for digits (10 classes, 3×32×32):
+    untrained_checkpoint("tiny_cct", conv_blocks=1) → path. BatchNorm statistics are first
+    moved by two train-mode passes of random images, so they are not the trivial 0 and 1."""
+
+    def write(arch: str, **arch_kwargs) -> Path:
+        torch.manual_seed(0)
+        model, record = build_model(arch, arch_kwargs, num_classes=10)
+        with torch.no_grad():
+            for _ in range(2):
+                model.train()(torch.rand(8, 3, 32, 32) * 2 - 1)
+        metadata = make_metadata(
+            arch=record,
+            class_names=[str(i) for i in range(10)],
+            input_spec=InputSpec(),
+            data="digits",
+            provenance={},
+        )
+        path = tmp_path_factory.mktemp("untrained") / f"{arch}.safetensors"
+        write_checkpoint(path, model.eval(), metadata)
+        return path
+
+    return write
