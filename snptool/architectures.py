@@ -26,6 +26,7 @@ import torch.fx
 from torch import nn
 
 import model_defs
+from model_defs._blocks import HeadOutputs
 from snptool.attention import HeadedMultiheadAttention, expose_heads
 from snptool.errors import ArchitectureError, UsageError, first_line
 
@@ -149,10 +150,11 @@ class ProbeHeadModel(nn.Module):
 
 
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, with the head-exposing attention a leaf as nn.MultiheadAttention is."""
+    """torch.fx's tracer, with the head-exposing attention a leaf as nn.MultiheadAttention is,
+    and head taps (HeadOutputs) kept as modules so a cut can find them."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, HeadedMultiheadAttention) or super().is_leaf_module(
+        return isinstance(module, HeadedMultiheadAttention | HeadOutputs) or super().is_leaf_module(
             module, qualified_name
         )
 

@@ -251,6 +251,8 @@ def test_fx_traces_and_cuts_after_a_sub_block(kwargs: dict, images: torch.Tensor
         torch.testing.assert_close(traced(images), model(images), rtol=0, atol=0)
         cut = cut_after(model, "classifier.blocks.0.mha_output")  # prune --classifier probe
         assert cut(images).shape == (2, 256, 16)
+        heads = cut_after(model, "classifier.blocks.0.self_attn.heads")  # a head tap survives fx
+        assert heads(images).shape == (2, 256, 16)
 
 
 # --- CLI: models, layers, export --------------------------------------------------------------
