@@ -728,9 +728,11 @@ def prune(
         str, typer.Option("--method", help="afcc, andc, afcc-grouped, random or magnitude.")
     ] = PruneConfig.method,
     layers: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
-            "--layers", help="Comma-separated analysed layers (default: all in the file)."
+            "--layers",
+            help="Comma-separated consecutive analysed layers: one chain (repeatable for "
+            "several chains; default: all in the file).",
         ),
     ] = None,
     classifier: Annotated[
@@ -824,7 +826,7 @@ def prune(
         clusters_file,
         output,
         config,
-        layers=_layer_list([layers] if layers else None) or None,
+        layers=[_layer_list([chain]) for chain in layers] if layers else None,
         probes_path=probes,
         data_spec=data,
         data_config=_data_config(test_fraction, split_seed, data_root, download, workers),

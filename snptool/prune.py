@@ -453,21 +453,47 @@ def read_label_sets(
         }
 
 
+def layer_chains(layers: list[str] | list[list[str]] | None) -> list[list[str]] | None:
+    """`layers` as a list of chains: a flat list of names is one chain."""
+    if not layers:
+        return None
+    if all(isinstance(layer, str) for layer in layers):
+        return [list(layers)]
+    return [list(chain) for chain in layers]
+
+
+def chain_connections(
+    model: nn.Module, checkpoint: Checkpoint, chains: list[list[str]]
+) -> list[Connection]:
+    """The connections of every chain; a weight layer may belong to one chain only."""
+    result = [c for names in chains for c in connections(model, checkpoint, names)]
+    modules = [c.module for c in result]
+    repeated = sorted({m for m in modules if modules.count(m) > 1})
+    if repeated:
+        raise LayerError(
+            f"{', '.join(repeated)} would be pruned by two chains; list each layer in one chain."
+        )
+    return result
+
+
 def run_prune(
     checkpoint_path: str | Path,
     clusters_path: str | Path,
     output: str | Path,
     config: PruneConfig | None = None,
     *,
-    layers: list[str] | None = None,
+    layers: list[str] | list[list[str]] | None = None,
     probes_path: str | Path | None = None,
     data_spec: str | None = None,
     data_config: DataConfig | None = None,
 ) -> PruneResult:
     """Dilute a checkpoint by its units' label sets, fine-tune, and write the pruned checkpoint.
 
-    With `config.classifier == "probe"` the network is cut after the last listed layer and
-    classified by that layer's probe (from `probes_path`), as in the authors' code.
+    `layers` is one chain of consecutive analysed layers, or several chains (lists) pruned
+    together, e.g. the feed-forward layers of every transformer block; default: every layer
+    in the clusters file, as one chain. With `config.classifier == "probe"` the network is cut
+    after the last listed layer and classified by that layer's probe (from `probes_path`), as
+    in the authors' code.
     """
     config = config or PruneConfig()
     check_output_path(output, checkpoint_path, clusters_path, probes_path)
@@ -475,15 +501,17 @@ def run_prune(
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
     model, spec, classes = checkpoint.model, checkpoint.input_spec, checkpoint.num_classes
-    names, label_sets = read_label_sets(clusters_path, checkpoint, layers, config)
-    chain = connections(model, checkpoint, names)
+    chains = layer_chains(layers)
+    flat = [name for names_ in chains for name in names_] if chains else None
+    names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
+    chain = chain_connections(model, checkpoint, chains or [names])
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
     dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
     arch = checkpoint.metadata["arch"]
     teacher = dense_teacher(model) if config.distill and config.finetune_epochs else None
     if config.classifier == "probe":
         model, chain, label_sets, arch = with_probe_classifier(
-            checkpoint, chain, names[-1], label_sets, probes_path
+            checkpoint, chain, (chains or [names])[-1][-1], label_sets, probes_path
         )
         model.to(device)
     if not chain:
@@ -529,6 +557,7 @@ def run_prune(
     record = {
         "method": config.method,
         "layers": names,
+        "chains": chains or [names],
         "connections": [vars(c) for c in chain],
         "dilution": {p.module: p.dilution for p in pruned},
         "dense_accuracy": dense,
