@@ -13,6 +13,7 @@ import snptool
 from snptool.cli import app
 from snptool.config import (
     ClustersConfig,
+    CommitteeConfig,
     EvaluateConfig,
     LatencyConfig,
     MatrixConfig,
@@ -46,6 +47,7 @@ STEPS = [
     "prune",
     "compact",
     "export",
+    "committee",
     "latency",
 ]
 ENTRY = {"cli", "__main__", "__init__"}
@@ -138,6 +140,7 @@ CONFIGS = [
     ("matrix", MatrixConfig),
     ("clusters", ClustersConfig),
     ("prune", PruneConfig),
+    ("committee", CommitteeConfig),
     ("latency", LatencyConfig),
 ]
 
