@@ -46,11 +46,14 @@ class Renormalise(nn.Module):
     def __init__(self, source: InputSpec, target: InputSpec) -> None:
         super().__init__()
         # (p - m_s) / s_s → (p - m_t) / s_t  is  x · s_s/s_t + (m_s - m_t)/s_t
-        source_std, target_std = torch.tensor(source.std), torch.tensor(target.std)
+        source_mean, source_std, target_mean, target_std = (
+            torch.tensor(v, dtype=torch.float64)  # rounded once, to float32, at the end
+            for v in (source.mean, source.std, target.mean, target.std)
+        )
         scale = source_std / target_std
-        shift = (torch.tensor(source.mean) - torch.tensor(target.mean)) / target_std
-        self.register_buffer("scale", scale.view(1, -1, 1, 1))
-        self.register_buffer("shift", shift.view(1, -1, 1, 1))
+        shift = (source_mean - target_mean) / target_std
+        self.register_buffer("scale", scale.float().view(1, -1, 1, 1))
+        self.register_buffer("shift", shift.float().view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift

@@ -27,7 +27,7 @@ from snptool.config import (
 )
 from snptool.connections import connections
 from snptool.data import load_data, prepare_batch
-from snptool.errors import UsageError
+from snptool.errors import DataError, UsageError
 from snptool.evaluate import run_evaluate
 from snptool.export import INPUT_NAME, count_macs, export_onnx
 from snptool.files import sha256_file
@@ -212,6 +212,45 @@ def test_another_channel_count_is_scored_but_not_exported(
     with pytest.raises(UsageError, match="takes 1×32×32 inputs but .* takes 3×32×32"):
         run_committee([members[0], gray], config=CPU, output=output)
     assert not output.exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_a_member_tested_on_another_split_is_named(
+    members: list[Path], tiny_train: TrainConfig, tmp_path: Path
+) -> None:
+    other = run_train(
+        "tiny_lenet",
+        "digits",
+        tmp_path / "other.safetensors",
+        dataclasses.replace(tiny_train, epochs=1),
+        data_config=DataConfig(split_seed=1),
+    )
+    result = run_committee([members[0], members[2], other.output], config=CPU)
+    assert len(result.warnings) == 1
+    assert result.warnings[0].startswith(f"{other.output} was tested on digits")
+    assert "split seed 1" in result.warnings[0]
+    first_decides = run_committee([other.output, members[0]], config=CPU)  # its split now
+    assert [w.split(" was tested")[0] for w in first_decides.warnings] == [str(members[0])]
+
+
+def test_image_files_need_one_input_size(members: list[Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    for label in range(10):
+        (tmp_path / "images" / str(label)).mkdir(parents=True)
+        for index in range(2):
+            pixels = np.full((8, 8, 3), 20 * label + index, dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / str(label) / f"{index}.png")
+    small = untrained_member(
+        tmp_path,
+        "small.safetensors",
+        [str(i) for i in range(10)],
+        InputSpec(height=16, width=16),
+        input_size=16,
+    )
+    data = f"imagefolder:{tmp_path / 'images'}"
+    with pytest.raises(DataError, match="holds image files, read once at the first member's"):
+        run_committee([members[0], small], data, CPU)
+    assert run_committee([members[0], members[1]], data, CPU).samples == 10
 
 
 def invoke(*args: object) -> Result:
