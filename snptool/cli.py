@@ -17,6 +17,7 @@ import typer
 from snptool import __version__
 from snptool.config import (
     ClustersConfig,
+    CommitteeConfig,
     DataConfig,
     EvaluateConfig,
     ExportConfig,
@@ -925,6 +926,78 @@ def export(
         f"max |torch − onnxruntime| {result.max_abs_diff:.3g} on {result.samples} test images, "
         f"argmax agreement {result.argmax_agreement:.4f}"
     )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@_command()
+def committee(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Two or more snptool checkpoints.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the first member's).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="train, test or all.")
+    ] = CommitteeConfig.split,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = CommitteeConfig.batch_size,
+    device: DeviceOpt = CommitteeConfig.device,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Also export the committee to ONNX.")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = CommitteeConfig.opset,
+    dynamo: Annotated[
+        bool, typer.Option(help="Use torch's dynamo exporter, not the TorchScript one.")
+    ] = CommitteeConfig.dynamo,
+    parity_samples: Annotated[
+        int, typer.Option(help="Test images run through torch and onnxruntime.")
+    ] = CommitteeConfig.parity_samples,
+    parity_tolerance: Annotated[
+        float, typer.Option(help="Largest probability difference allowed.")
+    ] = CommitteeConfig.parity_tolerance,
+    test_fraction: TestFractionOpt = None,
+    split_seed: SplitSeedOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Accuracy of the soft committee (mean softmax) of several classifiers vs each member.
+
+    Example: snptool committee a.safetensors b.safetensors c.safetensors --json -o committee.onnx
+    """
+    from snptool import console
+    from snptool.committee import run_committee
+
+    config = CommitteeConfig(
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        opset=opset,
+        dynamo=dynamo,
+        parity_samples=parity_samples,
+        parity_tolerance=parity_tolerance,
+    )
+    data_config = _data_config(test_fraction, split_seed, data_root, download, workers)
+    result = run_committee(checkpoints, data, config, output=output, data_config=data_config)
+    rows = [(m.path, m.arch, m.accuracy, m.loss) for m in result.members]
+    console.table(
+        f"soft committee on {result.data} ({result.split}, {result.samples} images)",
+        ["model", "arch", "accuracy", "loss"],
+        [*rows, ("committee", "mean softmax", result.committee_accuracy, result.committee_loss)],
+    )
+    console.log(
+        f"committee {result.committee_accuracy:.4f} vs best member "
+        f"{result.best_member.accuracy:.4f}: gain {result.gain:+.4f}; "
+        f"all members agree on {result.agreement:.1%} of the images"
+    )
+    for warning in result.warnings:
+        console.log(f"warning: {warning}")
+    if result.export is not None:
+        console.log(
+            f"→ {result.export.output}: max |torch − onnxruntime| {result.export.max_abs_diff:.3g} "
+            f"on {result.export.samples} test images; {result.export.params} params, "
+            f"{result.export.macs} MACs per sample"
+        )
     if json_output:
         console.emit_json(result.to_json())
 

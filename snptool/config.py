@@ -345,6 +345,38 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class CommitteeConfig:
+    """Soft committee (METHODS.md §7): the mean of the members' softmax outputs, scored on
+    `split`. Its ONNX export (`opset`, `dynamo`) is checked against torch on the first
+    `parity_samples` test images, whose outputs may differ by at most `parity_tolerance`."""
+
+    split: str = "test"
+    batch_size: int = 500
+    device: str = "auto"
+    opset: int = ExportConfig.opset
+    dynamo: bool = ExportConfig.dynamo
+    parity_samples: int = ExportConfig.parity_samples
+    parity_tolerance: float = ExportConfig.parity_tolerance
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
+        check_device(self.device)
+        self.export_config  # noqa: B018 (checks the export settings and the batch size)
+
+    @property
+    def export_config(self) -> ExportConfig:
+        """The settings of the committee's ONNX export, which runs on the CPU."""
+        return ExportConfig(
+            opset=self.opset,
+            parity_samples=self.parity_samples,
+            parity_tolerance=self.parity_tolerance,
+            batch_size=self.batch_size,
+            device="cpu",
+            dynamo=self.dynamo,
+        )
+
+
+@dataclass(frozen=True)
 class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
     rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size."""

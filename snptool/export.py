@@ -165,7 +165,12 @@ def parity_inputs(
 
 
 def export_onnx(
-    model: nn.Module, shape: tuple[int, ...], config: ExportConfig, *, source: str
+    model: nn.Module,
+    shape: tuple[int, ...],
+    config: ExportConfig,
+    *,
+    source: str,
+    output_name: str = OUTPUT_NAME,
 ) -> onnx.ModelProto:
     """Export `model` for (batch, *shape) inputs; a checked graph with all weights inside."""
     example = torch.zeros(2, *shape)  # batch 2: a batch of 1 could be traced as a constant
@@ -173,7 +178,8 @@ def export_onnx(
         path = Path(directory) / "model.onnx"
         try:
             with _exporter_output_to_log():
-                torch.onnx.export(model, (example,), str(path), **_exporter_options(config))
+                options = _exporter_options(config, output_name)
+                torch.onnx.export(model, (example,), str(path), **options)
         except EXPORTER_ERRORS as error:
             other = "leave out --dynamo" if config.dynamo else "--dynamo"
             raise ExportError(
@@ -191,10 +197,10 @@ def export_onnx(
     return graph
 
 
-def _exporter_options(config: ExportConfig) -> dict[str, Any]:
+def _exporter_options(config: ExportConfig, output_name: str) -> dict[str, Any]:
     options: dict[str, Any] = {
         "input_names": [INPUT_NAME],
-        "output_names": [OUTPUT_NAME],
+        "output_names": [output_name],
         "opset_version": config.opset,
         "dynamo": config.dynamo,
         "verbose": False,
@@ -202,7 +208,7 @@ def _exporter_options(config: ExportConfig) -> dict[str, Any]:
     if config.dynamo:
         batch = torch.export.Dim("batch")
         return {**options, "dynamic_shapes": ({0: batch},), "external_data": False}
-    return {**options, "dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+    return {**options, "dynamic_axes": {INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}}}
 
 
 @contextlib.contextmanager
@@ -252,6 +258,7 @@ def check_parity(
     config: ExportConfig,
     *,
     source: str,
+    output_name: str = OUTPUT_NAME,
 ) -> Parity:
     """Run `inputs` (N, C, H, W) through torch and onnxruntime (CPU); raise when they differ."""
     options = onnxruntime.SessionOptions()
@@ -263,11 +270,11 @@ def check_parity(
     for start in range(0, len(inputs), config.batch_size):
         x = inputs[start : start + config.batch_size]
         expected = model(x).numpy()  # (B, L)
-        (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
+        (actual,) = session.run([output_name], {INPUT_NAME: x.numpy()})
         if actual.shape != expected.shape:
             raise ExportError(
-                f"the ONNX graph of {source} gives logits of shape {list(actual.shape)}, torch "
-                f"{list(expected.shape)}; the model's forward depends on the batch size."
+                f"the ONNX graph of {source} gives {output_name} of shape {list(actual.shape)}, "
+                f"torch {list(expected.shape)}; the model's forward depends on the batch size."
             )
         largest = max(largest, float(np.abs(actual - expected).max()))
         agree += int((actual.argmax(1) == expected.argmax(1)).sum())
@@ -366,13 +373,7 @@ def describe_export(
         "arch": meta["arch"],
         "num_classes": checkpoint.num_classes,
         "class_names": checkpoint.class_names,
-        "input": {
-            **meta["input"],
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "dtype": "float32",
-            "preprocess": "(pixels / 255 - mean) / std, per channel",
-        },
+        "input": describe_input(meta["input"]),
         "output": {"name": OUTPUT_NAME, "shape": ["batch", checkpoint.num_classes]},
         "checkpoint": {"path": str(checkpoint.path), "sha256": checkpoint.sha256},
         "config": config_to_dict(config),
@@ -388,6 +389,17 @@ def describe_export(
         "dense_macs": result.dense_macs,
         "torch_params": result.torch_params,
         "provenance": provenance({"checkpoint": checkpoint.path}),
+    }
+
+
+def describe_input(record: dict[str, Any]) -> dict[str, Any]:
+    """The graph input's entry of the metadata: a checkpoint's input record, named and laid out."""
+    return {
+        **record,
+        "name": INPUT_NAME,
+        "layout": "NCHW",
+        "dtype": "float32",
+        "preprocess": "(pixels / 255 - mean) / std, per channel",
     }
 
 

@@ -13,6 +13,7 @@ import snptool
 from snptool.cli import app
 from snptool.config import (
     ClustersConfig,
+    CommitteeConfig,
     EvaluateConfig,
     HeadsConfig,
     LatencyConfig,
@@ -49,6 +50,7 @@ STEPS = [
     "prune",
     "compact",
     "export",
+    "committee",
     "latency",
 ]
 ENTRY = {"cli", "__main__", "__init__"}
@@ -142,6 +144,7 @@ CONFIGS = [
     ("clusters", ClustersConfig),
     ("heads", HeadsConfig),
     ("prune", PruneConfig),
+    ("committee", CommitteeConfig),
     ("latency", LatencyConfig),
 ]
 
