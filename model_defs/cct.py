@@ -241,6 +241,7 @@ class TransformerClassifier(nn.Module):
         )
         self.norm = nn.LayerNorm(dim)
         self.attention_pool = nn.Linear(dim, 1)
+        self.pooled = nn.Identity()  # tap: the pooled [B, D] nodes the final Linear reads
         self.fc = nn.Linear(dim, num_classes)
 
     def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -251,7 +252,7 @@ class TransformerClassifier(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.attention_pool(x).softmax(dim=1)  # (B, T, 1): sequence pooling
-        pooled = torch.flatten(weights.transpose(1, 2) @ x, 1)  # (B, D)
+        pooled = self.pooled(torch.flatten(weights.transpose(1, 2) @ x, 1))  # (B, D)
         return self.fc(pooled)  # (B, num_classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -329,6 +330,7 @@ class CCT(nn.Module):
             ["tokenizer"]
             + [f"conv_blocks.{i}" for i in range(conv_blocks)]
             + [f"classifier.blocks.{i}" for i in range(num_blocks - conv_blocks)]
+            + ["classifier.pooled"]
         )
         self._init_weights()
 

@@ -726,7 +726,8 @@ def prune(
         Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
     ],
     method: Annotated[
-        str, typer.Option("--method", help="afcc, andc, afcc-grouped, random or magnitude.")
+        str,
+        typer.Option("--method", help="afcc, andc, afcc-grouped, random, magnitude or heads."),
     ] = PruneConfig.method,
     layers: Annotated[
         list[str] | None,
@@ -746,6 +747,10 @@ def prune(
         float | None,
         typer.Option(help="andc: diagonal threshold (default: the clusters' threshold)."),
     ] = PruneConfig.andc_threshold,
+    remove_fraction: Annotated[
+        float,
+        typer.Option(help="heads: remove at least this share of each layer's heads / nodes."),
+    ] = PruneConfig.remove_fraction,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -805,6 +810,7 @@ def prune(
         method=method,
         classifier=classifier,
         andc_threshold=andc_threshold,
+        remove_fraction=remove_fraction,
         groups=groups,
         label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,

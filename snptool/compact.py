@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from model_defs.cct import Attention as CCTAttention
 from snptool.architectures import run_dummy_input
 from snptool.checkpoint import Checkpoint
 from snptool.connections import (
@@ -44,6 +45,7 @@ class CompactReport:
     folded: dict[str, int] = field(default_factory=dict)
     kept_constant: dict[str, int] = field(default_factory=dict)
     grouped: dict[str, int] = field(default_factory=dict)  # module → groups of its grouped conv
+    heads: dict[str, int] = field(default_factory=dict)  # head tap → heads removed
 
     def to_json(self) -> dict:
         return dict(vars(self))
@@ -62,13 +64,19 @@ def _unit_columns(mask: torch.Tensor, units: int, per_unit: int) -> torch.Tensor
 
 @torch.no_grad()
 def _constant_after(
-    modules: list[nn.Module], value: torch.Tensor, shape: tuple[int, ...]
+    modules: list[nn.Module], value: torch.Tensor, shape: tuple[int, ...], channels_last: bool
 ) -> torch.Tensor:
-    """Push a per-channel constant through the per-channel modules; return per-channel values."""
-    x = value.reshape(1, -1, *([1] * (len(shape) - 1))).expand(1, *shape).clone()
+    """Push a per-channel constant through the per-channel modules; return per-channel values
+    [channels, positions]. Channels are dim 1 (conv maps) or last (a Linear's token outputs)."""
+    if channels_last:
+        x = value.expand(1, *shape).clone()
+    else:
+        x = value.reshape(1, -1, *([1] * (len(shape) - 1))).expand(1, *shape).clone()
     for module in modules:
         x = module(x)
-    return x.reshape(1, x.shape[1], -1)[0]  # [channels, positions]
+    if channels_last:
+        return x.reshape(-1, x.shape[-1]).T
+    return x.reshape(1, x.shape[1], -1)[0]
 
 
 @torch.no_grad()
@@ -76,11 +84,14 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     """The checkpoint's masked model with dead units cut out; outputs equal up to float error."""
     model = copy.deepcopy(checkpoint.model).eval()
     masks = masks_of(checkpoint)
-    record = (checkpoint.metadata.get("pruning") or {}).get("connections") or []
-    chain = [Connection(**c) for c in record]
+    pruning = checkpoint.metadata.get("pruning") or {}
+    chain = [Connection(**c) for c in pruning.get("connections") or []]
     report = CompactReport()
+    for removal in pruning.get("heads") or []:
+        if removal["kind"] == "head":
+            report.heads[removal["layer"]] = remove_heads(model, removal["module"], removal["kept"])
     if not chain:
-        return checkpoint.model, report
+        return (model if report.heads else checkpoint.model), report
     if (checkpoint.metadata.get("pruning") or {}).get("groups"):
         return group_model(checkpoint, model, chain, masks)
     spec = checkpoint.input_spec
@@ -109,7 +120,8 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
             has_in = producer_mask.reshape(units, -1).any(dim=1)
         producer = model.get_submodule(producer_name)
         bias = producer.bias if producer.bias is not None else torch.zeros(units)
-        constant = _constant_after(between, bias, shapes[producer_name])  # [units, positions]
+        channels_last = isinstance(producer, nn.Linear)
+        constant = _constant_after(between, bias, shapes[producer_name], channels_last)
         removable = ~has_out
         foldable = has_out & ~has_in
         exact_zero = foldable & (constant.abs().amax(dim=1) == 0)
@@ -136,6 +148,29 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     for name in {*keep_out, *keep_in}:
         _shrink(model, name, keep_out.get(name), keep_in.get(name), bias_add.get(name))
     return model, report
+
+
+def remove_heads(model: nn.Module, name: str, kept: list[int]) -> int:
+    """Rebuild the attention `name` with only the heads `kept`; return how many were removed.
+
+    Works on attentions that size themselves from `num_heads` and `head_dim` with a fused
+    `qkv` Linear ([q | k | v] × heads rows), a `heads` HeadOutputs and a `proj` Linear, such
+    as model_defs' CCT attention; others keep their masked heads (no speed-up, same output).
+    """
+    attention = model.get_submodule(name)
+    removed = attention.num_heads - len(kept)
+    if not removed or not isinstance(attention, CCTAttention):
+        return 0
+    width = attention.head_dim
+    heads = torch.as_tensor(kept)
+    columns = (heads[:, None] * width + torch.arange(width)).reshape(-1)  # [h'·d]
+    total = attention.num_heads * width
+    rows = torch.cat([columns + part * total for part in range(3)])
+    _shrink(model, name + ".qkv", rows, None, None, order_only=True)
+    _shrink(model, name + ".proj", None, (columns, 1), None, order_only=True)
+    attention.num_heads = len(kept)
+    attention.heads.num_heads = len(kept)
+    return removed
 
 
 def _pairs(value) -> tuple:

@@ -237,7 +237,7 @@ class HeadsConfig:
             )
 
 
-PRUNE_METHODS = ("afcc", "andc", "afcc-grouped", "random", "magnitude")
+PRUNE_METHODS = ("afcc", "andc", "afcc-grouped", "random", "magnitude", "heads")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
@@ -250,6 +250,9 @@ class PruneConfig:
     its label set. `andc` (METHODS.md §7) applies that rule to each unit's marked diagonal
     labels (diagonal element strictly above `andc_threshold` × the unit's maximum; default the
     clusters' threshold, at which they equal the clusters' unions) and needs no clusters.
+    `heads` removes whole attention heads and feed-forward nodes of the listed head / node
+    taps: those serving no label, then those serving the fewest until `remove_fraction` of
+    each layer is gone, so export builds a smaller graph.
     `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
@@ -269,6 +272,7 @@ class PruneConfig:
     method: str = "afcc"
     classifier: str = "model"
     andc_threshold: float | None = None
+    remove_fraction: float = 0.0
     groups: int = 2
     label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
@@ -299,6 +303,10 @@ class PruneConfig:
             ),
             (self.label_grouping in LABEL_GROUPINGS, f"label grouping is one of {LABEL_GROUPINGS}"),
             (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
+            (
+                0 <= self.remove_fraction < 1,
+                f"remove fraction must be in [0, 1), not {self.remove_fraction}",
+            ),
             (
                 self.andc_threshold is None or 0 <= self.andc_threshold < 1,
                 f"andc threshold must be in [0, 1), not {self.andc_threshold}",

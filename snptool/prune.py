@@ -35,6 +35,7 @@ from snptool.evaluate import evaluate_model, load_checkpoint_data
 from snptool.files import check_output_path, provenance
 from snptool.matrix_file import layer_group, layer_names, metadata, open_matrix_file
 from snptool.probe import ProbeFile
+from snptool.unit_removal import read_unit_maxima, removal_masks
 
 MASK_PREFIX = "snptool/mask/"
 
@@ -245,8 +246,35 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
             parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
 
 
-def dilution(mask: torch.Tensor) -> float:
-    return 1.0 - float(mask.float().mean())
+def masked_share(masks: dict[str, torch.Tensor], names: list[str]) -> tuple[float, int]:
+    """(fraction of the named parameters' weights removed, their number of weights)."""
+    total = sum(masks[name].numel() for name in names)
+    kept = sum(int(masks[name].sum()) for name in names)
+    return 1.0 - kept / total, total
+
+
+def method_masks(
+    model: nn.Module,
+    chain: list[Connection],
+    label_sets: dict[str, list[set[int]]],
+    classes: int,
+    config: PruneConfig,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The masks of afcc, andc, afcc-grouped, random or magnitude; the label groups if any."""
+    masks = afcc_masks(model, chain, label_sets, classes)
+    if config.method == "afcc-grouped":
+        return grouped_masks(
+            model, chain, label_sets, classes, config.groups, config.label_grouping, config.seed
+        )
+    if config.method == "random":
+        rng = np.random.default_rng(config.seed)
+        shuffled = {
+            name: balanced_random_sets(sets, classes, rng) for name, sets in label_sets.items()
+        }
+        return afcc_masks(model, chain, shuffled, classes), None
+    if config.method == "magnitude":
+        return magnitude_masks(model, chain, masks), None
+    return masks, None
 
 
 def finetune_loss(
@@ -331,12 +359,14 @@ def finetune(
     model.eval()
 
 
-def trainable_modules(model: nn.Module, config: PruneConfig, chain: list[Connection]) -> list[str]:
+def trainable_modules(
+    model: nn.Module, config: PruneConfig, masks: dict[str, torch.Tensor]
+) -> list[str]:
     """The modules to fine-tune: `config.train_layers` (named as in the original network, also
     with `--classifier probe`, whose probe is `head`; `all` for every module), else the pruned
-    weight layers."""
+    modules whose parameters carry masks."""
     if not config.train_layers:
-        return [c.module for c in chain]
+        return sorted({name.rpartition(".")[0] for name in masks})
     if "all" in config.train_layers:
         return [name for name, _ in model.named_children()]
     names = {name for name, _ in model.named_parameters()}
@@ -504,56 +534,57 @@ def run_prune(
     chains = layer_chains(layers)
     flat = [name for names_ in chains for name in names_] if chains else None
     names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
-    chain = chain_connections(model, checkpoint, chains or [names])
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
     dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
     arch = checkpoint.metadata["arch"]
     teacher = dense_teacher(model) if config.distill and config.finetune_epochs else None
-    if config.classifier == "probe":
-        model, chain, label_sets, arch = with_probe_classifier(
-            checkpoint, chain, (chains or [names])[-1][-1], label_sets, probes_path
+    extra: dict[str, Any] = {}
+    if config.method == "heads":
+        if config.classifier == "probe":
+            raise UsageError(
+                "--method heads keeps the model's classifier; drop --classifier probe."
+            )
+        maxima = read_unit_maxima(clusters_path, names)
+        masks, chain, removals = removal_masks(
+            model, checkpoint, label_sets, maxima, config.remove_fraction
         )
-        model.to(device)
-    if not chain:
-        raise UsageError(
-            "the listed layers give nothing to prune; list two consecutive layers, "
-            "or the last one before the output layer."
-        )
-    masks = afcc_masks(model, chain, label_sets, classes)
-    grouping = None
-    if config.method == "afcc-grouped":
-        masks, grouping = grouped_masks(
-            model, chain, label_sets, classes, config.groups, config.label_grouping, config.seed
-        )
-    elif config.method == "random":
-        rng = np.random.default_rng(config.seed)
-        shuffled = {
-            name: balanced_random_sets(sets, classes, rng) for name, sets in label_sets.items()
-        }
-        masks = afcc_masks(model, chain, shuffled, classes)
-    elif config.method == "magnitude":
-        masks = magnitude_masks(model, chain, masks)
+        pruned = [
+            PrunedLayer(r.layer, r.module, *masked_share(masks, r.parameters)) for r in removals
+        ]
+        extra["heads"] = [r.to_json() for r in removals]
+    else:
+        chain = chain_connections(model, checkpoint, chains or [names])
+        if config.classifier == "probe":
+            model, chain, label_sets, arch = with_probe_classifier(
+                checkpoint, chain, (chains or [names])[-1][-1], label_sets, probes_path
+            )
+            model.to(device)
+        if not chain:
+            raise UsageError(
+                "the listed layers give nothing to prune; list two consecutive layers, "
+                "or the last one before the output layer."
+            )
+        masks, grouping = method_masks(model, chain, label_sets, classes, config)
+        pruned = [
+            PrunedLayer(
+                c.target or "output", c.module, *masked_share(masks, [c.module + ".weight"])
+            )
+            for c in chain
+        ]
+        if grouping is not None:
+            extra["groups"] = grouping
     apply_masks(model, masks)
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
     if config.finetune_epochs:
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
-        modules = trainable_modules(model, config, chain)
+        modules = trainable_modules(model, config, masks)
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
         finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)
         after = evaluate_model(
             model, test_data, spec, device=device, description="fine-tuned"
         ).accuracy
-    pruned = [
-        PrunedLayer(
-            c.target or "output",
-            c.module,
-            dilution(masks[c.module + ".weight"]),
-            masks[c.module + ".weight"].numel(),
-        )
-        for c in chain
-    ]
     record = {
         "method": config.method,
         "layers": names,
@@ -564,9 +595,8 @@ def run_prune(
         "accuracy_before": before,
         "accuracy_after": after,
         "config": config_to_dict(config),
+        **extra,
     }
-    if grouping is not None:
-        record["groups"] = grouping
     meta = make_metadata(
         arch=arch,
         class_names=checkpoint.class_names,

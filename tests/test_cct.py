@@ -59,11 +59,16 @@ def images() -> torch.Tensor:
 
 def test_tiny_cct_shapes_and_taps(images: torch.Tensor) -> None:
     model = create_model("tiny_cct", num_classes=7)
-    assert model.probe_taps == ["tokenizer", "classifier.blocks.0"]
-    names = [*model.probe_taps, "classifier.blocks.0.mha_output", "classifier.blocks.0.ff_output"]
-    out = _outputs(model, names, images)
+    assert model.probe_taps == ["tokenizer", "classifier.blocks.0", "classifier.pooled"]
+    names = [
+        "classifier.blocks.0",
+        "classifier.blocks.0.mha_output",
+        "classifier.blocks.0.ff_output",
+    ]
+    out = _outputs(model, ["tokenizer", "classifier.pooled", *names], images)
     assert out["tokenizer"].shape == (2, 16, 16, 16)  # (B, D, H', W'): 32 → pool → 16
-    for name in names[1:]:
+    assert out["classifier.pooled"].shape == (2, 16)  # (B, D): sequence pooling
+    for name in names:
         assert out[name].shape == (2, 256, 16)  # (B, T, D), T = 16·16
     torch.testing.assert_close(out["classifier.blocks.0"], out["classifier.blocks.0.ff_output"])
     with torch.no_grad():
@@ -186,7 +191,12 @@ def test_stochastic_depth_grows_linearly_over_all_blocks() -> None:
 
 def test_conv_blocks_replace_the_first_blocks(images: torch.Tensor) -> None:
     model = create_model("tiny_cct", **CONV_VARIANT)
-    assert model.probe_taps == ["tokenizer", "conv_blocks.0", "classifier.blocks.0"]
+    assert model.probe_taps == [
+        "tokenizer",
+        "conv_blocks.0",
+        "classifier.blocks.0",
+        "classifier.pooled",
+    ]
     assert len(model.conv_blocks) == 1 and len(model.classifier.blocks) == 1
     assert len(_heads(model)) == 1
     out = _outputs(model, model.probe_taps, images)
@@ -272,6 +282,7 @@ def test_layers_lists_the_taps(untrained_checkpoint: Callable[..., Path]) -> Non
         ("tokenizer", [16, 16, 16], 16),
         ("conv_blocks.0", [16, 16, 16], 16),
         ("classifier.blocks.0", [256, 16], 16),
+        ("classifier.pooled", [16], 16),
     ]
     layers = {x["layer"]: x for x in _invoke_json("layers", path, "--json")}
     assert layers["classifier.blocks.0.self_attn.heads"]["shape"] == [256, 16]  # [T, h·d]

@@ -47,6 +47,7 @@ STEPS = [
     "clusters",
     "heads",
     "connections",
+    "unit_removal",
     "prune",
     "compact",
     "export",
