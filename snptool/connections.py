@@ -128,7 +128,10 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
     spec = checkpoint.input_spec
     taps = resolve_taps(model, layers, spec)
     if any(tap.tap_input or not tap.default_unit for tap in taps):
-        raise LayerError("prune works on module outputs read with their default unit kind.")
+        raise LayerError(
+            "this method prunes module outputs read with their default unit kind; "
+            "remove LAYER:head taps with --method heads."
+        )
     order = execution_order(model, spec.shape)
     weights = [
         i for i, name in enumerate(order) if isinstance(model.get_submodule(name), WEIGHT_TYPES)

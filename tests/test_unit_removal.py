@@ -152,3 +152,15 @@ def test_a_weight_layer_in_two_chains_is_refused(cct, tmp_path):
             PruneConfig(method="andc", device="cpu"),
             layers=[[NODES[0], FF_OUT[0]], [NODES[0], FF_OUT[0]]],
         )
+
+
+def test_connection_methods_point_head_taps_to_the_heads_method(cct, tmp_path):
+    checkpoint, matrices = cct
+    with pytest.raises(LayerError, match="--method heads"):
+        run_prune(
+            checkpoint,
+            matrices,
+            tmp_path / "x.safetensors",
+            PruneConfig(method="afcc", device="cpu"),
+            layers=HEADS[:1],
+        )
