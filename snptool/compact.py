@@ -92,7 +92,7 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
             report.heads[removal["layer"]] = remove_heads(model, removal["module"], removal["kept"])
     if not chain:
         return (model if report.heads else checkpoint.model), report
-    if (checkpoint.metadata.get("pruning") or {}).get("groups"):
+    if pruning.get("groups"):
         return group_model(checkpoint, model, chain, masks)
     spec = checkpoint.input_spec
     order = execution_order(model, spec.shape)

@@ -506,6 +506,50 @@ def chain_connections(
     return result
 
 
+def build_masks(
+    checkpoint: Checkpoint,
+    clusters_path: str | Path,
+    names: list[str],
+    chains: list[list[str]],
+    label_sets: dict[str, list[set[int]]],
+    config: PruneConfig,
+    probes_path: str | Path | None,
+) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor], list[Connection], list, dict]:
+    """The model to prune (the probe-classified network with `--classifier probe`), its
+    architecture record, the method's masks (not yet applied), the connections, the per-layer
+    report and what the pruning record adds (label groups, removed heads)."""
+    model, arch, classes = checkpoint.model, checkpoint.metadata["arch"], checkpoint.num_classes
+    if config.method == "heads":
+        if config.classifier == "probe":
+            raise UsageError(
+                "--method heads keeps the model's classifier; drop --classifier probe."
+            )
+        maxima = read_unit_maxima(clusters_path, names)
+        masks, chain, removals = removal_masks(
+            model, checkpoint, label_sets, maxima, config.remove_fraction
+        )
+        pruned = [
+            PrunedLayer(r.layer, r.module, *masked_share(masks, r.parameters)) for r in removals
+        ]
+        return model, arch, masks, chain, pruned, {"heads": [r.to_json() for r in removals]}
+    chain = chain_connections(model, checkpoint, chains)
+    if config.classifier == "probe":
+        model, chain, label_sets, arch = with_probe_classifier(
+            checkpoint, chain, chains[-1][-1], label_sets, probes_path
+        )
+    if not chain:
+        raise UsageError(
+            "the listed layers give nothing to prune; list two consecutive layers, "
+            "or the last one before the output layer."
+        )
+    masks, grouping = method_masks(model, chain, label_sets, classes, config)
+    pruned = [
+        PrunedLayer(c.target or "output", c.module, *masked_share(masks, [c.module + ".weight"]))
+        for c in chain
+    ]
+    return model, arch, masks, chain, pruned, ({"groups": grouping} if grouping else {})
+
+
 def run_prune(
     checkpoint_path: str | Path,
     clusters_path: str | Path,
@@ -530,49 +574,20 @@ def run_prune(
     started = time.perf_counter()
     device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
-    model, spec, classes = checkpoint.model, checkpoint.input_spec, checkpoint.num_classes
+    spec = checkpoint.input_spec
     chains = layer_chains(layers)
     flat = [name for names_ in chains for name in names_] if chains else None
     names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
+    model, arch, masks, chain, pruned, extra = build_masks(
+        checkpoint, clusters_path, names, chains or [names], label_sets, config, probes_path
+    )
+    model.to(device)
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
-    dense = evaluate_model(model, test_data, spec, device=device, description="dense").accuracy
-    arch = checkpoint.metadata["arch"]
-    teacher = dense_teacher(model) if config.distill and config.finetune_epochs else None
-    extra: dict[str, Any] = {}
-    if config.method == "heads":
-        if config.classifier == "probe":
-            raise UsageError(
-                "--method heads keeps the model's classifier; drop --classifier probe."
-            )
-        maxima = read_unit_maxima(clusters_path, names)
-        masks, chain, removals = removal_masks(
-            model, checkpoint, label_sets, maxima, config.remove_fraction
-        )
-        pruned = [
-            PrunedLayer(r.layer, r.module, *masked_share(masks, r.parameters)) for r in removals
-        ]
-        extra["heads"] = [r.to_json() for r in removals]
-    else:
-        chain = chain_connections(model, checkpoint, chains or [names])
-        if config.classifier == "probe":
-            model, chain, label_sets, arch = with_probe_classifier(
-                checkpoint, chain, (chains or [names])[-1][-1], label_sets, probes_path
-            )
-            model.to(device)
-        if not chain:
-            raise UsageError(
-                "the listed layers give nothing to prune; list two consecutive layers, "
-                "or the last one before the output layer."
-            )
-        masks, grouping = method_masks(model, chain, label_sets, classes, config)
-        pruned = [
-            PrunedLayer(
-                c.target or "output", c.module, *masked_share(masks, [c.module + ".weight"])
-            )
-            for c in chain
-        ]
-        if grouping is not None:
-            extra["groups"] = grouping
+    dense = evaluate_model(
+        checkpoint.model, test_data, spec, device=device, description="dense"
+    ).accuracy
+    distilling = config.distill and config.finetune_epochs
+    teacher = dense_teacher(checkpoint.model) if distilling else None
     apply_masks(model, masks)
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
