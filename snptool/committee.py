@@ -189,32 +189,41 @@ def check_same_classes(first: Checkpoint, other: Checkpoint) -> None:
     )
 
 
+def _other_input(members: list[Checkpoint]) -> Checkpoint | None:
+    """The first member whose input size, channels or resize differ from the first's."""
+    first = members[0].input_spec
+    return next(
+        (
+            m
+            for m in members[1:]
+            if (m.input_spec.shape, m.input_spec.resize) != (first.shape, first.resize)
+        ),
+        None,
+    )
+
+
 def check_exportable(members: list[Checkpoint]) -> None:
     """The ONNX committee takes the first member's input: sizes and channels must agree."""
-    first = members[0].input_spec
-    for member in members[1:]:
-        spec = member.input_spec
-        if (spec.shape, spec.resize) != (first.shape, first.resize):
-            raise UsageError(
-                f"{member.path} takes {_shape(spec)} inputs but {members[0].path} takes "
-                f"{_shape(first)}; an ONNX committee needs members of one input size and channel "
-                "count (leave out -o to score them anyway)."
-            )
+    member = _other_input(members)
+    if member is not None:
+        raise UsageError(
+            f"{member.path} takes {_shape(member.input_spec)} inputs but {members[0].path} takes "
+            f"{_shape(members[0].input_spec)}; an ONNX committee needs members of one input size "
+            "and channel count (leave out -o to score them anyway)."
+        )
 
 
 def check_shared_loading(members: list[Checkpoint], data: DataSplit) -> None:
     """Image files are decoded and resized once, to the first member's input: all must agree."""
     if not isinstance(data.images, FileImages):
         return  # in-memory images stay raw; each member resizes them itself
-    first = members[0].input_spec
-    for member in members[1:]:
-        spec = member.input_spec
-        if (spec.shape, spec.resize) != (first.shape, first.resize):
-            raise DataError(
-                f"{data.spec} holds image files, read once at the first member's input "
-                f"{_shape(first)}, but {member.path} takes {_shape(spec)}; use members of one "
-                "input size or an npz data set."
-            )
+    member = _other_input(members)
+    if member is not None:
+        raise DataError(
+            f"{data.spec} holds image files, read once at the first member's input "
+            f"{_shape(members[0].input_spec)}, but {member.path} takes "
+            f"{_shape(member.input_spec)}; use members of one input size or an npz data set."
+        )
 
 
 def _shape(spec: InputSpec) -> str:
