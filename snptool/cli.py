@@ -26,6 +26,7 @@ from snptool.config import (
     MatrixConfig,
     ProbeConfig,
     PruneConfig,
+    SweepConfig,
     TrainConfig,
 )
 from snptool.errors import SnpError, UsageError
@@ -1070,6 +1071,146 @@ def latency(
     )
     if json_output:
         console.emit_json(result.to_json())
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(
+            f"{flag} {text!r} must be comma-separated whole numbers, e.g. 4,8,16."
+        ) from None
+
+
+def _joined(values: tuple[int, ...]) -> str:
+    return ",".join(str(v) for v in values)
+
+
+@_command()
+def sweep(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder of the runs and sweep.json (created).")
+    ],
+    data: Annotated[
+        str, typer.Option("--data", help="Data spec: digits, cifar10[:DIR], npz:FILE, …")
+    ] = "digits",
+    d1: Annotated[
+        str, typer.Option("--d1", help="First-layer filter counts, comma-separated.")
+    ] = _joined(SweepConfig.d1),
+    ratio: Annotated[
+        float, typer.Option(help="d2 / d1 (d2 = round(ratio·d1)); LeNet-5's 16/6.")
+    ] = SweepConfig.ratio,
+    seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated.")] = _joined(
+        SweepConfig.seeds
+    ),
+    fc_widths: Annotated[
+        str, typer.Option(help="Hidden FC widths, comma-separated (LeNet-5's 120,84).")
+    ] = _joined(SweepConfig.fc_widths),
+    accuracy: Annotated[
+        str, typer.Option(help="Score each run by its final or its best test epoch.")
+    ] = SweepConfig.accuracy,
+    fit: Annotated[
+        str, typer.Option(help="Fit every run (runs) or the per-d1 mean errors (means).")
+    ] = SweepConfig.fit,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples of the seeds for ρ's interval (0: none).")
+    ] = SweepConfig.bootstrap,
+    confidence: Annotated[
+        float, typer.Option(help="Level of the percentile interval.")
+    ] = SweepConfig.confidence,
+    bootstrap_seed: Annotated[
+        int, typer.Option(help="Seed of the bootstrap.")
+    ] = SweepConfig.bootstrap_seed,
+    epochs: Annotated[int, typer.Option(help="Epochs of every run.")] = TrainConfig.epochs,
+    batch_size: BatchSizeOpt = TrainConfig.batch_size,
+    lr: LrOpt = TrainConfig.learning_rate,
+    momentum: MomentumOpt = TrainConfig.momentum,
+    nesterov: NesterovOpt = TrainConfig.nesterov,
+    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
+    lr_decay: Annotated[
+        float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")
+    ] = TrainConfig.lr_decay,
+    lr_step: Annotated[
+        int, typer.Option(help="Δt: epochs between lr decays.")
+    ] = TrainConfig.lr_step,
+    augment: Annotated[
+        bool, typer.Option(help="Random translation and flip.")
+    ] = TrainConfig.augment,
+    translate: Annotated[
+        int, typer.Option(help="Largest translation in pixels.")
+    ] = TrainConfig.translate,
+    flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
+    device: DeviceOpt = TrainConfig.device,
+    eval_batch_size: Annotated[
+        int, typer.Option(help="Batch size of the per-epoch test.")
+    ] = TrainConfig.eval_batch_size,
+    test_fraction: TestFractionOpt = DataConfig.test_fraction,
+    split_seed: SplitSeedOpt = DataConfig.split_seed,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fit the generalised-LeNet power law error ∝ d1^(−ρ) over d1 × seed training runs.
+
+    Example: snptool sweep --data digits --d1 2,4,8 --seeds 0,1 --epochs 5 -o runs/sweep --json
+    """
+    from snptool import console
+    from snptool.sweep import run_sweep
+
+    train_config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        lr_step=lr_step,
+        augment=augment,
+        translate=translate,
+        flip=flip,
+        device=device,
+        eval_batch_size=eval_batch_size,
+    )
+    config = SweepConfig(
+        d1=_ints(d1, "--d1"),
+        ratio=ratio,
+        seeds=_ints(seeds, "--seeds"),
+        fc_widths=_ints(fc_widths, "--fc-widths"),
+        accuracy=accuracy,
+        fit=fit,
+        bootstrap=bootstrap,
+        confidence=confidence,
+        bootstrap_seed=bootstrap_seed,
+        train=train_config,
+    )
+    data_config = _data_config(test_fraction, split_seed, data_root, download, workers)
+    result = run_sweep(data, output, config, data_config=data_config)
+    _show_sweep(result)
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+def _show_sweep(result: Any) -> None:
+    from snptool import console
+
+    rows = [(r["d1"], r["d2"], r["runs"], r["mean"], r["std"]) for r in result.per_d1()]
+    console.table(
+        f"lenet sweep on {result.data} ({result.config['accuracy']} epoch)",
+        ["d1", "d2", "runs", "mean error", "± std"],
+        rows,
+    )
+    fit = result.fit
+    interval = (
+        f", {fit.confidence:.0%} interval [{fit.rho_ci[0]:.3f}, {fit.rho_ci[1]:.3f}]"
+        if fit.rho_ci
+        else ""
+    )
+    console.log(
+        f"error ≈ {fit.prefactor:.3g}·d1^({-fit.rho:.3f}): ρ {fit.rho:.3f}{interval}, "
+        f"R² {fit.r2:.3f} (fit over {fit.method}, {fit.points} points) → {result.output}"
+    )
 
 
 def main() -> None:

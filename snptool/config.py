@@ -7,6 +7,7 @@ config it was made with.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -410,6 +411,80 @@ class LatencyConfig:
             (bool(self.provider), "give an execution provider, e.g. CPUExecutionProvider"),
             (self.seed >= 0, f"seed must be >= 0, not {self.seed}"),
         )
+
+
+SWEEP_ACCURACIES = ("final", "best")
+SWEEP_FITS = ("runs", "means")
+LENET5_FC_WIDTHS = (120, 84)  # model_defs.lenet.CLASSIC_FC_WIDTHS (config imports no torch)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The generalised-LeNet power law (arXiv 2211.11106; METHODS.md §9): error ∝ d1^(−ρ).
+
+    Trains `lenet` with filters (d1, d2 = round(ratio·d1), halves up) for every d1 × seed with
+    the `train` recipe (its seed is replaced by each run's), then fits
+    log(error) = a − ρ·log(d1) by least squares and a percentile bootstrap interval for ρ at
+    level `confidence` from `bootstrap` resamples of the seeds within each d1 (seeded by
+    `bootstrap_seed`; 0 resamples: no interval). Error = 1 − test accuracy.
+
+    Decision: `accuracy` "final" scores each run's last epoch (no epoch picked on the test
+    split); "best" its best test epoch. Decision: `fit` "runs" fits every (d1, seed) point;
+    "means" fits the log of the per-d1 mean error. The papers' sources say neither.
+    """
+
+    d1: tuple[int, ...] = (4, 8, 16, 32)
+    ratio: float = 16 / 6  # LeNet-5's 16 / 6 filters
+    seeds: tuple[int, ...] = (0, 1, 2)
+    fc_widths: tuple[int, ...] = LENET5_FC_WIDTHS
+    accuracy: str = "final"
+    fit: str = "runs"
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("d1", "seeds", "fc_widths"):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        _require(
+            (len(set(self.d1)) == len(self.d1), f"d1 values repeat in {list(self.d1)}"),
+            (len(self.d1) >= 2, "a power law needs at least 2 distinct d1 values, e.g. 4,8,16"),
+            (
+                min(self.d1, default=1) >= 1,
+                f"d1 values must be at least 1, not {min(self.d1, default=1)}",
+            ),
+            (self.ratio > 0, f"ratio must be positive, not {self.ratio}"),
+            (
+                min(self.d2, default=1) >= 1,
+                f"ratio {self.ratio} gives d2 = 0 for d1 = {min(self.d1, default=1)}",
+            ),
+            (bool(self.seeds), "give at least one seed"),
+            (len(set(self.seeds)) == len(self.seeds), f"seeds repeat in {list(self.seeds)}"),
+            (
+                min(self.seeds, default=0) >= 0,
+                f"seeds must be >= 0, not {min(self.seeds, default=0)}",
+            ),
+            (min(self.fc_widths, default=1) >= 1, "fc widths must be at least 1"),
+            (self.accuracy in SWEEP_ACCURACIES, f"accuracy is one of {SWEEP_ACCURACIES}"),
+            (self.fit in SWEEP_FITS, f"fit is one of {SWEEP_FITS}"),
+            (self.bootstrap >= 0, f"bootstrap must be >= 0 resamples, not {self.bootstrap}"),
+            (
+                self.bootstrap == 0 or len(self.seeds) >= 2,
+                "a bootstrap interval needs at least 2 seeds (or --bootstrap 0)",
+            ),
+            (0 < self.confidence < 1, f"confidence must lie in (0, 1), not {self.confidence}"),
+        )
+
+    @property
+    def d2(self) -> tuple[int, ...]:
+        """Second-layer depths: round(ratio·d1), halves rounded up."""
+        return tuple(second_depth(d1, self.ratio) for d1 in self.d1)
+
+
+def second_depth(d1: int, ratio: float) -> int:
+    """d2 = round(ratio·d1) with halves rounded up (Python's round would round them to even)."""
+    return int(math.floor(ratio * d1 + 0.5))
 
 
 _UNITS = {

@@ -20,6 +20,7 @@ from snptool.config import (
     MatrixConfig,
     ProbeConfig,
     PruneConfig,
+    SweepConfig,
     TrainConfig,
 )
 
@@ -53,6 +54,8 @@ STEPS = [
     "export",
     "committee",
     "latency",
+    "power_law",
+    "sweep",
 ]
 ENTRY = {"cli", "__main__", "__init__"}
 ONLY_IN = {
@@ -167,6 +170,23 @@ def test_flag_defaults_come_from_the_config(command, config):
         flag = FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
         param = next(p for p in params.values() if flag in p.opts)
         assert param.default == field.default, f"{command} {flag}"
+
+
+SWEEP_LIST_FIELDS = {"d1", "seeds", "fc_widths"}  # comma-separated on the command line
+
+
+def test_sweep_has_a_flag_per_field_of_its_config_and_recipe():
+    """SweepConfig holds a TrainConfig; each run's seed comes from --seeds."""
+    params = {o: p for p in commands()["sweep"].params for o in p.opts}
+    fields = [f for f in dataclasses.fields(SweepConfig) if f.name != "train"]
+    fields += [f for f in dataclasses.fields(TrainConfig) if f.name != "seed"]
+    for field in fields:
+        flag = FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
+        assert flag in params, f"sweep has no flag {flag} for {field.name}"
+        if field.name in SWEEP_LIST_FIELDS:
+            assert params[flag].default == ",".join(map(str, field.default)), flag
+        else:
+            assert params[flag].default == field.default, f"sweep {flag}"
 
 
 def test_public_api_resolves():
