@@ -1089,7 +1089,10 @@ def _joined(values: tuple[int, ...]) -> str:
 @_command()
 def sweep(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder of the runs and sweep.json (created).")
+        Path,
+        typer.Option(
+            "--output", "-o", help="Folder of the runs and sweep.json (created if absent)."
+        ),
     ],
     data: Annotated[
         str, typer.Option("--data", help="Data spec: digits, cifar10[:DIR], npz:FILE, …")

@@ -118,14 +118,14 @@ def run_name(d1: int, d2: int, seed: int) -> str:
 
 
 def prepare_folder(output_dir: str | Path) -> Path:
-    """The output folder, created if its parent exists."""
+    """The output folder, created (with its parents) if absent."""
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"-o {folder} is a file; give a folder for the sweep's runs.")
-    if not folder.exists():
-        if not folder.resolve().parent.is_dir():
-            raise UsageError(f"the parent of -o {folder} does not exist; create it first.")
-        folder.mkdir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the folder -o {folder} ({error.strerror}).") from None
     return folder
 
 

@@ -472,7 +472,7 @@ print("TORCH_LOADED", "torch" in sys.modules)
 """
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"]])
 def test_help_does_not_import_torch(args: list[str]) -> None:
     command = [sys.executable, "-c", HELP_SCRIPT, *args]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
