@@ -294,9 +294,11 @@ def _module_factory(module_name: str, factory_name: str) -> Callable:
 def _factory_in(module: Any, factory_name: str, where: str) -> Callable:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
-        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        names = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        closest = difflib.get_close_matches(factory_name, names, n=12, cutoff=0.0)
         raise ArchitectureError(
-            f"{where} has no factory {factory_name!r}; callables there: {', '.join(names[:12])}."
+            f"{where} has no factory {factory_name!r}; closest callables there: "
+            f"{', '.join(closest)}."
         )
     return factory
 

@@ -1,8 +1,9 @@
 """Data specs → splits of labelled images, and the preprocessing a checkpoint asks for.
 
 Specs: `digits` (scikit-learn, embedded; the default), `cifar10[:DIR]`, `cifar100[:DIR]`,
-`flowers102[:DIR]`, `imagenet:DIR`, `imagefolder:DIR`, `npz:FILE`. Splits: `train`, `test`,
-`all`. Where a data set has no test split it is split per class, seeded (DataConfig).
+`flowers102[:DIR]`, `imagenet:DIR`, `imagefolder:DIR`, `npz:FILE`, `npz:TRAIN,TEST` (a training
+and a test file). Splits: `train`, `test`, `all`. Where a data set has no test split it is split
+per class, seeded (DataConfig).
 
 Images travel as uint8 [B, C, H, W] batches; `prepare_batch` turns them into what the model
 was trained on (channels, size, [0, 1] scaling, mean/std) and `augment_batch` applies the
@@ -110,6 +111,7 @@ class DataSplit:
     native_shape: tuple[int, int, int] | None
     config: DataConfig
     source_file: Path | None = None
+    fixed_split: bool = False  # the split comes from separate files, not from test_fraction
 
     def __len__(self) -> int:
         return len(self.images)
@@ -148,8 +150,8 @@ class DataSplit:
             "spec": self.spec,
             "split": self.split,
             "samples": len(self),
-            "test_fraction": self.config.split_fraction,
-            "split_seed": self.config.seed,
+            "test_fraction": None if self.fixed_split else self.config.split_fraction,
+            "split_seed": None if self.fixed_split else self.config.seed,
         }
         if self.source_file is not None:
             record["sha256"] = sha256_file(self.source_file)
@@ -214,8 +216,46 @@ def _digits(spec: str, argument: str, split: str, config: DataConfig) -> DataSpl
 
 
 def _npz(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    """`npz:FILE` (split per class unless it has a 'test' mask) or `npz:TRAIN,TEST`."""
     if not argument:
-        raise DataError("npz needs a file: --data npz:path/to/file.npz.")
+        raise DataError("npz needs a file: --data npz:path/to/file.npz (or npz:TRAIN,TEST).")
+    paths = argument.split(",")
+    if len(paths) > 2 or not all(paths):
+        raise DataError(f"npz:{argument} must name one file or two: npz:TRAIN.npz,TEST.npz.")
+    if len(paths) == 2:
+        return _npz_pair(spec, paths, split, config)
+    full, labels, names, shape, test_mask, path = _read_npz(paths[0])
+    chosen = _select(full, labels, split, config, test_mask)
+    return DataSplit(spec, split, chosen, names, shape, config, source_file=path)
+
+
+def _npz_pair(spec: str, paths: list[str], split: str, config: DataConfig) -> DataSplit:
+    """A training file and a test file: `train` and `test` are the files, `all` both."""
+    wanted = {"train": [0], "test": [1], "all": [0, 1]}[split]
+    parts = [_read_npz(paths[i]) for i in wanted]
+    for part in parts:
+        if part[4] is not None:
+            raise DataError(
+                f"{part[5]} has a 'test' mask, but npz:TRAIN,TEST already names the test file; "
+                "give one file with the mask or two files without."
+            )
+    if split == "all":
+        (train, *_, train_shape, _, train_path), (test, *_, test_shape, _, test_path) = parts
+        if parts[0][2] != parts[1][2] or train_shape != test_shape:
+            raise DataError(
+                f"{train_path} and {test_path} differ in class names or image shape; "
+                "give the training and test files of one data set."
+            )
+        images = ArrayImages(
+            torch.cat([train.images, test.images]), torch.cat([train.labels, test.labels])
+        )
+        return DataSplit(spec, split, images, parts[0][2], train_shape, config, fixed_split=True)
+    full, _, names, shape, _, path = parts[0]
+    return DataSplit(spec, split, full, names, shape, config, source_file=path, fixed_split=True)
+
+
+def _read_npz(argument: str):
+    """One npz file → (images, labels, class names, (C, H, W), test mask or None, path)."""
     path = require_file(argument, "data file")
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -256,8 +296,7 @@ def _npz(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
         torch.from_numpy(labels),
     )
     shape = (images.shape[3], images.shape[1], images.shape[2])
-    chosen = _select(full, labels, split, config, test_mask)
-    return DataSplit(spec, split, chosen, names, shape, config, source_file=path)
+    return full, labels, names, shape, test_mask, path
 
 
 def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:

@@ -13,6 +13,7 @@ from PIL import Image
 from snptool.config import DataConfig, InputSpec
 from snptool.data import SPEC_KINDS, augment_batch, load_data, prepare_batch, stratified_split
 from snptool.errors import DataError, InputFileError, UsageError
+from snptool.files import sha256_file
 
 CIFAR_CLASSES = [
     "airplane",
@@ -334,3 +335,45 @@ def test_augment_is_seeded() -> None:
     other = augment_batch(x, 3, True, torch.Generator().manual_seed(6))
     assert torch.equal(first, second)
     assert not torch.equal(first, other)
+
+
+def _write_npz(path, labels, names=("a", "b", "c"), **extra):
+    images = np.random.default_rng(len(labels)).integers(0, 256, (len(labels), 4, 4, 3))
+    np.savez(
+        path,
+        images=images.astype(np.uint8),
+        labels=np.asarray(labels),
+        **extra,
+        class_names=np.asarray(names),
+    )
+    return path
+
+
+def test_npz_train_and_test_files(tmp_path):
+    train = _write_npz(tmp_path / "train.npz", [0, 1, 2, 0, 1, 2])
+    test = _write_npz(tmp_path / "test.npz", [2, 1, 0])
+    spec = f"npz:{train},{test}"
+    train_split, test_split = load_data(spec, "train"), load_data(spec, "test")
+    assert train_split.labels.tolist() == [0, 1, 2, 0, 1, 2]
+    assert test_split.labels.tolist() == [2, 1, 0]
+    assert load_data(spec, "all").labels.tolist() == [0, 1, 2, 0, 1, 2, 2, 1, 0]
+    assert test_split.class_names == ["a", "b", "c"]
+    with np.load(test) as archive:
+        assert torch.equal(
+            test_split.images.images, torch.from_numpy(archive["images"]).permute(0, 3, 1, 2)
+        )
+    record = test_split.record()
+    assert record["sha256"] == sha256_file(test)
+    assert record["test_fraction"] is None and record["split_seed"] is None
+
+
+def test_npz_pair_refuses_mismatch_and_masks(tmp_path):
+    train = _write_npz(tmp_path / "train.npz", [0, 1, 2])
+    other = _write_npz(tmp_path / "other.npz", [0, 1], names=("x", "y"))
+    masked = _write_npz(tmp_path / "masked.npz", [0, 1], test=np.array([0, 1]))
+    with pytest.raises(DataError, match="differ in class names"):
+        load_data(f"npz:{train},{other}", "all")
+    with pytest.raises(DataError, match="'test' mask"):
+        load_data(f"npz:{train},{masked}", "test")
+    with pytest.raises(DataError, match="one file or two"):
+        load_data(f"npz:{train},{other},{masked}", "test")
