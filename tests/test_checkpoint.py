@@ -352,7 +352,7 @@ def test_factory_without_num_classes_is_called_without_it(tmp_path: Path) -> Non
         ("vgg_unknown_zzz", r"Run `snptool models`"),
         ("torchvision:resnet19", r"torchvision has no classification model 'resnet19'.*resnet18"),
         ("no/such/file.py:factory", r"architecture file no/such/file.py does not exist"),
-        ("model_defs.vgg:tiny_vgggg", r"no factory 'tiny_vgggg'; closest callables there: tiny_vgg"),
+        ("model_defs.vgg:tiny_vgggg", r"'tiny_vgggg'; closest callables there: tiny_vgg"),
         ("snptool_no_such_module:f", r"cannot import module snptool_no_such_module"),
     ],
 )
