@@ -1,0 +1,214 @@
+"""model_defs/rodib.py: the delayed layers against a hand computation, slots, training, export."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from model_defs import create_model
+from snptool.architectures import cut_after
+from snptool.cli import app
+from snptool.config import TrainConfig
+from snptool.train import run_train
+
+runner = CliRunner()
+TAPS = ["features.2", "features.6", "features.10", "features.14", "head_input"]
+
+
+def _invoke_json(*args: object) -> object:
+    result = runner.invoke(app, [str(arg) for arg in args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+def _set_known_head(model: nn.Module) -> None:
+    """Small distinct numbers in the delayed conv, its BatchNorm3d and the delayed FC."""
+    conv, bn, fc = model.delayed[0], model.delayed[1], model.classifier
+    with torch.no_grad():
+        for index, tensor in enumerate([conv.weight, conv.bias, fc.weight, fc.bias]):
+            values = torch.arange(tensor.numel(), dtype=tensor.dtype)
+            tensor.copy_(torch.sin(values + 3 * index).reshape(tensor.shape) * 0.5)
+        bn.running_mean.copy_(torch.tensor([0.1, -0.2]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0]))
+        bn.weight.copy_(torch.tensor([1.5, 0.7]))
+        bn.bias.copy_(torch.tensor([0.05, -0.1]))
+
+
+def _hand_delayed_conv(model: nn.Module, s: list) -> list[list[float]]:
+    """h[j][t]: delayed 3×3 conv, BN, ReLU, 2×2 max-pool of one static input s[i][y][x], by loops
+    over t, j, i, delays d and the kernel; the input is present at t = 0 only."""
+    conv, bn = model.delayed[0], model.delayed[1]
+    w, b = conv.weight.tolist(), conv.bias.tolist()
+    c_out, c_in, delays = conv.weight.shape[:3]
+    side = len(s[0])
+    hidden = [[0.0] * delays for _ in range(c_out)]  # T = 1 + (D − 1) steps
+    for j in range(c_out):
+        scale = bn.weight[j].item() / math.sqrt(bn.running_var[j].item() + bn.eps)
+        for t in range(delays):
+            pixels = []
+            for h, x in itertools.product(range(side), range(side)):
+                z = b[j]
+                for i, d, kh, kw in itertools.product(
+                    range(c_in), range(delays), range(3), range(3)
+                ):
+                    row, col = h + kh - 1, x + kw - 1
+                    if t - d == 0 and 0 <= row < side and 0 <= col < side:  # in(t − d)
+                        z += w[j][i][d][kh][kw] * s[i][row][col]
+                z = (z - bn.running_mean[j].item()) * scale + bn.bias[j].item()
+                pixels.append(max(0.0, z))
+            hidden[j][t] = max(pixels)
+    return hidden
+
+
+def _hand_delayed_fc(model: nn.Module, hidden: list[list[float]]) -> list[float]:
+    """y(t) = b + Σ_j Σ_d w[0][j][d] · h[j][t − d] by loops over t, j and d."""
+    w, b = model.classifier.weight.tolist(), model.classifier.bias.item()
+    steps_in, delays = len(hidden[0]), len(w[0][0])
+    series = []
+    for t in range(steps_in + delays - 1):
+        y = b
+        for j, d in itertools.product(range(len(hidden)), range(delays)):
+            if 0 <= t - d < steps_in:
+                y += w[0][j][d] * hidden[j][t - d]
+        series.append(y)
+    return series
+
+
+def test_two_delayed_layers_match_a_hand_computation(images: torch.Tensor) -> None:
+    model = create_model(
+        "tiny_rodib", widths=[4, 4, 4, 3, 2], delays=[2, 3], num_classes=3, slot_offset=1
+    )
+    model = model.double().eval()
+    _set_known_head(model)
+    with torch.no_grad():
+        static = model.forward_features(images.double())  # (2, 3, 2, 2)
+        series = model.forward_time_series(static)
+        logits = model(images.double())
+    hand = [_hand_delayed_fc(model, _hand_delayed_conv(model, s)) for s in static.tolist()]
+    expected = torch.tensor(hand, dtype=torch.float64)
+    assert series.shape == (2, 4)  # T_out = 1 + (2 − 1) + (3 − 1)
+    torch.testing.assert_close(series, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits, expected[:, 1:4], rtol=1e-12, atol=1e-12)  # slots 1…3
+
+
+def test_fc_delays_only_is_a_linear_layer(images: torch.Tensor) -> None:
+    model = create_model("rodib_vgg6", widths=[8, 8, 8, 8, 6], num_classes=5).eval()
+    fc = model.classifier
+    linear = nn.Linear(6, 5)
+    with torch.no_grad():
+        linear.weight.copy_(fc.weight[0].T)  # label k reads delay k: w[0, i, k]
+        linear.bias.fill_(fc.bias.item())
+        features = torch.flatten(model.forward_features(images), 1)
+        torch.testing.assert_close(model(images), linear(features), rtol=1e-5, atol=1e-6)
+    assert isinstance(model.delayed, nn.Sequential) and len(model.delayed) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, num_classes, steps",
+    [
+        ({}, 10, 10),
+        ({"delays": 12, "slot_offset": 2}, 10, 12),
+        ({"delay_layers": 2}, 10, 19),
+        ({"delay_layers": 2, "delays": [3, 8]}, 10, 10),
+        ({"fc_input": 8, "delay_layers": 2}, 10, 19),
+    ],
+)
+def test_output_shapes(kwargs: dict, num_classes: int, steps: int, images: torch.Tensor) -> None:
+    fc_input = kwargs.get("fc_input", 16)
+    widths = [4, 4, 8, 8, fc_input]
+    model = create_model("rodib_vgg6", widths=widths, num_classes=num_classes, **kwargs).eval()
+    with torch.no_grad():
+        assert model(images).shape == (2, num_classes)
+        assert model.forward_time_series(model.forward_features(images)).shape == (2, steps)
+    assert model.classifier.weight.shape == (1, fc_input, model.classifier.delays)
+
+
+def test_narrow_fc_input_for_rodib_and_vgg6() -> None:
+    narrow = create_model("rodib_vgg6", fc_input=8, delay_layers=2)
+    assert narrow.classifier.weight.shape[1] == 8 < 10
+    assert create_model("vgg6", widths=[16, 32, 64, 128, 8]).classifier[0].in_features == 8
+    pooled = create_model("tiny_rodib", fc_input=4, input_size=64).eval()
+    assert pooled.classifier.weight.shape[1] == 4  # 2×2 left after 5 pools: global max-pool
+    with torch.no_grad():
+        assert pooled(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    with pytest.raises(ValueError, match="disagree"):
+        create_model("rodib_vgg6", widths=[4, 4, 4, 4, 16], fc_input=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"delays": 9}, "leaves 9 slots for 10 labels"),
+        ({"slot_offset": 1}, "leaves 9 slots for 10 labels"),
+        ({"delay_layers": 2, "slot_offset": 10}, "leaves 9 slots"),
+        ({"slot_offset": -1}, ">= 0"),
+        ({"delay_layers": 3}, "delay_layers=3"),
+        ({"delays": [10, 10]}, "expected 1"),
+        ({"delays": 0}, "at least 1"),
+    ],
+)
+def test_invalid_knobs_raise(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        create_model("rodib_vgg6", num_classes=10, **kwargs)
+
+
+def test_taps_fire_and_cut_with_fx(images: torch.Tensor) -> None:
+    model = create_model("tiny_rodib", num_classes=7).eval()
+    assert model.probe_taps == TAPS
+    with torch.no_grad():
+        body = cut_after(model, "head_input")
+        assert body(images).shape == (2, 7, 16)  # (B, T, F): 7 delays in the conv, 16 channels
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(images), model(images))
+
+
+def test_cross_entropy_falls_while_training() -> None:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 4
+    means = torch.randn(4, 3, 1, 1, generator=generator)
+    images = means[labels] + 0.5 * torch.randn(64, 3, 32, 32, generator=generator)
+    torch.manual_seed(0)
+    model = create_model("tiny_rodib", num_classes=4).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(30):
+        batch = slice(16 * (step % 4), 16 * (step % 4 + 1))
+        loss = nn.functional.cross_entropy(model(images[batch]), labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4
+
+
+def test_snptool_train_runs_unchanged(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, flip=False, device="cpu")
+    result = run_train("tiny_rodib", "digits", tmp_path / "rodib.safetensors", config)
+    assert result.history[1].loss < result.history[0].loss
+    assert result.best_accuracy > 0.3  # 10 labels: chance is 0.1
+
+
+def test_layers_and_export_parity(
+    untrained_checkpoint: Callable[..., Path], tmp_path: Path
+) -> None:
+    path = untrained_checkpoint("tiny_rodib")
+    taps = _invoke_json("layers", path, "--taps-only", "--json")
+    assert [row["layer"] for row in taps] == TAPS
+    head = taps[-1]
+    assert (head["unit"], head["units"], head["positions"]) == ("feature", 16, 10)
+    result = _invoke_json("export", path, "-o", tmp_path / "rodib.onnx", "--json")
+    assert (tmp_path / "rodib.onnx").is_file() and result["samples"] == 64
+    assert result["max_abs_diff"] <= result["parity_tolerance"]
+    assert result["argmax_agreement"] == 1.0
