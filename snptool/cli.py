@@ -101,6 +101,20 @@ WeightDecayOpt = Annotated[float, typer.Option("--weight-decay", help="L2 weight
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of initialisation and shuffling.")]
 EpochLrDecayOpt = Annotated[float, typer.Option("--lr-decay", help="lr × this every epoch.")]
 
+# The training recipe's flags of `train` and `sweep`.
+StepLrDecayOpt = Annotated[
+    float, typer.Option("--lr-decay", help="q: lr is multiplied by q every --lr-step epochs.")
+]
+LrStepOpt = Annotated[int, typer.Option("--lr-step", help="Δt: epochs between lr decays.")]
+AugmentOpt = Annotated[
+    bool, typer.Option("--augment/--no-augment", help="Random translation and flip.")
+]
+TranslateOpt = Annotated[int, typer.Option("--translate", help="Largest translation in pixels.")]
+FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizontal flip.")]
+EvalBatchSizeOpt = Annotated[
+    int, typer.Option("--eval-batch-size", help="Batch size of the per-epoch test.")
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -218,24 +232,14 @@ def train(
     momentum: MomentumOpt = TrainConfig.momentum,
     nesterov: NesterovOpt = TrainConfig.nesterov,
     weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
-    lr_decay: Annotated[
-        float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")
-    ] = TrainConfig.lr_decay,
-    lr_step: Annotated[
-        int, typer.Option(help="Δt: epochs between lr decays.")
-    ] = TrainConfig.lr_step,
-    augment: Annotated[
-        bool, typer.Option(help="Random translation and flip.")
-    ] = TrainConfig.augment,
-    translate: Annotated[
-        int, typer.Option(help="Largest translation in pixels.")
-    ] = TrainConfig.translate,
-    flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
+    lr_decay: StepLrDecayOpt = TrainConfig.lr_decay,
+    lr_step: LrStepOpt = TrainConfig.lr_step,
+    augment: AugmentOpt = TrainConfig.augment,
+    translate: TranslateOpt = TrainConfig.translate,
+    flip: FlipOpt = TrainConfig.flip,
     seed: SeedOpt = TrainConfig.seed,
     device: DeviceOpt = TrainConfig.device,
-    eval_batch_size: Annotated[
-        int, typer.Option(help="Batch size of the per-epoch test.")
-    ] = TrainConfig.eval_batch_size,
+    eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from the last state a train run wrote.")
     ] = None,
@@ -1130,23 +1134,13 @@ def sweep(
     momentum: MomentumOpt = TrainConfig.momentum,
     nesterov: NesterovOpt = TrainConfig.nesterov,
     weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
-    lr_decay: Annotated[
-        float, typer.Option(help="q: lr is multiplied by q every --lr-step epochs.")
-    ] = TrainConfig.lr_decay,
-    lr_step: Annotated[
-        int, typer.Option(help="Δt: epochs between lr decays.")
-    ] = TrainConfig.lr_step,
-    augment: Annotated[
-        bool, typer.Option(help="Random translation and flip.")
-    ] = TrainConfig.augment,
-    translate: Annotated[
-        int, typer.Option(help="Largest translation in pixels.")
-    ] = TrainConfig.translate,
-    flip: Annotated[bool, typer.Option(help="Random horizontal flip.")] = TrainConfig.flip,
+    lr_decay: StepLrDecayOpt = TrainConfig.lr_decay,
+    lr_step: LrStepOpt = TrainConfig.lr_step,
+    augment: AugmentOpt = TrainConfig.augment,
+    translate: TranslateOpt = TrainConfig.translate,
+    flip: FlipOpt = TrainConfig.flip,
     device: DeviceOpt = TrainConfig.device,
-    eval_batch_size: Annotated[
-        int, typer.Option(help="Batch size of the per-epoch test.")
-    ] = TrainConfig.eval_batch_size,
+    eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
     data_root: DataRootOpt = None,
