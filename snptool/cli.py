@@ -65,6 +65,20 @@ SplitSeedOpt = Annotated[
         "--split-seed", help="Seed of that train/test split [default: the checkpoint's, else 0]."
     ),
 ]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="Keep only these labels (names or indices, e.g. airplane,cat,ship), relabelled in "
+        "the data set's order [default: the checkpoint's subset, else all].",
+    ),
+]
+NumClassesSubsetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes-subset", help="Keep only the data set's first N labels (see --classes)."
+    ),
+]
 DataRootOpt = Annotated[
     str | None,
     typer.Option(
@@ -173,6 +187,8 @@ def _data_config(
     root: str | None,
     download: bool,
     workers: int,
+    classes: str | None = None,
+    num_classes_subset: int | None = None,
 ) -> DataConfig:
     return DataConfig(
         test_fraction=test_fraction,
@@ -180,6 +196,8 @@ def _data_config(
         root=root,
         download=download,
         workers=workers,
+        classes=None if classes is None else tuple(c.strip() for c in classes.split(",")),
+        num_classes_subset=num_classes_subset,
     )
 
 
@@ -253,6 +271,8 @@ def train(
     resize: ResizeOpt = None,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -295,7 +315,9 @@ def train(
         output,
         config,
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
-        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        data_config=_data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
         inputs=inputs,
         resume=resume,
         best_output=best_output,
@@ -421,6 +443,8 @@ def evaluate(
     device: DeviceOpt = EvaluateConfig.device,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -437,7 +461,9 @@ def evaluate(
         checkpoint,
         data,
         EvaluateConfig(split=split, batch_size=batch_size, device=device),
-        _data_config(test_fraction, split_seed, data_root, download, workers),
+        _data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
     )
     rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
     console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
@@ -487,6 +513,8 @@ def probe(
     ] = False,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -523,7 +551,9 @@ def probe(
         output,
         config,
         data_spec=data,
-        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        data_config=_data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
     )
     rows = [
         (t.name, t.unit, t.units, t.positions, t.train_accuracy, t.test_accuracy)
@@ -562,6 +592,8 @@ def matrix(
     ] = MatrixConfig.units_per_chunk,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -587,7 +619,9 @@ def matrix(
         config,
         layers=_layer_list(layer) or None,
         data_spec=data,
-        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        data_config=_data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
     )
     rows = [
         (x.layer, x.unit, x.units, x.classes, x.samples, x.accuracy, x.source)
@@ -798,6 +832,8 @@ def prune(
     ] = None,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -841,7 +877,9 @@ def prune(
         layers=[_layer_list([chain]) for chain in layers] if layers else None,
         probes_path=probes,
         data_spec=data,
-        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        data_config=_data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
     )
     console.table(
         f"{result.method}: accuracy {result.dense_accuracy:.4f} dense, "
@@ -898,6 +936,8 @@ def export(
     ] = None,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -923,7 +963,9 @@ def export(
         output,
         config,
         data_spec=data,
-        data_config=_data_config(test_fraction, split_seed, data_root, download, workers),
+        data_config=_data_config(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
     )
     console.table(
         f"{checkpoint} → {result.output} (opset {result.opset})",
@@ -967,6 +1009,8 @@ def committee(
     ] = CommitteeConfig.parity_tolerance,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -988,7 +1032,9 @@ def committee(
         parity_samples=parity_samples,
         parity_tolerance=parity_tolerance,
     )
-    data_config = _data_config(test_fraction, split_seed, data_root, download, workers)
+    data_config = _data_config(
+        test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+    )
     result = run_committee(checkpoints, data, config, output=output, data_config=data_config)
     rows = [(m.path, m.arch, m.accuracy, m.loss) for m in result.members]
     console.table(
@@ -1143,6 +1189,8 @@ def sweep(
     eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
     data_root: DataRootOpt = None,
     download: DownloadOpt = False,
     workers: WorkersOpt = DataConfig.workers,
@@ -1182,7 +1230,9 @@ def sweep(
         bootstrap_seed=bootstrap_seed,
         train=train_config,
     )
-    data_config = _data_config(test_fraction, split_seed, data_root, download, workers)
+    data_config = _data_config(
+        test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+    )
     result = run_sweep(data, output, config, data_config=data_config)
     _show_sweep(result)
     if json_output:

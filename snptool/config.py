@@ -66,6 +66,10 @@ class DataConfig:
     `test_fraction` and `split_seed` set the seeded per-class split of data sets that have no
     test split; None takes the values a checkpoint was trained with (`inherit`), else
     DEFAULT_TEST_FRACTION and DEFAULT_SPLIT_SEED, so every command sees the training split.
+
+    `classes` (names or indices) or `num_classes_subset` (the first N) restrict the data set to
+    some of its labels, relabelled 0…k−1 in the data set's own class order; None takes the
+    subset a checkpoint was trained on.
     """
 
     test_fraction: float | None = None
@@ -73,15 +77,29 @@ class DataConfig:
     root: str | None = None
     download: bool = False
     workers: int = 0
+    classes: tuple[str, ...] | None = None
+    num_classes_subset: int | None = None
 
     def __post_init__(self) -> None:
         if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
             raise UsageError(f"test fraction must lie in (0, 1), not {self.test_fraction}.")
         if self.workers < 0:
             raise UsageError(f"workers must be >= 0, not {self.workers}.")
+        if self.classes is not None and self.num_classes_subset is not None:
+            raise UsageError("give either --classes or --num-classes-subset, not both.")
+        if self.classes is not None and len(self.classes) < 2:
+            raise UsageError(f"a class subset needs at least 2 classes, not {list(self.classes)}.")
+        if self.num_classes_subset is not None and self.num_classes_subset < 2:
+            raise UsageError(
+                f"--num-classes-subset must be at least 2, not {self.num_classes_subset}."
+            )
+
+    @property
+    def restricts_classes(self) -> bool:
+        return self.classes is not None or self.num_classes_subset is not None
 
     def inherit(self, metadata: dict[str, Any]) -> DataConfig:
-        """Fill unset split settings from a checkpoint's training record."""
+        """Fill unset split and class-subset settings from a checkpoint's training record."""
         record = ((metadata or {}).get("training") or {}).get("test_data") or {}
         return dataclasses.replace(
             self,
@@ -89,6 +107,9 @@ class DataConfig:
             if self.test_fraction is not None
             else record.get("test_fraction"),
             split_seed=self.split_seed if self.split_seed is not None else record.get("split_seed"),
+            classes=self.classes
+            if self.restricts_classes or not record.get("classes")
+            else tuple(record["classes"]),
         )
 
     @property

@@ -3,7 +3,8 @@
 Specs: `digits` (scikit-learn, embedded; the default), `cifar10[:DIR]`, `cifar100[:DIR]`,
 `flowers102[:DIR]`, `imagenet:DIR`, `imagefolder:DIR`, `npz:FILE`, `npz:TRAIN,TEST` (a training
 and a test file). Splits: `train`, `test`, `all`. Where a data set has no test split it is split
-per class, seeded (DataConfig).
+per class, seeded (DataConfig). `DataConfig.classes` / `num_classes_subset` then keep some labels
+only (`restrict_classes`), so a label-count study reuses the full data set's split.
 
 Images travel as uint8 [B, C, H, W] batches; `prepare_batch` turns them into what the model
 was trained on (channels, size, [0, 1] scaling, mean/std) and `augment_batch` applies the
@@ -12,6 +13,8 @@ research's augmentation (translation up to ±N px with zero fill, horizontal fli
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +47,9 @@ class ArrayImages:
         index = torch.as_tensor(indices, dtype=torch.long)
         return ArrayImages(self.images[index], self.labels[index])
 
+    def relabelled(self, labels: torch.Tensor) -> ArrayImages:
+        return ArrayImages(self.images, labels)
+
     def batches(self, order: np.ndarray, batch_size: int, spec: InputSpec, workers: int):
         for start in range(0, len(order), batch_size):
             index = torch.as_tensor(order[start : start + batch_size], dtype=torch.long)
@@ -71,6 +77,9 @@ class FileImages(torch.utils.data.Dataset):
     def subset(self, indices: np.ndarray) -> FileImages:
         indices = np.asarray(indices)
         return FileImages(lambda i: self._load(int(indices[i])), self.labels.numpy()[indices])
+
+    def relabelled(self, labels: torch.Tensor) -> FileImages:
+        return FileImages(self._load, labels.numpy())
 
     def batches(self, order: np.ndarray, batch_size: int, spec: InputSpec, workers: int):
         self._spec = spec
@@ -112,6 +121,7 @@ class DataSplit:
     config: DataConfig
     source_file: Path | None = None
     fixed_split: bool = False  # the split comes from separate files, not from test_fraction
+    class_subset: bool = False  # class_names are a subset of the data set's (DataConfig.classes)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -153,6 +163,8 @@ class DataSplit:
             "test_fraction": None if self.fixed_split else self.config.split_fraction,
             "split_seed": None if self.fixed_split else self.config.seed,
         }
+        if self.class_subset:
+            record["classes"] = list(self.class_names)
         if self.source_file is not None:
             record["sha256"] = sha256_file(self.source_file)
         return record
@@ -168,10 +180,58 @@ def load_data(spec: str, split: str = "train", config: DataConfig | None = None)
         raise DataError(
             f"unknown data spec {spec!r}; use one of {', '.join(SPEC_KINDS)} (e.g. npz:FILE)."
         )
-    data = loader(spec, argument, split, config)
+    data = restrict_classes(loader(spec, argument, split, config), config)
     if len(data) == 0:
         raise DataError(f"the {split} split of {spec} holds no images; check the data set.")
     return data
+
+
+def restrict_classes(data: DataSplit, config: DataConfig) -> DataSplit:
+    """Keep the images of the classes `config` names, relabelled 0…k−1 in the data set's order.
+
+    The split is made first, so a subset's test images are those of the full data set's split.
+    """
+    wanted = chosen_classes(data.class_names, config, data.spec)
+    if wanted is None:
+        return data
+    labels = data.labels.numpy()
+    keep = np.flatnonzero(np.isin(labels, wanted))
+    new_label = np.full(len(data.class_names), -1, dtype=np.int64)
+    new_label[wanted] = np.arange(len(wanted))
+    images = data.images.subset(keep)
+    images = images.relabelled(torch.from_numpy(new_label[labels[keep]]))
+    names = [data.class_names[i] for i in wanted]
+    return dataclasses.replace(data, images=images, class_names=names, class_subset=True)
+
+
+def chosen_classes(names: list[str], config: DataConfig, spec: str) -> list[int] | None:
+    """Indices of the classes `config` keeps, in the data set's order; None keeps them all."""
+    if config.num_classes_subset is not None:
+        if config.num_classes_subset > len(names):
+            raise DataError(
+                f"--num-classes-subset {config.num_classes_subset} exceeds the "
+                f"{len(names)} classes of {spec}."
+            )
+        return list(range(config.num_classes_subset))
+    if config.classes is None:
+        return None
+    chosen = []
+    for item in config.classes:
+        if item in names:
+            index = names.index(item)
+        elif item.isdigit() and int(item) < len(names):
+            index = int(item)
+        else:
+            close = difflib.get_close_matches(item, names, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise DataError(
+                f"{spec} has no class {item!r}; {hint}its classes: {', '.join(names)} "
+                f"(or their indices 0–{len(names) - 1})."
+            )
+        if index in chosen:
+            raise DataError(f"class {names[index]!r} is named twice in --classes; name it once.")
+        chosen.append(index)
+    return sorted(chosen)
 
 
 def stratified_split(

@@ -82,11 +82,16 @@ def evaluate_model(
 
 
 def check_classes(checkpoint: Checkpoint, data: DataSplit) -> None:
-    """The data must have as many classes as the checkpoint's output."""
+    """The data must have as many classes as the checkpoint's output (and its subset's names)."""
     if data.num_classes != checkpoint.num_classes:
         raise DataError(
             f"{data.spec} has {data.num_classes} classes but the checkpoint has "
             f"{checkpoint.num_classes}; use the data set the model was trained on."
+        )
+    if data.class_subset and data.class_names != checkpoint.class_names:
+        raise DataError(
+            f"--classes keeps {', '.join(data.class_names)} but the checkpoint was trained on "
+            f"{', '.join(checkpoint.class_names)}; drop --classes to use the checkpoint's subset."
         )
 
 

@@ -20,6 +20,7 @@ from snptool import __version__
 from snptool.architectures import build_model
 from snptool.checkpoint import METADATA_KEY, read_metadata
 from snptool.cli import app
+from snptool.data import load_data
 from snptool.errors import InputFileError
 from snptool.files import atomic_path, sha256_file, write_bytes_atomic
 from snptool.train import TrainResult
@@ -464,6 +465,7 @@ def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
 HELP_SCRIPT = """
 import sys
 from snptool.cli import app
+from snptool.data import load_data
 try:
     app(sys.argv[1:])
 except SystemExit as stop:
@@ -713,3 +715,23 @@ def test_heads_errors(head_matrices: Path, named_matrices: Path, tmp_path: Path)
     assert_one_error(
         invoke("heads", absent), f"matrix file {absent} does not exist; check the path."
     )
+
+
+def test_class_subset_is_inherited_along_the_pipeline(tmp_path: Path) -> None:
+    model, probes, matrices = (tmp_path / n for n in ("m.safetensors", "p.safetensors", "m.h5"))
+    common = ["--device", "cpu", "--json"]
+    train = ["train", "--arch", "tiny_vgg", "--epochs", 2, "--lr", 0.05, "-o", model]
+    assert_ok(invoke(*train, "--classes", "7,1,4", *common))
+    result = invoke("evaluate", model, *common)
+    assert_ok(result)
+    payload = json.loads(result.stdout)
+    assert list(payload["per_class"]) == ["1", "4", "7"]
+    full_test = load_data("digits", "test").labels
+    assert payload["samples"] == int(np.isin(full_test.numpy(), [1, 4, 7]).sum())
+    assert_ok(invoke("probe", model, "--layer", "classifier.1", "--epochs", 1, "-o", probes))
+    result = invoke("matrix", model, probes, "--split", "test", "-o", matrices, *common)
+    assert_ok(result)
+    assert json.loads(result.stdout)["layers"][0]["classes"] == 3
+    assert_one_error(invoke("evaluate", model, "--classes", "1,4,8"), contains="trained on 1, 4, 7")
+    assert_one_error(invoke("evaluate", model, "--classes", "1,x"), contains="no class 'x'")
+    assert_one_error(invoke("evaluate", model, "--num-classes-subset", 1), contains="at least 2")

@@ -377,3 +377,53 @@ def test_npz_pair_refuses_mismatch_and_masks(tmp_path):
         load_data(f"npz:{train},{masked}", "test")
     with pytest.raises(DataError, match="one file or two"):
         load_data(f"npz:{train},{other},{masked}", "test")
+
+
+# --- class subsets ----------------------------------------------------------------------------
+
+
+def test_class_subset_keeps_the_data_sets_names_and_order(tmp_path):
+    labels = [0, 1, 2, 3, 0, 1, 2, 3, 3]
+    path = _write_npz(tmp_path / "four.npz", labels, names=("cat", "dog", "emu", "fox"))
+    everything = load_data(f"npz:{path}", "all")
+    config = DataConfig(classes=("fox", "dog"))  # named out of order: the data set's order wins
+    subset = load_data(f"npz:{path}", "all", config)
+    assert subset.class_names == ["dog", "fox"] and subset.num_classes == 2
+    kept = [i for i, label in enumerate(labels) if label in (1, 3)]
+    assert subset.labels.tolist() == [0 if labels[i] == 1 else 1 for i in kept]
+    assert torch.equal(_images(subset), _images(everything)[kept])
+    assert subset.record()["classes"] == ["dog", "fox"]
+    assert "classes" not in everything.record()
+    by_index = load_data(f"npz:{path}", "all", DataConfig(classes=("3", "1")))
+    assert by_index.class_names == ["dog", "fox"] and torch.equal(by_index.labels, subset.labels)
+    first = load_data(f"npz:{path}", "all", DataConfig(num_classes_subset=3))
+    assert first.class_names == ["cat", "dog", "emu"]
+    assert first.labels.tolist() == [label for label in labels if label < 3]
+
+
+def test_class_subset_test_split_is_the_full_splits_restriction() -> None:
+    full = load_data("digits", "test")
+    subset = load_data("digits", "test", DataConfig(classes=("2", "7", "9")))
+    keep = np.isin(full.labels.numpy(), [2, 7, 9])
+    assert torch.equal(_images(subset), _images(full)[torch.from_numpy(keep)])
+    assert subset.labels.tolist() == [[2, 7, 9].index(v) for v in full.labels[keep].tolist()]
+
+
+def test_class_subset_errors(tmp_path):
+    path = _write_npz(tmp_path / "three.npz", [0, 1, 2], names=("cat", "dog", "emu"))
+    with pytest.raises(DataError, match="no class 'dgo'; did you mean dog"):
+        load_data(f"npz:{path}", "all", DataConfig(classes=("cat", "dgo")))
+    with pytest.raises(DataError, match="named twice"):
+        load_data(f"npz:{path}", "all", DataConfig(classes=("cat", "0")))
+    with pytest.raises(DataError, match="exceeds the 3 classes"):
+        load_data(f"npz:{path}", "all", DataConfig(num_classes_subset=4))
+    with pytest.raises(UsageError, match="at least 2 classes"):
+        DataConfig(classes=("cat",))
+    with pytest.raises(UsageError, match="not both"):
+        DataConfig(classes=("cat", "dog"), num_classes_subset=2)
+    inherited = DataConfig().inherit({"training": {"test_data": {"classes": ["cat", "emu"]}}})
+    assert inherited.classes == ("cat", "emu")
+    own = DataConfig(num_classes_subset=2).inherit(
+        {"training": {"test_data": {"classes": ["cat", "emu"]}}}
+    )
+    assert own.classes is None and own.num_classes_subset == 2
