@@ -26,6 +26,7 @@ from snptool.config import (
     MatrixConfig,
     ProbeConfig,
     PruneConfig,
+    ReportConfig,
     SweepConfig,
     TrainConfig,
 )
@@ -1258,6 +1259,49 @@ def _show_sweep(result: Any) -> None:
         f"error ≈ {fit.prefactor:.3g}·d1^({-fit.rho:.3f}): ρ {fit.rho:.3f}{interval}, "
         f"R² {fit.r2:.3f} (fit over {fit.method}, {fit.points} points) → {result.output}"
     )
+
+
+@_command()
+def report(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Matrix files (with clusters), probe files, pruned checkpoints, and the --json "
+            "output of prune, latency, export, committee, heads or sweep."
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="HTML file to write (self-contained, atomic).")
+    ],
+    png_dir: Annotated[
+        Path | None, typer.Option("--png-dir", help="Also write every figure as a PNG here.")
+    ] = None,
+    unit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--unit",
+            help="Heat map of this unit, LAYER:INDEX (repeatable) [default: the strongest and "
+            "the noisiest unit of each layer].",
+        ),
+    ] = None,
+    title: Annotated[str, typer.Option("--title", help="The page's title.")] = ReportConfig.title,
+    json_output: JsonOpt = False,
+) -> None:
+    """Draw what the pipeline wrote into one self-contained HTML page (and PNGs).
+
+    Example: snptool report matrices.h5 probes.safetensors prune.json latency.json -o report.html
+    """
+    from snptool import console
+    from snptool.report import run_report
+
+    units = tuple(u for value in unit or [] for u in value.split(",") if u)
+    result = run_report(inputs, output, ReportConfig(title=title, units=units), png_dir=png_dir)
+    console.log(
+        f"{len(result.figures)} figures from {len(result.inputs)} inputs → {result.output} "
+        f"({result.bytes / 1e6:.2f} MB, {result.seconds:.1f} s)"
+    )
+    if json_output:
+        console.emit_json(result.to_json())
 
 
 def main() -> None:

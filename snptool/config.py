@@ -503,6 +503,15 @@ class SweepConfig:
         return tuple(second_depth(d1, self.ratio) for d1 in self.d1)
 
 
+@dataclass(frozen=True)
+class ReportConfig:
+    """What `snptool report` draws; `units` (LAYER:INDEX) replace the default heat maps (the
+    strongest and the noisiest unit of every layer)."""
+
+    title: str = "snptool report"
+    units: tuple[str, ...] = ()
+
+
 def second_depth(d1: int, ratio: float) -> int:
     """d2 = round(ratio·d1) with halves rounded up (Python's round would round them to even)."""
     return int(math.floor(ratio * d1 + 0.5))

@@ -56,6 +56,8 @@ STEPS = [
     "latency",
     "power_law",
     "sweep",
+    "figures",
+    "report",
 ]
 ENTRY = {"cli", "__main__", "__init__"}
 ONLY_IN = {
@@ -63,6 +65,7 @@ ONLY_IN = {
     "rich": {"console"},
     "onnxruntime": {"export", "latency"},
     "click": {"cli"},
+    "matplotlib": {"figures"},
 }
 
 
