@@ -117,7 +117,9 @@ class TrainConfig:
     lr_step unused), `warmup_epochs` of per-step linear warm-up from `min_lr` to the schedule's
     lr (either schedule), `label_smoothing` ε of the cross-entropy, and `mixup` / `cutmix`
     Beta(α, α) mixing of each batch with its reverse with probability `mix_prob` (both on:
-    one of the two per batch, p ½). Decision: `min_lr` defaults to the CCT authors' 1e-5.
+    one of the two per batch, p ½). Without `decay_norm_bias` biases and norm scales (1-D
+    parameters) are not decayed, as in timm. Decision: `min_lr` defaults to the CCT authors'
+    1e-5.
     """
 
     epochs: int = 30
@@ -142,6 +144,7 @@ class TrainConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     mix_prob: float = 1.0
+    decay_norm_bias: bool = True
 
     def __post_init__(self) -> None:
         check_sgd(self)

@@ -115,17 +115,32 @@ def learning_rate_at(epoch: float, config: TrainConfig) -> float:
     return rate
 
 
+def training_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy against labels [B] or mixed targets [B, K], each target first
+    smoothed to (1 − ε)·target + ε / K."""
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay)."""
+    """SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay); without
+    `decay_norm_bias`, 1-D parameters (biases, norm scales) are not decayed (timm's rule)."""
+    parameters: Any = list(model.parameters())
+    if not config.decay_norm_bias:
+        parameters = [
+            {"params": [p for p in parameters if p.ndim > 1]},
+            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
+        ]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(
-            model.parameters(),
+            parameters,
             lr=config.learning_rate,
             betas=ADAMW_BETAS,
             weight_decay=config.weight_decay,
         )
     return torch.optim.SGD(
-        model.parameters(),
+        parameters,
         lr=config.learning_rate,
         momentum=config.momentum,
         nesterov=config.nesterov,
@@ -267,7 +282,7 @@ def _train_epoch(
         else:
             targets = labels
         logits = model(x)
-        loss = F.cross_entropy(logits, targets, label_smoothing=config.label_smoothing)
+        loss = training_loss(logits, targets, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
