@@ -244,7 +244,7 @@ def run_difference(
         return f"data {metadata.get('data')}, not {data_spec}"
     if _input_spec(metadata) != expected_input_spec():
         return "another input spec"
-    # A field newer than the file was trained with its default then.
+    # A setting added after the file was written counts as its default.
     stored = config_to_dict(TrainConfig()) | (training.get("config") or {})
     for name, value in config_to_dict(train_config).items():
         if name not in UNCOMPARED_TRAIN_FIELDS and stored.get(name) != value:
