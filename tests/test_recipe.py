@@ -360,3 +360,19 @@ def test_bad_recipe_flags_exit_2_with_one_line(
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
+
+
+@pytest.mark.gpu
+def test_mixed_adamw_run_trains_and_resumes_on_cuda(tmp_path: Path) -> None:
+    config = TrainConfig(epochs=1, batch_size=64, device="cuda", mixup=0.8, cutmix=1.0, **RECIPE)
+    first = run_train("tiny_vgg", "digits", tmp_path / "first.safetensors", config)
+    resumed = run_train(
+        None,
+        None,
+        tmp_path / "resumed.safetensors",
+        dataclasses.replace(config, epochs=2),
+        resume=first.output,
+    )
+    assert resumed.final_accuracy > 0.3
+    step = _tensors(resumed.output)[f"{OPTIMIZER_PREFIX}step/features.0.weight"]
+    assert step.item() == 2 * math.ceil(1438 / 64)  # AdamW's step count went on from epoch 1
