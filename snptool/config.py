@@ -111,7 +111,7 @@ class TrainConfig:
     Decision: the papers give no single learning rate / momentum / weight decay for every
     network; these defaults are a common CIFAR choice and are recorded with every result.
 
-    The transformer recipe (the CCT authors'; README "CCT recipe"): `optimizer` "adamw" (torch's
+    The transformer recipe (the CCT authors'; README, train): `optimizer` "adamw" (torch's
     AdamW, betas (0.9, 0.999), `weight_decay` decoupled; momentum and Nesterov unused),
     `schedule` "cosine" (per step from lr down to `min_lr` after the warm-up; lr_decay and
     lr_step unused), `warmup_epochs` of per-step linear warm-up from `min_lr` to the schedule's
