@@ -129,6 +129,32 @@ FlipOpt = Annotated[bool, typer.Option("--flip/--no-flip", help="Random horizont
 EvalBatchSizeOpt = Annotated[
     int, typer.Option("--eval-batch-size", help="Batch size of the per-epoch test.")
 ]
+OptimizerOpt = Annotated[
+    str, typer.Option("--optimizer", help="sgd or adamw (decoupled --weight-decay).")
+]
+ScheduleOpt = Annotated[
+    str, typer.Option("--schedule", help="step (--lr-decay every --lr-step) or cosine to --min-lr.")
+]
+MinLrOpt = Annotated[
+    float, typer.Option("--min-lr", help="The cosine's last lr and the warm-up's first.")
+]
+WarmupOpt = Annotated[
+    int, typer.Option("--warmup-epochs", help="Epochs of per-step linear lr warm-up.")
+]
+LabelSmoothingOpt = Annotated[
+    float, typer.Option("--label-smoothing", help="Label smoothing ε of the loss.")
+]
+MixupOpt = Annotated[float, typer.Option("--mixup", help="Mixup's Beta(α, α) α (0: off).")]
+CutmixOpt = Annotated[
+    float, typer.Option("--cutmix", help="CutMix's α (0: off); with --mixup, one per batch.")
+]
+MixProbOpt = Annotated[float, typer.Option("--mix-prob", help="Probability that a batch is mixed.")]
+DecayNormBiasOpt = Annotated[
+    bool,
+    typer.Option(
+        "--decay-norm-bias/--no-decay-norm-bias", help="Weight decay on biases and norm scales."
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -259,6 +285,15 @@ def train(
     seed: SeedOpt = TrainConfig.seed,
     device: DeviceOpt = TrainConfig.device,
     eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
+    optimizer: OptimizerOpt = TrainConfig.optimizer,
+    schedule: ScheduleOpt = TrainConfig.schedule,
+    min_lr: MinLrOpt = TrainConfig.min_lr,
+    warmup_epochs: WarmupOpt = TrainConfig.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = TrainConfig.label_smoothing,
+    mixup: MixupOpt = TrainConfig.mixup,
+    cutmix: CutmixOpt = TrainConfig.cutmix,
+    mix_prob: MixProbOpt = TrainConfig.mix_prob,
+    decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from the last state a train run wrote.")
     ] = None,
@@ -302,6 +337,15 @@ def train(
         seed=seed,
         device=device,
         eval_batch_size=eval_batch_size,
+        optimizer=optimizer,
+        schedule=schedule,
+        min_lr=min_lr,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
+        cutmix=cutmix,
+        mix_prob=mix_prob,
+        decay_norm_bias=decay_norm_bias,
     )
     inputs = InputOverrides(
         channels=channels,
@@ -1188,6 +1232,15 @@ def sweep(
     flip: FlipOpt = TrainConfig.flip,
     device: DeviceOpt = TrainConfig.device,
     eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
+    optimizer: OptimizerOpt = TrainConfig.optimizer,
+    schedule: ScheduleOpt = TrainConfig.schedule,
+    min_lr: MinLrOpt = TrainConfig.min_lr,
+    warmup_epochs: WarmupOpt = TrainConfig.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = TrainConfig.label_smoothing,
+    mixup: MixupOpt = TrainConfig.mixup,
+    cutmix: CutmixOpt = TrainConfig.cutmix,
+    mix_prob: MixProbOpt = TrainConfig.mix_prob,
+    decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
     classes: ClassesOpt = None,
@@ -1218,6 +1271,15 @@ def sweep(
         flip=flip,
         device=device,
         eval_batch_size=eval_batch_size,
+        optimizer=optimizer,
+        schedule=schedule,
+        min_lr=min_lr,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
+        cutmix=cutmix,
+        mix_prob=mix_prob,
+        decay_norm_bias=decay_norm_bias,
     )
     config = SweepConfig(
         d1=_ints(d1, "--d1"),

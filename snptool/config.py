@@ -121,12 +121,26 @@ class DataConfig:
         return DEFAULT_SPLIT_SEED if self.split_seed is None else self.split_seed
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The research's recipe (METHODS.md §3): SGD + Nesterov, lr × q every Δt epochs, batch 100.
 
     Decision: the papers give no single learning rate / momentum / weight decay for every
     network; these defaults are a common CIFAR choice and are recorded with every result.
+
+    The transformer recipe (the CCT authors'; README, train): `optimizer` "adamw" (torch's
+    AdamW, betas (0.9, 0.999), `weight_decay` decoupled; momentum and Nesterov unused),
+    `schedule` "cosine" (per step from lr down to `min_lr` after the warm-up; lr_decay and
+    lr_step unused), `warmup_epochs` of per-step linear warm-up from `min_lr` to the schedule's
+    lr (either schedule), `label_smoothing` ε of the cross-entropy, and `mixup` / `cutmix`
+    Beta(α, α) mixing of each batch with its reverse with probability `mix_prob` (both on:
+    one of the two per batch, p ½). Without `decay_norm_bias` biases and norm scales (1-D
+    parameters) are not decayed, as in timm. Decision: `min_lr` defaults to the CCT authors'
+    1e-5.
     """
 
     epochs: int = 30
@@ -143,13 +157,48 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 500
+    optimizer: str = "sgd"
+    schedule: str = "step"
+    min_lr: float = 1e-5
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mix_prob: float = 1.0
+    decay_norm_bias: bool = True
 
     def __post_init__(self) -> None:
         check_sgd(self)
+        floor_used = self.schedule == "cosine" or self.warmup_epochs > 0
         _require(
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
             (self.lr_step >= 1, f"lr step must be at least 1 epoch, not {self.lr_step}"),
             (self.translate >= 0, f"translate must be >= 0 pixels, not {self.translate}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"unknown optimizer {self.optimizer!r}; use one of {', '.join(OPTIMIZERS)}",
+            ),
+            (
+                self.schedule in SCHEDULES,
+                f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}",
+            ),
+            (self.min_lr >= 0, f"min lr must be >= 0, not {self.min_lr}"),
+            (
+                not floor_used or self.min_lr <= self.learning_rate,
+                f"min lr {self.min_lr} must not exceed the learning rate {self.learning_rate}",
+            ),
+            (self.warmup_epochs >= 0, f"warm-up epochs must be >= 0, not {self.warmup_epochs}"),
+            (
+                self.warmup_epochs < self.epochs,
+                f"warm-up epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})",
+            ),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label smoothing must lie in [0, 1), not {self.label_smoothing}",
+            ),
+            (self.mixup >= 0, f"mixup alpha must be >= 0 (0: off), not {self.mixup}"),
+            (self.cutmix >= 0, f"cutmix alpha must be >= 0 (0: off), not {self.cutmix}"),
+            (0 <= self.mix_prob <= 1, f"mix prob must lie in [0, 1], not {self.mix_prob}"),
         )
 
 

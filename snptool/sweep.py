@@ -244,8 +244,9 @@ def run_difference(
         return f"data {metadata.get('data')}, not {data_spec}"
     if _input_spec(metadata) != expected_input_spec():
         return "another input spec"
-    stored, wanted = training.get("config") or {}, config_to_dict(train_config)
-    for name, value in wanted.items():
+    # A setting added after the file was written counts as its default.
+    stored = config_to_dict(TrainConfig()) | (training.get("config") or {})
+    for name, value in config_to_dict(train_config).items():
         if name not in UNCOMPARED_TRAIN_FIELDS and stored.get(name) != value:
             return f"{name} {stored.get(name)}, not {value}"
     for split, record in zip(("train", "test"), records.value, strict=True):

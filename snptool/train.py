@@ -1,12 +1,14 @@
 """`snptool train`: the research's training recipe (METHODS.md §3) on any architecture spec.
 
-Every epoch writes the last state (with the optimiser's momentum, so `--resume` continues
-exactly) and, when the test accuracy improved, the best state. Shuffling, augmentation and
-dropout are seeded per epoch, so a resumed run repeats an uninterrupted one.
+Every epoch writes the last state (with the optimiser's state, so `--resume` continues
+exactly) and, when the test accuracy improved, the best state. Shuffling, augmentation,
+mixing and dropout are seeded per epoch and the lr is a pure function of the step, so a
+resumed run repeats an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,11 @@ from snptool.devices import resolve_device, seed_everything
 from snptool.errors import UsageError
 from snptool.evaluate import check_classes, evaluate_model
 from snptool.files import check_output_path, provenance
+from snptool.mixing import apply_mix, draw_mix, mixing_rng
 
-MOMENTUM_PREFIX = "snptool/momentum/"
+OPTIMIZER_PREFIX = "snptool/optimizer/"  # + state key + "/" + parameter name
+LEGACY_MOMENTUM_PREFIX = "snptool/momentum/"  # + parameter name: SGD files before AdamW
+ADAMW_BETAS = (0.9, 0.999)
 
 
 @dataclass(frozen=True)
@@ -93,9 +98,54 @@ def best_output_path(output: str | Path) -> Path:
     return output.with_name(f"{output.stem}.best{output.suffix or '.safetensors'}")
 
 
-def learning_rate_at(epoch: int, config: TrainConfig) -> float:
-    """lr × q^⌊epoch / Δt⌋ (epochs counted from 0)."""
-    return config.learning_rate * config.lr_decay ** (epoch // config.lr_step)
+def learning_rate_at(epoch: float, config: TrainConfig) -> float:
+    """The lr `epoch` epochs into the run (from 0; fractional per step: epoch + batch / batches).
+
+    step: lr × q^⌊epoch / Δt⌋. cosine: min_lr + (lr − min_lr)·½(1 + cos(π·(epoch − W) / (E − W)))
+    after W warm-up epochs of E. During the warm-up, min_lr + (that − min_lr)·epoch / W.
+    """
+    warmup, floor = config.warmup_epochs, config.min_lr
+    if config.schedule == "cosine":
+        progress = min(max(epoch - warmup, 0.0) / (config.epochs - warmup), 1.0)
+        rate = floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        rate = config.learning_rate * config.lr_decay ** (math.floor(epoch) // config.lr_step)
+    if epoch < warmup:
+        rate = floor + (rate - floor) * epoch / warmup
+    return rate
+
+
+def training_loss(
+    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy against labels [B] or mixed targets [B, K], each target first
+    smoothed to (1 − ε)·target + ε / K."""
+    return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, L2 weight decay) or AdamW (decoupled weight decay); without
+    `decay_norm_bias`, 1-D parameters (biases, norm scales) are not decayed (timm's rule)."""
+    parameters: Any = list(model.parameters())
+    if not config.decay_norm_bias:
+        parameters = [
+            {"params": [p for p in parameters if p.ndim > 1]},
+            {"params": [p for p in parameters if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(
+            parameters,
+            lr=config.learning_rate,
+            betas=ADAMW_BETAS,
+            weight_decay=config.weight_decay,
+        )
+    return torch.optim.SGD(
+        parameters,
+        lr=config.learning_rate,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
 
 
 def run_train(
@@ -123,7 +173,7 @@ def run_train(
     if Path(output).resolve() == best_output.resolve():
         raise UsageError("--best-output must differ from -o.")
 
-    state = _resume_state(resume, arch, device) if resume is not None else None
+    state = _resume_state(resume, arch, config.optimizer, device) if resume is not None else None
     if state is not None:
         data_spec = data_spec or state.metadata.get("data")
         data_config = data_config.inherit(state.metadata)
@@ -145,15 +195,9 @@ def run_train(
         run_dummy_input(model, spec.shape, arch)
         history = []
     model.to(device)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=config.learning_rate,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = build_optimizer(model, config)
     if state is not None:
-        _restore_momentum(model, optimizer, state.extras)
+        _restore_optimizer(model, optimizer, state.extras)
 
     def save(
         path: Path, kind: str, epochs: list[EpochRecord], extras: dict | None, weights: nn.Module
@@ -186,8 +230,7 @@ def run_train(
                 f"train {record.train_accuracy:.4f}  test {record.test_accuracy:.4f}  "
                 f"lr {record.learning_rate:.3g}  {record.images_per_second:.0f} img/s"
             )
-            momentum = _momentum_extras(model, optimizer)
-            save(Path(output), "last", history, momentum, model)
+            save(Path(output), "last", history, _optimizer_extras(model, optimizer), model)
             if best is None or record.test_accuracy > best.test_accuracy:
                 best = record
                 save(best_output, "best", history, None, model)
@@ -214,24 +257,32 @@ def _train_epoch(
     device: torch.device,
     task: console.ProgressTask,
 ) -> EpochRecord:
-    learning_rate = learning_rate_at(epoch, config)
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
+    steps = train_data.num_batches(config.batch_size)
     torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    mixing = mixing_rng(config.seed, epoch)
+    mixes = config.mixup > 0 or config.cutmix > 0
     model.train()
     loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
     batches = train_data.batches(
         spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
     )
-    for images, labels in batches:
+    for step, (images, labels) in enumerate(batches):
         started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(epoch + step / steps, config)
         x = prepare_batch(images.to(device), spec)
         if config.augment:
             x = augment_batch(x, config.translate, config.flip, generator)
         labels = labels.to(device)
+        if mixes:  # soft targets; accuracy against each image's larger share
+            draw = draw_mix(config.mixup, config.cutmix, config.mix_prob, *x.shape[2:], mixing)
+            x, targets = apply_mix(x, labels, train_data.num_classes, draw)
+            labels = targets.argmax(1)
+        else:
+            targets = labels
         logits = model(x)
-        loss = F.cross_entropy(logits, labels)
+        loss = training_loss(logits, targets, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -246,7 +297,7 @@ def _train_epoch(
     )
     return EpochRecord(
         epoch=epoch + 1,
-        learning_rate=learning_rate,
+        learning_rate=learning_rate_at(epoch, config),
         loss=loss_sum / seen,
         train_accuracy=correct / seen,
         test_loss=test.loss,
@@ -272,7 +323,9 @@ def _training_record(config, history, kind, train_data, test_data) -> dict[str, 
     }
 
 
-def _resume_state(resume: str | Path, arch: str | None, device: torch.device) -> Checkpoint:
+def _resume_state(
+    resume: str | Path, arch: str | None, optimizer: str, device: torch.device
+) -> Checkpoint:
     state = read_checkpoint(resume, device)
     if arch and arch != state.metadata["arch"]["spec"]:
         raise UsageError(
@@ -283,24 +336,43 @@ def _resume_state(resume: str | Path, arch: str | None, device: torch.device) ->
         raise UsageError(
             f"{resume} is not the last state of a `snptool train` run; resume from its -o file."
         )
+    trained_with = (training.get("config") or {}).get("optimizer", "sgd")
+    if optimizer != trained_with:
+        raise UsageError(
+            f"{resume} was trained with --optimizer {trained_with}; resume it with the same."
+        )
     state.model.train()
     return state
 
 
-def _momentum_extras(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optimizer_extras(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Every tensor of the optimiser's per-parameter state (SGD's momentum, AdamW's moments
+    and step), keyed OPTIMIZER_PREFIX + state key + "/" + parameter name."""
     extras = {}
     for name, parameter in model.named_parameters():
-        buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
-        if buffer is not None:
-            extras[MOMENTUM_PREFIX + name] = buffer
+        for key, value in optimizer.state.get(parameter, {}).items():
+            if isinstance(value, torch.Tensor):
+                extras[f"{OPTIMIZER_PREFIX}{key}/{name}"] = value
     return extras
 
 
-def _restore_momentum(model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict) -> None:
-    for name, parameter in model.named_parameters():
-        buffer = extras.get(MOMENTUM_PREFIX + name)
-        if buffer is not None:
-            optimizer.state[parameter]["momentum_buffer"] = buffer.to(parameter.device).clone()
+def _restore_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer, extras: dict) -> None:
+    """Load `_optimizer_extras` (or an older file's momentum) into a fresh optimiser."""
+    parameters = dict(model.named_parameters())
+    order = [p for group in optimizer.param_groups for p in group["params"]]
+    index = {id(parameter): i for i, parameter in enumerate(order)}
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for extra, value in extras.items():
+        if extra.startswith(LEGACY_MOMENTUM_PREFIX):
+            key, name = "momentum_buffer", extra.removeprefix(LEGACY_MOMENTUM_PREFIX)
+        elif extra.startswith(OPTIMIZER_PREFIX):
+            key, name = extra.removeprefix(OPTIMIZER_PREFIX).split("/", 1)
+        else:
+            continue
+        if name in parameters:
+            state.setdefault(index[id(parameters[name])], {})[key] = value.clone()
+    groups = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})  # casts to each parameter
 
 
 __all__ = ["run_train", "TrainResult", "EpochRecord", "InputOverrides", "best_output_path"]

@@ -38,6 +38,7 @@ FOUNDATION = {
     "data",
     "taps",
     "matrix_file",
+    "mixing",
 }
 STEPS = [
     "evaluate",

@@ -237,3 +237,25 @@ def test_sweep_refuses_a_file_as_output_folder(tmp_path):
     target.write_text("x")
     line = one_error_line(invoke("sweep", *TINY, "-o", target))
     assert "is a file; give a folder" in line
+
+
+def test_sweep_compares_the_transformer_recipe_and_takes_older_files_as_defaults(swept, tmp_path):
+    from snptool.config import DataConfig
+    from snptool.sweep import _DataRecords, run_difference
+
+    folder = shutil.copytree(swept[0], tmp_path / "runs")
+    line = one_error_line(invoke("sweep", *TINY, "--optimizer", "adamw", "-o", folder))
+    assert "was trained with other settings (optimizer sgd, not adamw)" in line
+
+    # A file written before these settings existed was trained with their defaults.
+    metadata = read_metadata(folder / "lenet-2-5-seed0.safetensors")
+    for name in ("optimizer", "schedule", "min_lr", "warmup_epochs", "mixup", "cutmix"):
+        del metadata["training"]["config"][name]
+    config = TrainConfig(epochs=1, device="cpu", seed=0)
+    records = _DataRecords("digits", DataConfig())
+    kwargs = {"filters": [2, 5], "fc_widths": [120, 84]}
+    assert run_difference(metadata, "digits", config, kwargs, records) is None
+    cosine = TrainConfig(epochs=1, device="cpu", seed=0, schedule="cosine")
+    assert run_difference(metadata, "digits", cosine, kwargs, records) == (
+        "schedule step, not cosine"
+    )

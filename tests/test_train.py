@@ -16,7 +16,7 @@ from snptool.data import load_data
 from snptool.errors import DataError, UsageError
 from snptool.evaluate import run_evaluate
 from snptool.train import (
-    MOMENTUM_PREFIX,
+    OPTIMIZER_PREFIX,
     InputOverrides,
     TrainResult,
     best_output_path,
@@ -63,9 +63,9 @@ def test_last_and_best_files(trained: TrainResult, tiny_train: TrainConfig) -> N
         assert metadata["training"]["config"]["learning_rate"] == tiny_train.learning_rate
         assert metadata["provenance"]["command"]
 
-    momentum = {k for k in _tensors(trained.output) if k.startswith(MOMENTUM_PREFIX)}
+    momentum = {k for k in _tensors(trained.output) if k.startswith(OPTIMIZER_PREFIX)}
     parameters = {n for n, _ in read_checkpoint(trained.output).model.named_parameters()}
-    assert momentum == {MOMENTUM_PREFIX + name for name in parameters}
+    assert momentum == {f"{OPTIMIZER_PREFIX}momentum_buffer/{name}" for name in parameters}
     assert not any("/" in k for k in _tensors(trained.best_output))
 
 
