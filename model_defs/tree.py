@@ -1,6 +1,6 @@
 """Tree-3: a shared colour-wise conv layer, a tree layer of M unshared branches, one FC layer.
 
-arXiv 2211.11378; ../shared/METHODS.md §9. Every branch sees the whole image:
+arXiv 2211.11378; ../shared/METHODS.md §9 and §11. Every branch sees the whole image:
 
 - layer 1 (`features`): K 5×5 filters per colour channel, each colour convolved only with its
   own K filters (`Conv2d(3, 3K, 5, groups=3)`, no padding, 32 → 28), activation, 2×2 max-pool
