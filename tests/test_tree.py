@@ -13,11 +13,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from model_defs import create_model
+from model_defs import create_model, get_model_entry
 from model_defs.tree import TreeLayer
 from snptool.architectures import cut_after
 from snptool.cli import app
-from snptool.config import MatrixConfig, ProbeConfig, TrainConfig
+from snptool.clusters import run_clusters
+from snptool.config import ClustersConfig, MatrixConfig, ProbeConfig, TrainConfig
 from snptool.matrix import run_matrix
 from snptool.probe import run_probe
 from snptool.train import run_train
@@ -131,27 +132,47 @@ def test_taps_fire_and_cut_with_fx(images: torch.Tensor) -> None:
         torch.testing.assert_close(torch.fx.symbolic_trace(model)(images), model(images))
 
 
-def test_snptool_train_then_probe_the_taps(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """tiny_tree trained 2 epochs on digits, probed, its matrices written and clustered."""
+    directory = tmp_path_factory.mktemp("tree")
     config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, flip=False, device="cpu")
-    result = run_train("tiny_tree", "digits", tmp_path / "tree.safetensors", config)
-    assert result.history[1].loss < result.history[0].loss
-    assert result.best_accuracy > 0.3  # 10 labels: chance is 0.1
-    probes = run_probe(
-        result.output,
-        TAPS,
-        tmp_path / "tree.probes.safetensors",
-        ProbeConfig(epochs=2, device="cpu"),
-    ).to_json()["layers"]
+    trained = run_train("tiny_tree", "digits", directory / "tree.safetensors", config)
+    probes_path = directory / "tree.probes.safetensors"
+    probes = run_probe(trained.output, TAPS, probes_path, ProbeConfig(epochs=2, device="cpu"))
+    matrices = directory / "tree.h5"
+    run_matrix(trained.output, probes_path, matrices, MatrixConfig(device="cpu"))
+    run_clusters(matrices, ClustersConfig(threshold=0.3))
+    return {"trained": trained, "probes": probes.to_json()["layers"], "matrices": matrices}
+
+
+def test_snptool_train_probe_and_matrix_on_the_taps(analysed: dict) -> None:
+    trained, probes = analysed["trained"], analysed["probes"]
+    assert trained.history[1].loss < trained.history[0].loss
+    assert trained.best_accuracy > 0.3  # 10 labels: chance is 0.1
     readings = [(row["layer"], row["unit"], row["units"], row["positions"]) for row in probes]
     assert readings == [("features.1", "channel", 6, 784), ("tree.nodes", "node", 63, 1)]
     assert all(row["test_accuracy"] > 0.3 for row in probes)
-    matrices = tmp_path / "tree.h5"
-    run_matrix(
-        result.output, tmp_path / "tree.probes.safetensors", matrices, MatrixConfig(device="cpu")
-    )
-    with h5py.File(matrices) as handle:
+    with h5py.File(analysed["matrices"]) as handle:
         shapes = {tap: handle["layers"][tap]["matrix"].shape for tap in TAPS}
     assert shapes == {"features.1": (6, 10, 10), "tree.nodes": (63, 10, 10)}
+
+
+def test_afcc_prunes_the_classifier_but_not_the_tree_layer(analysed: dict, tmp_path: Path) -> None:
+    checkpoint, matrices = analysed["trained"].output, analysed["matrices"]
+    args = ["prune", checkpoint, "--clusters", matrices, "--method", "afcc", "--json"]
+    result = _invoke_json(*args, "--layers", "tree.nodes", "-o", tmp_path / "pruned.safetensors")
+    assert [(row["layer"], row["module"]) for row in result["layers"]] == [("output", "classifier")]
+    assert 0 < result["layers"][0]["dilution"] < 1
+    # the tree layer's weights are no Conv2d / Linear: prune refuses, with one error line
+    refused = runner.invoke(
+        app,
+        [str(a) for a in args] + ["--layers", "features.1,tree.nodes", "-o", str(tmp_path / "x")],
+    )
+    assert refused.exit_code == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
+    assert "features.1" in refused.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_layers_and_export_parity(
@@ -170,3 +191,10 @@ def test_layers_and_export_parity(
     assert result["params"] == sum(_sizes(create_model("tiny_tree")))
     # conv 6 maps × 28² × 25, tree 63 nodes × (2 × 14 × 2), FC 63 × 10: the bmm is a MatMul
     assert result["macs"] == 6 * 28 * 28 * 25 + 63 * 56 + 63 * 10
+
+
+def test_models_lists_the_tree_family() -> None:
+    rows = {row["name"]: row for row in _invoke_json("models", "--json")}
+    for name in ("tree", "tree3", "tree3_k15_m80", "tiny_tree"):
+        assert rows[name]["description"] == get_model_entry(name).description != ""
+        assert rows[name]["input_size"] == [3, 32, 32]
