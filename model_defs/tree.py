@@ -10,8 +10,8 @@ arXiv 2211.11378; ../shared/METHODS.md §9 and §11. Every branch sees the whole
   and all 14 columns, plus a bias: 7 nodes per colour, 21 per branch, 21·M in all; activation.
 - layer 3 (`classifier`): Linear(21·M, num_classes).
 
-Every weight thus has a single route to an output node of the tree layer. Biases: one per
-layer-1 filter, one per tree node, one per label. Initialisation is He-normal (fan-in), biases
+Each tree-layer weight thus has a single route to one node. Biases: one per layer-1 filter,
+one per tree node, one per label. Initialisation is He-normal (fan-in), biases
 zero.
 """
 

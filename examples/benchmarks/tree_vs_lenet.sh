@@ -16,7 +16,8 @@
 # 0.965, weight decay 5e-5, lr × 0.8 every EPOCHS/10 epochs (20 of 200 in the paper). The paper
 # trains LeNet-5 with its own schedule (lr 0.01 / 0.005 / 0.001); this script does not. LR,
 # MOMENTUM, WEIGHT_DECAY, LR_DECAY, LR_STEP, SEED, DEVICE (auto), MODELS ("tree3 lenet5") and
-# PYTHON come from the environment. Finished models in RUN_DIR are not trained again.
+# PYTHON come from the environment (the paper decays K = 15, M = 80 by 0.6: MODELS=tree3_k15_m80
+# LR_DECAY=0.6). Finished models in RUN_DIR are not trained again.
 set -euo pipefail
 USAGE="usage: tree_vs_lenet.sh RUN_DIR EPOCHS [TRAIN_SUBSET]"
 OUT=${1:?$USAGE}
