@@ -1,6 +1,6 @@
 """Architectures for snptool: a registry of model builders (imports torch, nothing from snptool)."""
 
-from model_defs import cct, efficientnet, lenet, rodib, vgg  # noqa: F401  (importing registers)
+from model_defs import cct, efficientnet, lenet, rodib, tree, vgg  # noqa: F401  (importing registers)
 from model_defs._registry import (
     ModelEntry,
     create_model,
