@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -19,6 +20,13 @@ from matplotlib.patches import Rectangle
 DPI = 100
 HEAT_MAP = "viridis"
 CLUSTER_COLOURS = ("#ff3b30", "#ffffff", "#ff9500", "#34c759", "#ff2d55", "#5ac8fa")
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of that size (inches) on an Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def png_bytes(figure: Figure) -> bytes:
@@ -52,7 +60,7 @@ def layer_profile(
 ) -> Figure:
     """One small panel per series (layer accuracy, SNR, noise per unit, …) along the layers;
     None (not measured) leaves a gap."""
-    figure = Figure(figsize=(max(6.0, 0.6 * len(layers) + 3), 2.4 * len(series)), dpi=DPI)
+    figure = new_figure(max(6.0, 0.6 * len(layers) + 3), 2.4 * len(series))
     axes = figure.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (name, values) in zip(axes, series.items(), strict=True):
         y = np.array([np.nan if v is None else v for v in values], dtype=float)
@@ -71,10 +79,10 @@ def unit_matrix(
     each cluster's cells outlined in its own colour."""
     labels = len(names)
     side = float(np.clip(0.14 * labels + 2.5, 4.5, 14.0))
-    figure = Figure(figsize=(side + 1.2, side), dpi=DPI)
+    figure = new_figure(side + 1.2, side)
     ax = figure.add_subplot()
     image = ax.imshow(matrix, cmap=HEAT_MAP, interpolation="nearest", aspect="equal")
-    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the label's images")
+    figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="mean field to the output label")
     width = max(0.8, 2.5 - labels / 50)
     for index, cluster in enumerate(clusters):
         colour = CLUSTER_COLOURS[index % len(CLUSTER_COLOURS)]
@@ -95,7 +103,7 @@ def cluster_sizes(sizes: dict[str, np.ndarray], labels: int, title: str) -> Figu
     """Histogram of cluster sizes (1 … labels), one panel per layer."""
     columns = min(4, len(sizes))
     rows = math.ceil(len(sizes) / columns)
-    figure = Figure(figsize=(3.2 * columns, 2.4 * rows), dpi=DPI)
+    figure = new_figure(3.2 * columns, 2.4 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     largest = max([labels] + [int(s.max()) for s in sizes.values() if len(s)])
     for ax, (layer, layer_sizes) in zip(axes, sizes.items(), strict=False):
@@ -116,7 +124,7 @@ def head_label_map(serves: np.ndarray, heads: Sequence[str], names: Sequence[str
     """Which head serves which label: a heads × labels grid, filled where a head serves it."""
     labels = len(names)
     width = float(np.clip(0.14 * labels + 2.5, 5.0, 16.0))
-    figure = Figure(figsize=(width, 1.0 + 0.35 * len(heads)), dpi=DPI)
+    figure = new_figure(width, 1.0 + 0.35 * len(heads))
     ax = figure.add_subplot()
     ax.imshow(
         serves.astype(float),
@@ -137,7 +145,7 @@ def grouped_bars(
     groups: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str, title: str
 ) -> Figure:
     """Bars per group (e.g. dilution per layer), one bar per series (e.g. per pruning)."""
-    figure = Figure(figsize=(max(6.0, 0.5 * len(groups) * max(1, len(series)) + 3), 3.6), dpi=DPI)
+    figure = new_figure(max(6.0, 0.5 * len(groups) * max(1, len(series)) + 3), 3.6)
     ax = figure.add_subplot()
     width = 0.8 / max(1, len(series))
     for index, (name, values) in enumerate(series.items()):
@@ -159,7 +167,7 @@ def latency_bars(
 ) -> Figure:  # fmt: skip
     """p50 latency bars with a whisker from p90 to p99, each labelled with its ratio to the
     reference (first) model."""
-    figure = Figure(figsize=(max(5.0, 1.2 * len(models) + 2), 3.8), dpi=DPI)
+    figure = new_figure(max(5.0, 1.2 * len(models) + 2), 3.8)
     ax = figure.add_subplot()
     x = np.arange(len(models))
     ax.bar(x, p50, color="#1f77b4", label="p50")
@@ -182,7 +190,7 @@ def committee_bars(members: dict[str, float], committee: float, title: str) -> F
     """Each member's accuracy beside the committee's, the best member as a dashed line."""
     names = [*members, "committee"]
     values = [*members.values(), committee]
-    figure = Figure(figsize=(max(5.0, 1.0 * len(names) + 2), 3.6), dpi=DPI)
+    figure = new_figure(max(5.0, 1.0 * len(names) + 2), 3.6)
     ax = figure.add_subplot()
     colours = ["#9e9e9e"] * len(members) + ["#2ca02c"]
     ax.bar(range(len(names)), values, color=colours)
@@ -204,7 +212,7 @@ def power_law(
     d1: Sequence[float], errors: Sequence[float], prefactor: float, rho: float, title: str
 ) -> Figure:
     """Error against first-layer filters on log–log axes, with the fitted c·d1^(−ρ)."""
-    figure = Figure(figsize=(5.5, 4.0), dpi=DPI)
+    figure = new_figure(5.5, 4.0)
     ax = figure.add_subplot()
     ax.loglog(d1, errors, "o", alpha=0.7, label="runs")
     line = np.geomspace(min(d1), max(d1), 50)

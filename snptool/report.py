@@ -222,6 +222,11 @@ def matrix_sections(path: Path, config: ReportConfig) -> list[Section]:
             sizes[layer] = np.diff(clusters.cluster_offsets)
             units = wanted.get(layer) if config.units else _default_units(clusters)
             for role, unit in units or []:
+                if unit >= dataset.shape[0]:
+                    raise UsageError(
+                        f"layer {layer} of {path} has units 0..{dataset.shape[0] - 1}; "
+                        f"--unit {layer}:{unit} is not one."
+                    )
                 title = f"{layer} unit {unit}" + (f" ({role})" if role else "")
                 found = clusters.clusters_of(unit)
                 caption = "clusters: " + (
@@ -334,24 +339,28 @@ def heads_sections(item: ReportInput) -> list[Section]:
 
 
 def pruning_section(items: list[ReportInput]) -> Section:
-    """Dilution per layer, one bar per pruning, and the accuracies in a table."""
-    prunings: dict[str, dict[str, float]] = {}
-    rows = []
+    """Dilution per layer, one bar per pruning, and the accuracies in a table; a `prune --json`
+    and the checkpoint it wrote count once."""
+    prunings: dict[str, tuple[dict[str, float], dict[str, Any]]] = {}
     for item in items:
         if item.kind == "prune":
-            dilution = {layer["module"]: layer["dilution"] for layer in item.content["layers"]}
-            record, name = (
-                item.content,
-                f"{item.content['method']} ({Path(item.content['output']).name})",
-            )
+            record = item.content
+            dilution = {layer["module"]: layer["dilution"] for layer in record["layers"]}
+            written = Path(record["output"]).name
         else:
             record = item.content["pruning"]
-            dilution, name = record["dilution"], f"{record['method']} ({item.path.name})"
-        prunings[name] = dilution
-        rows.append([name, _number(record["dense_accuracy"]), _number(record["accuracy_before"]),
-                     _number(record["accuracy_after"])])  # fmt: skip
-    modules = list(dict.fromkeys(m for dilution in prunings.values() for m in dilution))
-    series = {name: [d.get(m) for m in modules] for name, d in prunings.items()}
+            order = [c["module"] for c in record.get("connections", [])]
+            order += [m for m in record["dilution"] if m not in order]
+            dilution = {m: record["dilution"][m] for m in order if m in record["dilution"]}
+            written = item.path.name
+        prunings.setdefault(f"{record['method']} ({written})", (dilution, record))
+    rows = [
+        [name, _number(record["dense_accuracy"]), _number(record["accuracy_before"]),
+         _number(record["accuracy_after"])]
+        for name, (_, record) in prunings.items()
+    ]  # fmt: skip
+    modules = list(dict.fromkeys(m for dilution, _ in prunings.values() for m in dilution))
+    series = {name: [d.get(m) for m in modules] for name, (d, _) in prunings.items()}
     drawn = figures.grouped_bars(
         modules, series, "dilution (weights removed)", "dilution per layer"
     )
