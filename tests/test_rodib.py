@@ -17,7 +17,8 @@ from model_defs import create_model
 from model_defs.rodib import DelayedConv
 from snptool.architectures import cut_after
 from snptool.cli import app
-from snptool.config import TrainConfig
+from snptool.config import ExportConfig, TrainConfig
+from snptool.export import count_macs, export_onnx
 from snptool.train import run_train
 
 runner = CliRunner()
@@ -287,3 +288,39 @@ def test_layers_and_export_parity(
     assert (tmp_path / "rodib.onnx").is_file() and result["samples"] == 64
     assert result["max_abs_diff"] <= result["parity_tolerance"]
     assert result["argmax_agreement"] == 1.0
+
+
+# tiny_rodib on 32×32×3, 10 labels: static convs 3→8 (32²), 8→8 (16²), 8→16 (8²), 16→16 (4²);
+# the delayed conv 16→16 at 2×2 sees the impulse: D = 10 slices, each a static conv; the delayed
+# FC (16 inputs after the last pool, one output) sees T = 10 steps, each through D = 10 slices.
+TINY_RODIB_MACS = (
+    32 * 32 * 8 * 27
+    + 16 * 16 * 8 * 72
+    + 8 * 8 * 16 * 72
+    + 4 * 4 * 16 * 144  # static
+    + 10 * (2 * 2 * 16 * 144)  # delayed conv: D × its static MACs
+    + 10 * 10 * 16  # delayed FC: T × D × F
+)  # = 572,992
+
+
+def _onnx_macs(name: str, **kwargs) -> int:
+    model = create_model(name, **kwargs).eval()
+    return count_macs(export_onnx(model, (3, 32, 32), ExportConfig(), source=name))
+
+
+def test_macs_equal_the_hand_count() -> None:
+    assert TINY_RODIB_MACS == 572_992
+    assert _onnx_macs("tiny_rodib") == TINY_RODIB_MACS
+
+
+def test_two_delayed_layers_cost_about_twice_the_vgg6() -> None:
+    # quarter width, 16-32-64-128-128: the last conv is 13 % of VGG-6's MACs; delaying it and
+    # the FC (128 inputs, T = D = 10) multiplies both by 10, the whole by 2.16
+    static = 32 * 32 * 16 * 27 + 16 * 16 * 32 * 144 + 8 * 8 * 64 * 288 + 4 * 4 * 128 * 576
+    last_conv, fc = 2 * 2 * 128 * 1152, 128 * 10
+    vgg6 = _onnx_macs("vgg6", width_factor=0.25)
+    assert vgg6 == static + last_conv + fc
+    rodib = _onnx_macs("rodib_vgg6", width_factor=0.25, delay_layers=2)
+    assert rodib == static + 10 * last_conv + 10 * fc
+    assert 2.0 < rodib / vgg6 < 2.3
+    assert _onnx_macs("rodib_vgg6", width_factor=0.25) == vgg6  # FC delays only: the VGG-6
