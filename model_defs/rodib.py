@@ -14,9 +14,9 @@ arXiv 2410.11384 (only the abstract is public); ../shared/METHODS.md §9. The to
   (out_j(t) = b_j + Σ_i w[j, i, t] · in_i(0)): D times the static layer's MACs. A later delayed
   layer applies it at each of its T input steps (a conv3d with kernel (1, k, k), a conv1d with
   kernel 1 for the FC) and overlap-adds: out(t) = b + Σ_d z_d(t − d), T·D times the static MACs.
-  No product with a zero-padded step is computed, so the default VGG-6 with `delay_layers=2`
-  (D = 10) costs about 2.2× the VGG-6's MACs: the last conv 10×, the FC 10 · 10 / 10 = 10×, of a
-  layer with a fraction of the total.
+  No product with a zero-padded step is computed (a conv3d with kernel (D, k, k) over the padded
+  time axis would cost T_out·D× instead). With `delay_layers=2` and D = 10 the last conv and the
+  FC cost 10× their static MACs and the whole VGG-6 2.25× (2.16× at width 1/4).
 - BN+ReLU apply at every time step. A delayed conv's BatchNorm3d normalises each channel with
   one mean and variance over (batch, T, H, W): every time step of a channel shares its statistics
   and affine parameters, as they share the channel's weights. The 2×2 max-pool acts per step.
