@@ -302,31 +302,37 @@ def count_params(graph: onnx.ModelProto) -> int:
 
 
 def count_macs(onnx_model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of one sample (batch 1) in Conv, Gemm and MatMul nodes.
+    """Multiply-accumulates of one sample (batch 1) in Conv, ConvTranspose, Gemm and MatMul nodes.
 
-    Conv: output elements × C_in/groups × kernel area; Gemm and MatMul: M × K × N (output
+    Conv (1-, 2- or 3-d): output elements × C_in/groups × kernel size; ConvTranspose: input
+    elements × C_out/groups × kernel size (every input element meets every weight of its group,
+    products that fall into the cropped padding included); Gemm and MatMul: M × K × N (output
     elements × K). Shapes come from ONNX shape inference with the symbolic input dimensions
     (the batch) set to 1. A leading dimension that inference loses on the way counts as 1: it
     is the batch, which e.g. a Pad with computed pads (ResNet's option-A shortcut) hides. Other
-    operators (pooling, activations, additions) are not counted.
+    operators (pooling, activations, additions, pads) are not counted.
     """
     model = _with_symbolic_dims_one(onnx_model)
     shapes = _known_shapes(onnx.shape_inference.infer_shapes(model, data_prop=True).graph)
     total = 0
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             continue
-        out, weight = (
-            _batch_one_shape(shapes, name, node) for name in (node.output[0], node.input[1])
+        # ConvTranspose is counted from its input, the others from their output
+        counted = node.input[0] if node.op_type == "ConvTranspose" else node.output[0]
+        elements, weight = (
+            _batch_one_shape(shapes, name, node) for name in (counted, node.input[1])
         )
-        if node.op_type == "Conv":
-            depth = math.prod(weight[1:])  # (C_out, C_in/groups, kH, kW)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            depth = math.prod(
+                weight[1:]
+            )  # Conv (C_out, C_in/g, k…); transposed (C_in, C_out/g, k…)
         elif node.op_type == "Gemm":
             trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
             depth = weight[1] if trans_b else weight[0]  # B: (K, N), or (N, K) transposed
         else:
             depth = weight[-2] if len(weight) > 1 else weight[0]  # B: (…, K, N) or (K,)
-        total += math.prod(out) * depth
+        total += math.prod(elements) * depth
     return total
 
 
