@@ -205,7 +205,7 @@ class MBConvHidden:
     project: str  # the projection 1×1 conv (hidden → block output)
 
 
-def _is_depthwise(module: nn.Module) -> bool:
+def is_depthwise(module: nn.Module) -> bool:
     return (
         isinstance(module, nn.Conv2d)
         and module.groups > 1
@@ -243,7 +243,7 @@ def mbconv_hidden(model: nn.Module, project: str) -> MBConvHidden | None:
     if not isinstance(se, SqueezeExcitation) or len(inner) > 2 or None in inner:
         return None
     depthwise, depthwise_norm = inner[-1]
-    if not _is_depthwise(model.get_submodule(depthwise)):
+    if not is_depthwise(model.get_submodule(depthwise)):
         return None
     expand, expand_norm = inner[0] if len(inner) == 2 else (None, None)
     fc1, fc2 = f"{names[-2]}.fc1", f"{names[-2]}.fc2"
@@ -327,7 +327,7 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
 def _refuse_inside_mbconv(model: nn.Module, name: str, source: str) -> None:
     """The weight layers of an inverted-residual block that AFCC cannot prune, refused."""
     module = model.get_submodule(name)
-    if _is_depthwise(module):
+    if is_depthwise(module):
         raise LayerError(
             f"{name}, which reads {source}, is a depthwise conv (each channel reads only itself), "
             "so it has no connections between units to prune; list the layers around the "
