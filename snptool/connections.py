@@ -153,43 +153,57 @@ def produces_directly(model: nn.Module, shape: tuple[int, ...], producer: str, t
 
 @torch.no_grad()
 def only_reader(model: nn.Module, shape: tuple[int, ...], producer: str, consumer: str) -> bool:
-    """Is `consumer` the only way `producer`'s output reaches the model output? Checked on
-    values: perturbing the producer's output while the consumer is fed its unperturbed input
-    must leave the model output unchanged (a residual addition that also reads it changes it)."""
+    """Is `consumer` the only reader of `producer`'s output? Checked on values: perturbing the
+    producer's output while the consumer is fed its unperturbed input must leave every module
+    output from the consumer on unchanged (a residual addition that also reads it changes the
+    output of its block)."""
     generator = torch.Generator().manual_seed(0)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = torch.randn(2, *shape, generator=generator).to(device)
-    received: list[torch.Tensor] = []
 
-    def record(module: nn.Module, args: Any) -> None:
-        received.append(args[0].detach().clone())
+    def run(perturbed: bool, received: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        outputs: dict[str, torch.Tensor] = {}
+        started: list[bool] = []
 
-    def perturb(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        return output + 1.0 + torch.randn(output.shape, generator=generator).to(output)
+        def start(module: nn.Module, args: Any) -> tuple | None:
+            started.append(True)
+            if not received:
+                received.append(args[0].detach().clone())
+            return (received[0].clone(), *args[1:]) if perturbed else None
 
-    def replace(module: nn.Module, args: Any) -> tuple:
-        return (received[0].clone(), *args[1:])
+        def perturb(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            return output + 1.0 + torch.randn(output.shape, generator=generator).to(output)
+
+        def record(name: str):
+            def hook(module: nn.Module, args: Any, output: Any) -> None:
+                if started and isinstance(output, torch.Tensor):
+                    outputs.setdefault(name, output.detach().clone())
+
+            return hook
+
+        handles = [model.get_submodule(consumer).register_forward_pre_hook(start)]
+        if perturbed:
+            handles.append(model.get_submodule(producer).register_forward_hook(perturb))
+        handles += [module.register_forward_hook(record(n)) for n, module in model.named_modules()]
+        try:
+            outputs[""] = model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs
 
     was_training = model.training
     model.eval()
     try:
-        handle = model.get_submodule(consumer).register_forward_pre_hook(record)
-        try:
-            expected = model(x)
-        finally:
-            handle.remove()
-        handles = [
-            model.get_submodule(producer).register_forward_hook(perturb),
-            model.get_submodule(consumer).register_forward_pre_hook(replace),
-        ]
-        try:
-            perturbed = model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        received: list[torch.Tensor] = []
+        expected = run(False, received)
+        changed = run(True, received)
     finally:
         model.train(was_training)
-    return torch.allclose(perturbed, expected, rtol=0, atol=1e-6)
+    return expected.keys() == changed.keys() and all(
+        torch.allclose(changed[name], value, rtol=1e-5, atol=1e-6)
+        for name, value in expected.items()
+    )
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from snptool.connections import Connection, connections
 from snptool.errors import LayerError
 from snptool.export import run_export
 from snptool.matrix_file import create_layer, create_matrix_file, layer_group, open_matrix_file
-from snptool.prune import MASK_PREFIX, apply_masks, masks_of, run_prune
+from snptool.prune import MASK_PREFIX, apply_masks, masks_of, run_prune, squeeze_masks
 
 CLASSES = 10
 EXPAND = ["features.2", "features.3.0.block.0"]  # stage 3's expand conv, 8 → 16
@@ -280,3 +280,40 @@ def test_the_cli_refuses_the_residual_sum_with_exit_2(
     assert result.stderr.strip().count("\n") == 0
     assert "features.5 is not the output of features.5.0.block.3.0 alone" in result.stderr
     assert not output.exists()
+
+
+def test_efficientnet_b0_keeps_the_channels_its_residual_blocks_read(
+    untrained_checkpoint: Callable[..., Path], tmp_path: Path
+):
+    """B0's stage 2 has two blocks: block 0's output also feeds block 1's residual addition,
+    while stage 1's output feeds stage 2's first expand conv alone. (The untrained B0's logits
+    hardly move when a channel is perturbed, so readers are found block by block.)"""
+    dense = untrained_checkpoint("efficientnet_b0_cifar")
+    loaded = read_checkpoint(dense)
+    model = loaded.model
+    chains = [
+        ["features.1", "features.2.0.block.0"],
+        ["features.2.0", "features.2.1.block.0"],
+        ["features.2.1.block.2", "features.2.1.block.3"],
+    ]
+    chain = [c for layers in chains for c in connections(model, loaded, layers)]
+    masks = {}
+    for connection in chain:
+        mask = torch.ones_like(model.get_submodule(connection.module).weight, dtype=torch.bool)
+        mask[:, :10] = False  # the first 10 input units lose every connection
+        masks[connection.module + ".weight"] = mask
+    masks.update(squeeze_masks(model, chain, masks))
+    apply_masks(model, masks)
+    metadata = dict(loaded.metadata)
+    metadata["pruning"] = {"method": "hand", "connections": [vars(c) for c in chain]}
+    path = tmp_path / "b0.safetensors"
+    write_checkpoint(
+        path, model, metadata, {MASK_PREFIX + k: v.to(torch.uint8) for k, v in masks.items()}
+    )
+    pruned = read_checkpoint(path)
+    compact, report = compact_model(pruned)
+    assert report.removed == {"features.1": 10, "features.2.1.block.2": 10}
+    assert compact.features[1][0].block[2][0].out_channels == 16 - 10
+    assert compact.features[2][0].block[3][0].out_channels == 24  # read by a residual addition
+    assert compact.features[2][1].block[1][0].groups == 144 - 10
+    assert_same_outputs(compact, pruned.model)
