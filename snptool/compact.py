@@ -9,8 +9,15 @@ cut out of the network:
   unpadded conv, or a constant of 0); otherwise it stays.
 The surgery replaces Conv2d / Linear / BatchNorm modules in place, so it works on any
 architecture whose pruned units sit between a producer and a consumer through per-channel
-modules only (BatchNorm, activations, pooling, dropout); it is rebuilt from the checkpoint
-alone (architecture, weights, masks and the pruning record).
+modules only (BatchNorm, activations, pooling, dropout) and whose producer's output nothing else
+reads (a residual addition that also reads it keeps the channels); it is rebuilt from the
+checkpoint alone (architecture, weights, masks and the pruning record).
+
+Inverted-residual (MBConv) blocks: a hidden channel with neither a projection connection nor an
+SE squeeze input left is removed from the expand conv and its BatchNorm, the depthwise conv and
+its BatchNorm, the SE squeeze conv's input, the SE excitation conv's output and the projection
+conv's input. The channels of the block's output (the projection's outputs) stay when a residual
+addition reads them.
 """
 
 from __future__ import annotations
@@ -29,7 +36,11 @@ from snptool.connections import (
     PER_CHANNEL,
     WEIGHT_TYPES,
     Connection,
+    MBConvHidden,
     execution_order,
+    is_depthwise,
+    mbconv_hidden,
+    only_reader,
     output_units,
     reads_directly,
 )
@@ -103,13 +114,22 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     keep_in: dict[str, tuple[torch.Tensor, int]] = {}
     bias_add: dict[str, torch.Tensor] = {}
     for connection in chain:
+        hidden = mbconv_hidden(model, connection.module)
+        if hidden is not None:
+            keep = _mbconv_keep(hidden, masks)
+            if keep is not None:
+                _keep_hidden(hidden, keep, keep_out, keep_in)
+                report.removed[connection.source] = int((~keep).sum())
+            continue
         consumer = model.get_submodule(connection.module)
         producer_index = max(i for i in weights if i < index[connection.module])
         producer_name = order[producer_index]
         between = [
             model.get_submodule(n) for n in order[producer_index + 1 : index[connection.module]]
         ]
-        if not reads_directly(model, spec.shape, producer_name, connection.module):
+        if not reads_directly(
+            model, spec.shape, producer_name, connection.module
+        ) or not only_reader(model, spec.shape, producer_name, connection.module):
             continue  # e.g. a residual addition couples the producer's channels: leave them
         units = output_units(model.get_submodule(producer_name))
         mask = masks[connection.module + ".weight"]
@@ -148,6 +168,27 @@ def compact_model(checkpoint: Checkpoint) -> tuple[nn.Module, CompactReport]:
     for name in {*keep_out, *keep_in}:
         _shrink(model, name, keep_out.get(name), keep_in.get(name), bias_add.get(name))
     return model, report
+
+
+def _mbconv_keep(hidden: MBConvHidden, masks: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The hidden channels of an MBConv to keep: those with a projection connection or an SE
+    squeeze input left; None when the block has no expand conv (the block input is hidden)."""
+    if hidden.expand is None:
+        return None
+    keep = masks[hidden.project + ".weight"].any(dim=(0, 2, 3))
+    squeeze = masks.get(hidden.reduce + ".weight")
+    return keep | (squeeze.any(dim=(0, 2, 3)) if squeeze is not None else True)
+
+
+def _keep_hidden(hidden: MBConvHidden, keep: torch.Tensor, keep_out: dict, keep_in: dict) -> None:
+    """Record the rows and columns that keep only the `keep` hidden channels of the block."""
+    for name in (hidden.expand, hidden.depthwise, hidden.excite):
+        keep_out[name] = keep_out.get(name, torch.ones_like(keep)) & keep
+    for name in (hidden.expand_norm, hidden.depthwise_norm):
+        if name is not None:
+            keep_out[name] = keep
+    for name in (hidden.reduce, hidden.project):
+        keep_in[name] = (keep, 1)
 
 
 def remove_heads(model: nn.Module, name: str, kept: list[int]) -> int:
@@ -240,14 +281,15 @@ def _shrink(model, name, keep_out, keep_in, bias_add, order_only: bool = False) 
         weight = weight[keep_out]
         bias = bias[keep_out] if bias is not None else None
     if isinstance(module, nn.Conv2d):
+        groups = weight.shape[0] if is_depthwise(module) else 1  # a depthwise conv keeps its rows
         new = nn.Conv2d(
-            weight.shape[1],
+            weight.shape[1] * groups,
             weight.shape[0],
             module.kernel_size,
             module.stride,
             module.padding,
             module.dilation,
-            1,
+            groups,
             bias is not None,
             module.padding_mode,
         )

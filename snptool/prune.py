@@ -7,6 +7,13 @@ For the listed (analysed) layers ℓ1 … ℓn, in forward order:
 Fully connected layers follow the same rule with nodes; a Linear that reads a flattened conv
 tap gives every channel its H·W inputs. Masks are stored as tensors (`snptool/mask/<param>`)
 so the zeros survive fine-tuning and export.
+
+Inverted-residual (MBConv) blocks (connections.py): the expand conv (block input →
+`<block>.block.0`) and the projection conv (SE output `<block>.block.2` → `<block>.block.3`)
+follow the rule. **Decision**: a hidden channel that keeps no projection connection is cut out
+of its block: the squeeze-excitation's squeeze conv loses its column too (the channel's mean
+would still gate the others), so compaction removes the channel exactly. Blocks without an
+expand conv (expand ratio 1) keep their SE: their hidden channels are the block input's.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from snptool.architectures import ProbeHeadModel
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters
 from snptool.config import DataConfig, PruneConfig, config_to_dict
-from snptool.connections import Connection, connections
+from snptool.connections import Connection, connections, mbconv_hidden
 from snptool.data import DataSplit, augment_batch, prepare_batch
 from snptool.devices import resolve_device, seed_everything
 from snptool.errors import InputFileError, LayerError, UsageError
@@ -237,6 +244,27 @@ def magnitude_masks(
             keep.view(-1)[importance.view(-1).argsort()[:removed]] = False
         masks[name] = expand(keep, weight, connection.inputs_per_unit)
     return masks
+
+
+def squeeze_masks(
+    model: nn.Module, chain: list[Connection], masks: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Masks of the SE squeeze convs of MBConv blocks whose projection conv is pruned: the
+    columns of the hidden channels left without any projection connection (see the Decision
+    above)."""
+    result = {}
+    for connection in chain:
+        hidden = mbconv_hidden(model, connection.module)
+        mask = masks.get(connection.module + ".weight")
+        if hidden is None or hidden.expand is None or mask is None:
+            continue
+        dead = ~mask.any(dim=(0, 2, 3))
+        if dead.any():
+            weight = model.get_submodule(hidden.reduce).weight
+            keep = torch.ones_like(weight, dtype=torch.bool)
+            keep[:, dead] = False
+            result[hidden.reduce + ".weight"] = keep
+    return result
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -547,6 +575,13 @@ def build_masks(
         PrunedLayer(c.target or "output", c.module, *masked_share(masks, [c.module + ".weight"]))
         for c in chain
     ]
+    squeezed = squeeze_masks(model, chain, masks)
+    masks.update(squeezed)
+    for c in chain:
+        reduce = getattr(mbconv_hidden(model, c.module), "reduce", None)
+        if reduce is not None and reduce + ".weight" in squeezed:
+            share = masked_share(masks, [reduce + ".weight"])
+            pruned.append(PrunedLayer(c.source, reduce, *share))
     return model, arch, masks, chain, pruned, ({"groups": grouping} if grouping else {})
 
 
