@@ -2,8 +2,8 @@
 # The main job on the embedded digits data set (no download): train a model of the research,
 # evaluate it, list its analysable layers, fit a probe on every layer, compute every unit's
 # labels × labels matrix and its clusters, prune by the units' labels (AFCC), export the dense
-# and the pruned model to ONNX and time them in onnxruntime. Every step reads and writes
-# files, and every --json result lands beside them in $OUT.
+# and the pruned model to ONNX, time them in onnxruntime and draw it all into $OUT/report.html.
+# Every step reads and writes files, and every --json result lands beside them in $OUT.
 #
 #   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, DATA can be set in the environment)
 set -euo pipefail
@@ -29,6 +29,9 @@ snptool prune "$OUT/model.best.safetensors" --clusters "$OUT/matrices.h5" --meth
 snptool export "$OUT/model.best.safetensors" -o "$OUT/dense.onnx" --json > "$OUT/export-dense.json"
 snptool export "$OUT/pruned.safetensors" -o "$OUT/pruned.onnx" --json > "$OUT/export-pruned.json"
 snptool latency "$OUT/dense.onnx" "$OUT/pruned.onnx" --batch 1 --threads 1 --json > "$OUT/latency.json"
+snptool report "$OUT/matrices.h5" "$OUT/probes.safetensors" "$OUT/prune.json" \
+    "$OUT/export-dense.json" "$OUT/export-pruned.json" "$OUT/latency.json" \
+    -o "$OUT/report.html" --json > "$OUT/report-result.json"
 
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -53,4 +56,5 @@ print(f"onnx: params {exports[1]['params']}/{exports[0]['params']}, MACs {export
       f"{exports[0]['macs']}, max |diff| {exports[1]['max_abs_diff']:.1e}; "
       f"latency p50 {latency[0]['p50_ms']:.3f} ms dense, {latency[1]['p50_ms']:.3f} ms pruned "
       f"(ratio {latency[1]['ratio']:.3f})")
+print(f"report: open {out}/report.html in a browser")
 PY

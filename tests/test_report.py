@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from snptool import figures
 from snptool.cli import app
 from snptool.clusters import run_clusters
+from snptool.committee import run_committee
 from snptool.config import ExportConfig, LatencyConfig, PruneConfig, ReportConfig
 from snptool.errors import InputFileError, UsageError
 from snptool.export import run_export
@@ -81,6 +82,23 @@ def test_latency_bars_and_committee_from_known_numbers() -> None:
     assert [round(p.get_height(), 6) for p in figure.axes[0].patches] == [0.8, 0.85, 0.9]
 
 
+def test_power_law_line_is_the_fit(tmp_path: Path) -> None:
+    d1, errors = [2, 4, 8, 16], [0.6, 0.5, 0.42, 0.35]
+    figure = figures.power_law(d1, errors, 0.8, 0.25, "sweep")
+    points, line = figure.axes[0].get_lines()
+    assert list(points.get_ydata()) == errors
+    x, y = line.get_data()
+    assert np.allclose(y, 0.8 * x**-0.25) and (x[0], x[-1]) == (2, 16)
+    sweep = {
+        "points": [{"d1": d, "error": e} for d, e in zip(d1, errors, strict=True)],
+        "fit": {"rho": 0.25, "prefactor": 0.8, "rho_ci": [0.2, 0.3], "confidence": 0.95},
+    }
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    result = run_report([tmp_path / "sweep.json"], tmp_path / "sweep.html")
+    assert [f["key"] for f in result.figures] == ["sweep-power-law"]
+    assert "95% bootstrap interval [0.200, 0.300]" in (tmp_path / "sweep.html").read_text()
+
+
 def test_head_label_map_fills_the_served_labels(head_matrices: Path) -> None:
     result = run_report([head_matrices], head_matrices.parent / "heads.html")
     keys = [f["key"] for f in result.figures]
@@ -118,6 +136,8 @@ def pipeline(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> dict
         exports.append(out / f"{name}.onnx")
     latency = run_latency(exports, LatencyConfig(warmup=1, runs=5))
     (out / "latency.json").write_text(json.dumps(latency.to_json()))
+    committee = run_committee([checkpoint_path, pruned])
+    (out / "committee.json").write_text(json.dumps(committee.to_json()))
     return {
         "matrices": matrices,
         "probes": probes_path,
@@ -125,6 +145,7 @@ def pipeline(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> dict
         "prune": out / "prune.json",
         "export": out / "export-pruned.json",
         "latency": out / "latency.json",
+        "committee": out / "committee.json",
     }
 
 
@@ -136,6 +157,7 @@ def test_report_of_real_pipeline_files(pipeline: dict[str, Path], tmp_path: Path
         "prune": "prune",
         "export": "export",
         "latency": "latency",
+        "committee": "committee",
     }
     output, png_dir = tmp_path / "report.html", tmp_path / "png"
     result = run_report(list(pipeline.values()), output, png_dir=png_dir)
@@ -148,7 +170,7 @@ def test_report_of_real_pipeline_files(pipeline: dict[str, Path], tmp_path: Path
     assert "http://" not in page and "https://" not in page and "<script" not in page
     for heading in ("Along the layers", "Unit matrices", "Cluster sizes", "Probes", "Pruning"):
         assert heading in page
-    assert "Latency" in page and "Exports" in page
+    assert "Latency" in page and "Exports" in page and "Committee" in page
     assert "(strongest)" in page and "(noisiest)" in page
     assert f"{json.loads(pipeline['prune'].read_text())['accuracy_after']:.4f}" in page
     assert result.bytes == len(page.encode()) and sorted(png_dir.iterdir())
