@@ -465,7 +465,6 @@ def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
 HELP_SCRIPT = """
 import sys
 from snptool.cli import app
-from snptool.data import load_data
 try:
     app(sys.argv[1:])
 except SystemExit as stop:
