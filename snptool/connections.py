@@ -299,6 +299,7 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
         if consumer is None:
             break
         name = order[consumer]
+        _refuse_other_weight_layers(model, order, position(source.layer), consumer, source.layer)
         if target is not None:
             _refuse_inside_mbconv(model, name, source.layer)
         direct = reads_directly(model, spec.shape, source.layer, name)
@@ -336,6 +337,24 @@ def connections(model: nn.Module, checkpoint: Checkpoint, layers: list[str]) -> 
             raise LayerError(f"{name} does not read the units of {source.layer} one channel each.")
         result.append(Connection(name, source.name, target.name if target else None, per_unit))
     return result
+
+
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _refuse_other_weight_layers(
+    model: nn.Module, order: list[str], start: int, consumer: int, source: str
+) -> None:
+    """A layer with weights of its own kind (not Conv2d / Linear, e.g. Tree-3's tree layer) that
+    runs between a tap and the next Conv2d / Linear reads the tap: refused by name."""
+    for name in order[start + 1 : consumer]:
+        module = model.get_submodule(name)
+        if isinstance(module, NORM_TYPES) or not any(True for _ in module.parameters(False)):
+            continue
+        raise LayerError(
+            f"{name} ({type(module).__name__}) reads {source}, and AFCC prunes only Conv2d and "
+            f"Linear connections; list layers whose next weight layer is a Conv2d or Linear."
+        )
 
 
 def _refuse_inside_mbconv(model: nn.Module, name: str, source: str) -> None:

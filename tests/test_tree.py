@@ -171,7 +171,7 @@ def test_afcc_prunes_the_classifier_but_not_the_tree_layer(analysed: dict, tmp_p
     )
     assert refused.exit_code == 2 and refused.stdout == ""
     assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
-    assert "features.1" in refused.stderr
+    assert "tree.layer (TreeLayer) reads features.1" in refused.stderr
     assert not (tmp_path / "x").exists()
 
 
