@@ -20,7 +20,7 @@ from torch import nn
 from snptool.architectures import build_model_from_record
 from snptool.config import InputSpec
 from snptool.errors import CheckpointMismatchError, InputFileError, first_line
-from snptool.files import atomic_path, require_file, sha256_file
+from snptool.files import atomic_path, read_header, require_file, sha256_file
 
 FORMAT_VERSION = 1
 METADATA_KEY = "snptool"
@@ -143,18 +143,6 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise InputFileError(
-            f"{path} is not a readable safetensors file ({first_line(error)}); "
-            "it may be truncated or of another format."
-        ) from None
-
-
-def read_header(path: Path) -> dict[str, str]:
-    """The string metadata of a safetensors file, with a one-line error for a corrupt file."""
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return handle.metadata() or {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputFileError(
             f"{path} is not a readable safetensors file ({first_line(error)}); "

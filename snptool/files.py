@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from snptool.errors import InputFileError, UsageError
+from snptool.errors import InputFileError, UsageError, first_line
 
 _CHUNK = 1 << 20
 
@@ -122,3 +122,18 @@ def provenance(inputs: dict[str, str | os.PathLike | None]) -> dict:
         "snptool_version": __version__,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def read_header(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (read without torch), with a one-line error
+    for a corrupt file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise InputFileError(
+            f"{path} is not a readable safetensors file ({first_line(error)}); "
+            "it may be truncated or of another format."
+        ) from None

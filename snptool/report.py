@@ -22,11 +22,16 @@ from typing import Any
 import numpy as np
 
 from snptool import figures
-from snptool.checkpoint import read_header
 from snptool.clusters import read_layer_clusters
 from snptool.config import ReportConfig
 from snptool.errors import InputFileError, UsageError
-from snptool.files import atomic_path, provenance, require_file, write_bytes_atomic
+from snptool.files import (
+    atomic_path,
+    provenance,
+    read_header,
+    require_file,
+    write_bytes_atomic,
+)
 from snptool.matrix_file import class_names, layer_group, layer_names, open_matrix_file
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
