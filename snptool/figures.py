@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
 DPI = 100
 HEAT_MAP = "viridis"
@@ -217,6 +218,11 @@ def power_law(
     ax.loglog(d1, errors, "o", alpha=0.7, label="runs")
     line = np.geomspace(min(d1), max(d1), 50)
     ax.loglog(line, prefactor * line ** (-rho), "-", label=f"fit: {prefactor:.3g}·d1^(−{rho:.3f})")
+    ticks = sorted(set(d1))
+    ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     ax.set_xlabel("first-layer filters d1")
     ax.set_ylabel("test error")
     ax.legend(fontsize=8)
