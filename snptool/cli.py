@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from snptool import __version__
 from snptool.config import (
@@ -32,7 +34,48 @@ from snptool.config import (
 )
 from snptool.errors import SnpError, UsageError
 
+# click's exception classes, wherever this typer takes click from (0.2x vendors it privately).
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """click prints a usage error as usage, hint and message on four lines; print one."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _CLICK["UsageError"] as error:
+            if type(error).__name__ == "NoArgsIsHelpError":  # its message is the help text
+                error.show()
+            else:
+                where = error.ctx.command_path if error.ctx else "snptool"
+                message = " ".join(error.format_message().split())
+                hint = f"see `{where} --help`."
+                if message.endswith("?"):
+                    typer.echo(f"error: {message} {hint.capitalize()}", err=True)
+                else:
+                    typer.echo(f"error: {message.rstrip('.')}; {hint}", err=True)
+            sys.exit(error.exit_code)
+        except _CLICK["ClickException"] as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="snptool",
     help="Explain and prune trained image classifiers by the labels every single unit serves.",
     no_args_is_help=True,
@@ -463,12 +506,12 @@ def layers(
 
     result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
     rows = [
-        (x.layer, x.module, x.shape, x.unit, x.units, x.positions, "yes" if x.probe_tap else "")
+        (x.tap, x.module, x.shape, x.unit, x.units, x.positions, "yes" if x.probe_tap else "")
         for x in result.layers
     ]
     console.table(
         str(checkpoint),
-        ["layer", "module", "shape", "unit", "units", "positions", "probe tap"],
+        ["tap (--layer)", "module", "shape", "unit", "units", "positions", "probe tap"],
         rows,
     )
     if json_output:

@@ -1,6 +1,7 @@
 """Data specs → splits of labelled images, and the preprocessing a checkpoint asks for.
 
-Specs: `digits` (scikit-learn, embedded; the default), `cifar10[:DIR]`, `cifar100[:DIR]`,
+Specs: `digits` (scikit-learn, embedded; the default), `cifar10[:DIR]`, `cifar100[:DIR]` (the
+binary batches, read without pickle, or torchvision's pickled python batches),
 `flowers102[:DIR]`, `imagenet:DIR`, `imagefolder:DIR`, `npz:FILE`, `npz:TRAIN,TEST` (a training
 and a test file). Splits: `train`, `test`, `all`. Where a data set has no test split it is split
 per class, seeded (DataConfig). `DataConfig.classes` / `num_classes_subset` then keep some labels
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from snptool.cifar_binary import binary_folder, read_binary_batches
 from snptool.config import DataConfig, InputSpec, check_split
 from snptool.errors import DataError, InputFileError
 from snptool.files import require_file, sha256_file
@@ -360,13 +362,24 @@ def _read_npz(argument: str):
 
 
 def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
+    """The binary batches when DIR holds them (no pickle); else torchvision's python batches,
+    which torchvision unpickles: use those only from a source you trust."""
     import torchvision.datasets as datasets
 
     kind = spec.partition(":")[0]
-    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     root = Path(argument) if argument else Path(config.root or DEFAULT_ROOT)
+    trains = [True] if split == "train" else [False] if split == "test" else [True, False]
+    folder = binary_folder(kind, root)
+    if folder is not None:
+        read = [read_binary_batches(kind, folder, train) for train in trains]
+        images = torch.from_numpy(np.concatenate([r[0] for r in read])).permute(0, 3, 1, 2)
+        labels = torch.from_numpy(np.concatenate([r[1] for r in read]))
+        return DataSplit(
+            spec, split, ArrayImages(images.contiguous(), labels), read[0][2], (3, 32, 32), config
+        )
+    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
     parts = []
-    for train in [True] if split == "train" else [False] if split == "test" else [True, False]:
+    for train in trains:
         try:
             parts.append(dataset_class(str(root), train=train, download=config.download))
         except RuntimeError:

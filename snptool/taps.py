@@ -142,9 +142,16 @@ class LayerInfo:
     positions: int
     calls: int = 1
     probe_tap: bool = False
+    default_unit: bool = True
+
+    @property
+    def tap(self) -> str:
+        """The exact string to pass as `--layer` to read these units."""
+        return self.layer if self.default_unit else f"{self.layer}:{self.unit}"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tap": self.tap,
             "layer": self.layer,
             "module": self.module,
             "shape": list(self.shape),
@@ -195,7 +202,7 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     layers = []
     for name in order:
         module = model.get_submodule(name)
-        for reading in unit_readings(module, shapes[name]):
+        for index, reading in enumerate(unit_readings(module, shapes[name])):
             layers.append(
                 LayerInfo(
                     layer=name,
@@ -206,6 +213,7 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
                     positions=reading.positions,
                     calls=calls[name],
                     probe_tap=name in probe_taps,
+                    default_unit=index == 0,
                 )
             )
     return layers

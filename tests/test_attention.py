@@ -22,7 +22,7 @@ from snptool.cli import app
 from snptool.config import ExportConfig, ImportConfig, InputSpec
 from snptool.export import run_export
 from snptool.importer import run_import
-from snptool.taps import TapRecorder, discover_layers
+from snptool.taps import TapRecorder, discover_layers, resolve_taps
 from snptool.train import TrainResult
 
 Arch = tuple[str, dict]
@@ -202,6 +202,13 @@ def test_layers_lists_the_head_and_the_feature_reading(trained_vit: TrainResult)
         for unit, units, positions in [("feature", 16, 17), ("head", 2, 17 * 8)]
     ]
     assert sum(row["unit"] == "head" for row in rows) == 2  # only HeadOutputs read as heads
+    # every row names the exact --layer string that reads its units
+    checkpoint = read_checkpoint(trained_vit.output)
+    taps = resolve_taps(checkpoint.model, [row["tap"] for row in rows], checkpoint.input_spec)
+    assert [(t.name, t.layer, t.unit) for t in taps] == [
+        (r["tap"], r["layer"], r["unit"]) for r in rows
+    ]
+    assert heads[1]["tap"] == heads[1]["layer"] + ":head"
 
 
 def test_the_trained_vit_exports_to_onnx(trained_vit: TrainResult, tmp_path: Path) -> None:

@@ -125,6 +125,30 @@ def test_quiet_leaves_only_json(synthetic_npz: Path, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["history"][0]["epoch"] == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train"], "Missing option '--output' / '-o'; see `snptool train --help`."),
+        (
+            ["train", "--epochs", "x", "-o", "m.safetensors"],
+            "Invalid value for '--epochs': Input should be a valid integer, unable to parse "
+            "string as an integer; see `snptool train --help`.",
+        ),
+        (["probe"], "Missing argument 'checkpoint'; see `snptool probe --help`."),
+        (["nosuch"], "No such command 'nosuch'; see `snptool --help`."),
+        (["trian"], "No such command 'trian'. Did you mean 'train'? See `snptool --help`."),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
+    assert_one_error(invoke(*args), expected)
+    assert not (Path.cwd() / "m.safetensors").exists()
+
+
+def test_no_arguments_print_the_help() -> None:
+    result = invoke()
+    assert "Commands:" in result.output and "train" in result.output
+
+
 def test_import(foreign_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "imported.safetensors"
     result = invoke(
