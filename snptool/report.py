@@ -120,12 +120,12 @@ def read_input(path: str | Path) -> ReportInput:
     """Recognise one input by its content; one clear line for anything else."""
     path = require_file(path, "report input")
     with open(path, "rb") as handle:
-        start = handle.read(8)
-    if start == HDF5_SIGNATURE:
+        start = handle.read(9)
+    if start[:8] == HDF5_SIGNATURE:
         with open_matrix_file(path):
             pass
         return ReportInput(path, "matrices", None)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(start, path.stat().st_size):
         return _read_safetensors(path)
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
@@ -137,6 +137,11 @@ def read_input(path: str | Path) -> ReportInput:
     if kind is None:
         raise InputFileError(f"{path} is JSON of a kind the report does not draw; give {KINDS}.")
     return ReportInput(path, kind, content)
+
+
+def _looks_like_safetensors(start: bytes, size: int) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header."""
+    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < size
 
 
 def _read_safetensors(path: Path) -> ReportInput:

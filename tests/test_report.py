@@ -176,6 +176,10 @@ def test_report_of_real_pipeline_files(pipeline: dict[str, Path], tmp_path: Path
     assert result.bytes == len(page.encode()) and sorted(png_dir.iterdir())
     assert [p.name for p in tmp_path.iterdir() if ".part" in p.name or p.name.startswith(".")] == []
 
+    renamed = tmp_path / "probes.h5"  # recognised by content, whatever the name says
+    renamed.write_bytes(pipeline["probes"].read_bytes())
+    assert read_input(renamed).kind == "probes"
+
     chosen = run_report(
         [pipeline["matrices"]], tmp_path / "one.html", ReportConfig(units=("features.10:3",))
     )
