@@ -1,4 +1,5 @@
-"""`snptool prune`: label-guided dilution of a network (METHODS.md §8) and masked fine-tuning.
+"""`snptool prune`: label-guided dilution of a network (METHODS.md §8), then masked fine-tuning
+(finetune.py).
 
 For the listed (analysed) layers ℓ1 … ℓn, in forward order:
 - the weight layer that produces ℓ(i+1) reads ℓi's units; AFCC keeps its kernel slice from
@@ -18,7 +19,6 @@ expand conv (expand ratio 1) keep their SE: their hidden channels are the block 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +26,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from snptool import console
 from snptool.architectures import ProbeHeadModel
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters
 from snptool.config import DataConfig, PruneConfig, config_to_dict
 from snptool.connections import Connection, connections, mbconv_hidden
-from snptool.data import DataSplit, augment_batch, prepare_batch
-from snptool.devices import resolve_device, seed_everything
+from snptool.devices import resolve_device
 from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.evaluate import evaluate_model, load_checkpoint_data
 from snptool.files import check_output_path, provenance
+from snptool.finetune import apply_masks, dense_teacher, finetune, trainable_modules
 from snptool.matrix_file import layer_group, layer_names, metadata, open_matrix_file
 from snptool.probe import ProbeFile
 from snptool.unit_removal import read_unit_maxima, removal_masks
@@ -267,13 +265,6 @@ def squeeze_masks(
     return result
 
 
-def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            parameters[name].mul_(mask.to(parameters[name].device, parameters[name].dtype))
-
-
 def masked_share(masks: dict[str, torch.Tensor], names: list[str]) -> tuple[float, int]:
     """(fraction of the named parameters' weights removed, their number of weights)."""
     total = sum(masks[name].numel() for name in names)
@@ -303,120 +294,6 @@ def method_masks(
     if config.method == "magnitude":
         return magnitude_masks(model, chain, masks), None
     return masks, None
-
-
-def finetune_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_logits: torch.Tensor | None,
-    config: PruneConfig,
-) -> torch.Tensor:
-    """Cross-entropy, mixed with distillation from `teacher_logits` when config.distill > 0."""
-    loss = F.cross_entropy(logits, labels)
-    if teacher_logits is None or not config.distill:
-        return loss
-    t = config.distill_temperature
-    soft = F.kl_div(
-        F.log_softmax(logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        log_target=True,
-        reduction="batchmean",
-    )
-    return (1 - config.distill) * loss + config.distill * t * t * soft
-
-
-def finetune(
-    model: nn.Module,
-    masks: dict[str, torch.Tensor],
-    train_data: DataSplit,
-    spec,
-    config: PruneConfig,
-    train_modules: list[str],
-    device: torch.device,
-    augmentation: tuple[int, bool] = (4, True),
-    teacher: nn.Module | None = None,
-) -> None:
-    """Train `train_modules` with the masks re-applied after every step; everything else frozen.
-
-    `augmentation` (translation in pixels, flip) is the one the model was trained with;
-    `teacher` (the dense model, eval mode) is distilled from when config.distill > 0.
-    """
-    translate, flip = augmentation
-    seed_everything(config.seed)
-    trainable = []
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(any(name.startswith(m + ".") for m in train_modules))
-        if parameter.requires_grad:
-            trainable.append(parameter)
-    optimizer = torch.optim.SGD(
-        trainable,
-        lr=config.learning_rate,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
-    )
-    steps = config.finetune_epochs * train_data.num_batches(config.batch_size)
-    with console.progress("fine-tune", steps) as task:
-        for epoch in range(config.finetune_epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = config.learning_rate * config.lr_decay**epoch
-            model.train()  # BatchNorm statistics follow the diluted layers
-            if config.freeze_bn_stats:
-                for module in model.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            for images, labels in train_data.batches(
-                spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
-            ):
-                x = prepare_batch(images.to(device), spec)
-                if config.augment:
-                    x = augment_batch(x, translate, flip, generator)
-                teacher_logits = None
-                if teacher is not None and config.distill:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                loss = finetune_loss(model(x), labels.to(device), teacher_logits, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                apply_masks(model, masks)
-                task.advance()
-    for parameter in model.parameters():
-        parameter.requires_grad_(True)
-    model.eval()
-
-
-def trainable_modules(
-    model: nn.Module, config: PruneConfig, masks: dict[str, torch.Tensor]
-) -> list[str]:
-    """The modules to fine-tune: `config.train_layers` (named as in the original network, also
-    with `--classifier probe`, whose probe is `head`; `all` for every module), else the pruned
-    modules whose parameters carry masks."""
-    if not config.train_layers:
-        return sorted({name.rpartition(".")[0] for name in masks})
-    if "all" in config.train_layers:
-        return [name for name, _ in model.named_children()]
-    names = {name for name, _ in model.named_parameters()}
-    prefix = "body." if isinstance(model, ProbeHeadModel) else ""
-    modules = []
-    for layer in config.train_layers:
-        module = layer if layer == "head" or layer.startswith(prefix) else prefix + layer
-        if not any(name.startswith(module + ".") for name in names):
-            raise LayerError(
-                f"--train-layers {layer} names no module with parameters; "
-                "use module names as `snptool layers` prints them."
-            )
-        modules.append(module)
-    return modules
-
-
-def dense_teacher(model: nn.Module) -> nn.Module:
-    """A frozen copy of the dense model (eval mode) to distill from."""
-    teacher = copy.deepcopy(model).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
-    return teacher
 
 
 def with_probe_classifier(

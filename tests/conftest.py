@@ -3,8 +3,10 @@ and its probe file."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -249,3 +251,24 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[.
         return path
 
     return write
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    """Two seeded 3×32×32 inputs for forward passes of the model families."""
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="session")
+def invoke_json() -> Callable[..., Any]:
+    """Run the CLI, require exit 0 and return what it printed on stdout as JSON."""
+    from typer.testing import CliRunner
+
+    from snptool.cli import app
+
+    def invoke(*args: object) -> Any:
+        result = CliRunner().invoke(app, [str(arg) for arg in args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    return invoke

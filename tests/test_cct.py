@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from model_defs import create_model, get_model_entry
 from model_defs._blocks import HeadOutputs
 from snptool.architectures import cut_after
 from snptool.checkpoint import read_checkpoint
-from snptool.cli import app
 
 runner = CliRunner()
 CONV_VARIANT = {"num_blocks": 2, "conv_blocks": 1}  # tiny_cct with its first block a ConvBlock
@@ -41,17 +39,6 @@ def _outputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, t
     for handle in handles:
         handle.remove()
     return seen
-
-
-def _invoke_json(*args: object) -> object:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 # --- shapes and heads -------------------------------------------------------------------------
@@ -268,35 +255,35 @@ def test_fx_traces_and_cuts_after_a_sub_block(kwargs: dict, images: torch.Tensor
 # --- CLI: models, layers, export --------------------------------------------------------------
 
 
-def test_models_lists_the_cct_family() -> None:
-    rows = {row["name"]: row for row in _invoke_json("models", "--json")}
+def test_models_lists_the_cct_family(invoke_json) -> None:
+    rows = {row["name"]: row for row in invoke_json("models", "--json")}
     for name in ("cct", "cct_7_3x1", "cct_2_3x2", "tiny_cct"):
         assert rows[name]["description"] == get_model_entry(name).description != ""
         assert rows[name]["input_size"] == [3, 32, 32]
 
 
-def test_layers_lists_the_taps(untrained_checkpoint: Callable[..., Path]) -> None:
+def test_layers_lists_the_taps(untrained_checkpoint: Callable[..., Path], invoke_json) -> None:
     path = untrained_checkpoint("tiny_cct", **CONV_VARIANT)
-    taps = _invoke_json("layers", path, "--taps-only", "--json")
+    taps = invoke_json("layers", path, "--taps-only", "--json")
     assert [(x["layer"], x["shape"], x["units"]) for x in taps] == [
         ("tokenizer", [16, 16, 16], 16),
         ("conv_blocks.0", [16, 16, 16], 16),
         ("classifier.blocks.0", [256, 16], 16),
         ("classifier.pooled", [16], 16),
     ]
-    layers = {x["layer"]: x for x in _invoke_json("layers", path, "--json")}
+    layers = {x["layer"]: x for x in invoke_json("layers", path, "--json")}
     assert layers["classifier.blocks.0.self_attn.heads"]["shape"] == [256, 16]  # [T, h·d]
     assert layers["classifier.blocks.0.mha_output"]["shape"] == [256, 16]
 
 
-def test_import_reads_a_state_dict_in_shi_labs_layout(tmp_path: Path) -> None:
+def test_import_reads_a_state_dict_in_shi_labs_layout(tmp_path: Path, invoke_json) -> None:
     # A plain .pth state dict with SHI-Labs' names, as their CIFAR checkpoints hold.
     torch.manual_seed(0)
     source = create_model("tiny_cct").eval()
     weights = tmp_path / "cct.pth"
     torch.save(source.state_dict(), weights)
     output = tmp_path / "cct.safetensors"
-    result = _invoke_json(
+    result = invoke_json(
         "import", weights, "--arch", "tiny_cct", "--data", "digits", "-o", output, "--json"
     )
     assert (result["missing"], result["unexpected"], result["mismatched"]) == ([], [], [])
@@ -307,13 +294,13 @@ def test_import_reads_a_state_dict_in_shi_labs_layout(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def exports(
-    untrained_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+    untrained_checkpoint: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory, invoke_json
 ) -> dict[str, dict]:
     """`snptool export --json` of tiny_cct, its 2-block version and that with a conv block."""
     results = {}
     for key, kwargs in [("tiny", {}), ("two_blocks", {"num_blocks": 2}), ("conv", CONV_VARIANT)]:
         output = tmp_path_factory.mktemp("onnx") / f"{key}.onnx"
-        results[key] = _invoke_json(
+        results[key] = invoke_json(
             "export", untrained_checkpoint("tiny_cct", **kwargs), "-o", output, "--json"
         )
     return results

@@ -9,7 +9,8 @@ import torch
 from snptool.checkpoint import read_checkpoint, write_checkpoint
 from snptool.compact import compact_model
 from snptool.connections import connections
-from snptool.prune import MASK_PREFIX, apply_masks
+from snptool.finetune import apply_masks
+from snptool.prune import MASK_PREFIX
 
 LAYERS = ["features.6", "features.10", "classifier.1"]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from torch import nn
 from typer.testing import CliRunner
 
 from model_defs import create_model, get_model_entry
-from snptool.cli import app
 
 runner = CliRunner()
 TAPS = [f"features.{i}" for i in range(9)]
@@ -36,17 +34,6 @@ def _stage_shapes(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
     for handle in handles:
         handle.remove()
     return shapes
-
-
-def _invoke_json(*args: object) -> object:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def test_b0_stem_runs_at_stride_one(images: torch.Tensor) -> None:
@@ -110,20 +97,22 @@ def test_eval_is_deterministic_and_fx_traces(images: torch.Tensor) -> None:
         assert not torch.equal(model(images), model(images))
 
 
-def test_models_and_layers_list_the_family(untrained_checkpoint: Callable[..., Path]) -> None:
-    rows = {row["name"]: row for row in _invoke_json("models", "--json")}
+def test_models_and_layers_list_the_family(
+    untrained_checkpoint: Callable[..., Path], invoke_json
+) -> None:
+    rows = {row["name"]: row for row in invoke_json("models", "--json")}
     for name in ("efficientnet_b0_cifar", "tiny_efficientnet"):
         assert rows[name]["description"] == get_model_entry(name).description != ""
-    taps = _invoke_json(
-        "layers", untrained_checkpoint("tiny_efficientnet"), "--taps-only", "--json"
-    )
+    taps = invoke_json("layers", untrained_checkpoint("tiny_efficientnet"), "--taps-only", "--json")
     assert [x["layer"] for x in taps] == TAPS
     assert taps[0]["shape"] == [8, 32, 32] and taps[-1]["shape"] == [16, 2, 2]
 
 
-def test_export_passes_parity(untrained_checkpoint: Callable[..., Path], tmp_path: Path) -> None:
+def test_export_passes_parity(
+    untrained_checkpoint: Callable[..., Path], tmp_path: Path, invoke_json
+) -> None:
     path = untrained_checkpoint("tiny_efficientnet")
-    result = _invoke_json("export", path, "-o", tmp_path / "tiny.onnx", "--json")
+    result = invoke_json("export", path, "-o", tmp_path / "tiny.onnx", "--json")
     assert (tmp_path / "tiny.onnx").is_file() and result["samples"] == 64
     assert result["max_abs_diff"] <= result["parity_tolerance"]
     assert result["argmax_agreement"] == 1.0 and result["macs"] > 0

@@ -18,6 +18,7 @@ from snptool.connections import connections
 from snptool.data import prepare_batch
 from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.evaluate import load_checkpoint_data
+from snptool.finetune import finetune_loss
 from snptool.matrix import run_matrix
 from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
@@ -25,7 +26,6 @@ from snptool.prune import (
     balanced_random_sets,
     diagonal_label_sets,
     expand,
-    finetune_loss,
     masks_of,
     output_mask,
     run_prune,

@@ -31,8 +31,9 @@ from snptool.config import ClustersConfig, PruneConfig
 from snptool.connections import Connection, connections
 from snptool.errors import LayerError
 from snptool.export import run_export
+from snptool.finetune import apply_masks
 from snptool.matrix_file import create_layer, create_matrix_file, layer_group, open_matrix_file
-from snptool.prune import MASK_PREFIX, apply_masks, masks_of, run_prune, squeeze_masks
+from snptool.prune import MASK_PREFIX, masks_of, run_prune, squeeze_masks
 
 CLASSES = 10
 EXPAND = ["features.2", "features.3.0.block.0"]  # stage 3's expand conv, 8 → 16

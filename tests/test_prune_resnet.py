@@ -28,11 +28,12 @@ from snptool.config import ImportConfig, InputSpec, ProbeConfig, PruneConfig, Tr
 from snptool.connections import Connection, connections
 from snptool.errors import LayerError
 from snptool.export import run_export
+from snptool.finetune import apply_masks
 from snptool.importer import run_import
 from snptool.matrix import run_matrix
 from snptool.matrix_file import layer_group, open_matrix_file
 from snptool.probe import run_probe
-from snptool.prune import MASK_PREFIX, apply_masks, masks_of, run_prune
+from snptool.prune import MASK_PREFIX, masks_of, run_prune
 from snptool.train import run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

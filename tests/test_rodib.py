@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,24 +15,12 @@ from typer.testing import CliRunner
 from model_defs import create_model
 from model_defs.rodib import DelayedConv
 from snptool.architectures import cut_after
-from snptool.cli import app
 from snptool.config import ExportConfig, TrainConfig
 from snptool.export import count_macs, export_onnx
 from snptool.train import run_train
 
 runner = CliRunner()
 TAPS = ["features.2", "features.6", "features.10", "features.14", "head_input"]
-
-
-def _invoke_json(*args: object) -> object:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def _set_known_head(model: nn.Module) -> None:
@@ -277,14 +264,14 @@ def test_snptool_train_runs_unchanged(tmp_path: Path) -> None:
 
 
 def test_layers_and_export_parity(
-    untrained_checkpoint: Callable[..., Path], tmp_path: Path
+    untrained_checkpoint: Callable[..., Path], tmp_path: Path, invoke_json
 ) -> None:
     path = untrained_checkpoint("tiny_rodib")
-    taps = _invoke_json("layers", path, "--taps-only", "--json")
+    taps = invoke_json("layers", path, "--taps-only", "--json")
     assert [row["layer"] for row in taps] == TAPS
     head = taps[-1]
     assert (head["unit"], head["units"], head["positions"]) == ("feature", 16, 10)
-    result = _invoke_json("export", path, "-o", tmp_path / "rodib.onnx", "--json")
+    result = invoke_json("export", path, "-o", tmp_path / "rodib.onnx", "--json")
     assert (tmp_path / "rodib.onnx").is_file() and result["samples"] == 64
     assert result["max_abs_diff"] <= result["parity_tolerance"]
     assert result["argmax_agreement"] == 1.0

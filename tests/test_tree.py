@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,17 +24,6 @@ from snptool.train import run_train
 
 runner = CliRunner()
 TAPS = ["features.1", "tree.nodes"]
-
-
-def _invoke_json(*args: object) -> object:
-    result = runner.invoke(app, [str(arg) for arg in args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
 def _sizes(module: nn.Module) -> list[int]:
@@ -158,10 +146,12 @@ def test_snptool_train_probe_and_matrix_on_the_taps(analysed: dict) -> None:
     assert shapes == {"features.1": (6, 10, 10), "tree.nodes": (63, 10, 10)}
 
 
-def test_afcc_prunes_the_classifier_but_not_the_tree_layer(analysed: dict, tmp_path: Path) -> None:
+def test_afcc_prunes_the_classifier_but_not_the_tree_layer(
+    analysed: dict, tmp_path: Path, invoke_json
+) -> None:
     checkpoint, matrices = analysed["trained"].output, analysed["matrices"]
     args = ["prune", checkpoint, "--clusters", matrices, "--method", "afcc", "--json"]
-    result = _invoke_json(*args, "--layers", "tree.nodes", "-o", tmp_path / "pruned.safetensors")
+    result = invoke_json(*args, "--layers", "tree.nodes", "-o", tmp_path / "pruned.safetensors")
     assert [(row["layer"], row["module"]) for row in result["layers"]] == [("output", "classifier")]
     assert 0 < result["layers"][0]["dilution"] < 1
     # the tree layer's weights are no Conv2d / Linear: prune refuses, with one error line
@@ -176,15 +166,15 @@ def test_afcc_prunes_the_classifier_but_not_the_tree_layer(analysed: dict, tmp_p
 
 
 def test_layers_and_export_parity(
-    untrained_checkpoint: Callable[..., Path], tmp_path: Path
+    untrained_checkpoint: Callable[..., Path], tmp_path: Path, invoke_json
 ) -> None:
     path = untrained_checkpoint("tiny_tree")
-    taps = _invoke_json("layers", path, "--taps-only", "--json")
+    taps = invoke_json("layers", path, "--taps-only", "--json")
     assert [(row["layer"], row["unit"], row["units"]) for row in taps] == [
         ("features.1", "channel", 6),
         ("tree.nodes", "node", 63),
     ]
-    result = _invoke_json("export", path, "-o", tmp_path / "tree.onnx", "--json")
+    result = invoke_json("export", path, "-o", tmp_path / "tree.onnx", "--json")
     assert (tmp_path / "tree.onnx").is_file() and result["samples"] == 64
     assert result["max_abs_diff"] <= result["parity_tolerance"]
     assert result["argmax_agreement"] == 1.0
@@ -193,8 +183,8 @@ def test_layers_and_export_parity(
     assert result["macs"] == 6 * 28 * 28 * 25 + 63 * 56 + 63 * 10
 
 
-def test_models_lists_the_tree_family() -> None:
-    rows = {row["name"]: row for row in _invoke_json("models", "--json")}
+def test_models_lists_the_tree_family(invoke_json) -> None:
+    rows = {row["name"]: row for row in invoke_json("models", "--json")}
     for name in ("tree", "tree3", "tree3_k15_m80", "tiny_tree"):
         assert rows[name]["description"] == get_model_entry(name).description != ""
         assert rows[name]["input_size"] == [3, 32, 32]

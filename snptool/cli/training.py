@@ -1,0 +1,334 @@
+"""Commands that make and inspect checkpoints: train, import, layers, evaluate, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from snptool.cli.app import command
+from snptool.cli.options import (
+    ArchKwargsOpt,
+    AugmentOpt,
+    BatchSizeOpt,
+    ChannelsOpt,
+    ClassesOpt,
+    CutmixOpt,
+    DataRootOpt,
+    DecayNormBiasOpt,
+    DeviceOpt,
+    DownloadOpt,
+    EvalBatchSizeOpt,
+    FlipOpt,
+    JsonOpt,
+    LabelSmoothingOpt,
+    LrOpt,
+    LrStepOpt,
+    MeanOpt,
+    MinLrOpt,
+    MixProbOpt,
+    MixupOpt,
+    MomentumOpt,
+    NesterovOpt,
+    NumClassesSubsetOpt,
+    OptimizerOpt,
+    OutputOpt,
+    ResizeOpt,
+    ScheduleOpt,
+    SeedOpt,
+    SizeOpt,
+    SplitSeedOpt,
+    StdOpt,
+    StepLrDecayOpt,
+    TestFractionOpt,
+    TranslateOpt,
+    WarmupOpt,
+    WeightDecayOpt,
+    WorkersOpt,
+    data_config_of,
+    floats,
+    input_size_of,
+)
+from snptool.config import DataConfig, EvaluateConfig, TrainConfig
+
+
+@command()
+def train(
+    output: OutputOpt,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Architecture spec (see `snptool models`).")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data spec: digits, cifar10[:DIR], npz:FILE, … [default: digits, or as resumed]",
+        ),
+    ] = None,
+    arch_kwargs: ArchKwargsOpt = None,
+    epochs: Annotated[
+        int, typer.Option(help="Epochs in total (a resumed run continues to this).")
+    ] = TrainConfig.epochs,
+    batch_size: BatchSizeOpt = TrainConfig.batch_size,
+    lr: LrOpt = TrainConfig.learning_rate,
+    momentum: MomentumOpt = TrainConfig.momentum,
+    nesterov: NesterovOpt = TrainConfig.nesterov,
+    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
+    lr_decay: StepLrDecayOpt = TrainConfig.lr_decay,
+    lr_step: LrStepOpt = TrainConfig.lr_step,
+    augment: AugmentOpt = TrainConfig.augment,
+    translate: TranslateOpt = TrainConfig.translate,
+    flip: FlipOpt = TrainConfig.flip,
+    seed: SeedOpt = TrainConfig.seed,
+    device: DeviceOpt = TrainConfig.device,
+    eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
+    optimizer: OptimizerOpt = TrainConfig.optimizer,
+    schedule: ScheduleOpt = TrainConfig.schedule,
+    min_lr: MinLrOpt = TrainConfig.min_lr,
+    warmup_epochs: WarmupOpt = TrainConfig.warmup_epochs,
+    label_smoothing: LabelSmoothingOpt = TrainConfig.label_smoothing,
+    mixup: MixupOpt = TrainConfig.mixup,
+    cutmix: CutmixOpt = TrainConfig.cutmix,
+    mix_prob: MixProbOpt = TrainConfig.mix_prob,
+    decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue from the last state a train run wrote.")
+    ] = None,
+    best_output: Annotated[
+        Path | None, typer.Option(help="Where the best epoch goes (default OUT.best.safetensors).")
+    ] = None,
+    input_size: SizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    test_fraction: TestFractionOpt = DataConfig.test_fraction,
+    split_seed: SplitSeedOpt = DataConfig.split_seed,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Train a model with the research's recipe; writes the last and the best epoch.
+
+    Example: snptool train --arch vgg11 --data cifar10 --epochs 300 -o vgg11.safetensors
+    """
+    from snptool import console
+    from snptool.architectures import parse_arch_kwargs
+    from snptool.train import InputOverrides, run_train
+
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        lr_decay=lr_decay,
+        lr_step=lr_step,
+        augment=augment,
+        translate=translate,
+        flip=flip,
+        seed=seed,
+        device=device,
+        eval_batch_size=eval_batch_size,
+        optimizer=optimizer,
+        schedule=schedule,
+        min_lr=min_lr,
+        warmup_epochs=warmup_epochs,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
+        cutmix=cutmix,
+        mix_prob=mix_prob,
+        decay_norm_bias=decay_norm_bias,
+    )
+    inputs = InputOverrides(
+        channels=channels,
+        size=input_size_of(input_size),
+        mean=floats(mean, "--mean"),
+        std=floats(std, "--std"),
+        resize=resize,
+    )
+    result = run_train(
+        arch,
+        data,
+        output,
+        config,
+        arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        data_config=data_config_of(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
+        inputs=inputs,
+        resume=resume,
+        best_output=best_output,
+    )
+    console.log(
+        f"best test accuracy {result.best_accuracy:.4f} (epoch {result.best_epoch}) "
+        f"→ {result.best_output}; "
+        f"final {result.final_accuracy:.4f} → {result.output}"
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@command("import")
+def import_weights(
+    weights: Annotated[Path, typer.Argument(help="Third-party .pt/.pth/.th or .safetensors file.")],
+    output: OutputOpt,
+    arch: Annotated[str, typer.Option("--arch", help="Architecture spec of the weights.")] = "",
+    arch_kwargs: ArchKwargsOpt = None,
+    num_classes: Annotated[
+        int | None, typer.Option(help="Number of classes (checked against the model).")
+    ] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class names, in label order.")
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Data spec the model belongs to (gives class names)."),
+    ] = None,
+    input_size: SizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    resize: ResizeOpt = None,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse weights with missing or unexpected tensors.")
+    ] = True,
+    json_output: JsonOpt = False,
+) -> None:
+    """Turn a third-party weights file into an snptool checkpoint (no pickled code runs).
+
+    Example: snptool import resnet20.th --arch resnet.py:resnet20 --data cifar10
+    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o resnet20.safetensors
+    """
+    from snptool import console
+    from snptool.architectures import default_input_size, parse_arch_kwargs
+    from snptool.config import ImportConfig
+    from snptool.importer import run_import
+    from snptool.train import InputOverrides
+
+    spec = InputOverrides(
+        channels=channels,
+        size=input_size_of(input_size),
+        mean=floats(mean, "--mean"),
+        std=floats(std, "--std"),
+        resize=resize,
+    ).resolve(default_input_size(arch) or (3, 32, 32))
+    names = tuple(n.strip() for n in class_names.split(",")) if class_names else None
+    config = ImportConfig(
+        arch=arch,
+        arch_kwargs=parse_arch_kwargs(arch_kwargs),
+        num_classes=num_classes,
+        class_names=names,
+        input=spec,
+        data=data,
+        strict=strict,
+    )
+    result = run_import(weights, output, config)
+    console.log(
+        f"imported {result.tensors} tensors into {result.output} ({result.num_classes} classes)"
+    )
+    if result.stripped_prefix:
+        console.log(f"stripped the key prefix {result.stripped_prefix!r}")
+    for label, names_ in (("missing", result.missing), ("unexpected", result.unexpected)):
+        if names_:
+            console.log(f"warning: {len(names_)} {label} tensors: {', '.join(names_[:8])}")
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@command()
+def layers(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
+    layer: Annotated[
+        list[str] | None, typer.Option("--layer", help="Only this layer (repeatable).")
+    ] = None,
+    taps_only: Annotated[
+        bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """List the layers whose units can be analysed, with shape, unit kind and unit count.
+
+    Example: snptool layers vgg11.safetensors --json
+    """
+    from snptool import console
+    from snptool.taps import run_layers
+
+    result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
+    rows = [
+        (x.tap, x.module, x.shape, x.unit, x.units, x.positions, "yes" if x.probe_tap else "")
+        for x in result.layers
+    ]
+    console.table(
+        str(checkpoint),
+        ["tap (--layer)", "module", "shape", "unit", "units", "positions", "probe tap"],
+        rows,
+    )
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
+    data: Annotated[
+        str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="train, test or all.")
+    ] = EvaluateConfig.split,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = EvaluateConfig.batch_size,
+    device: DeviceOpt = EvaluateConfig.device,
+    test_fraction: TestFractionOpt = DataConfig.test_fraction,
+    split_seed: SplitSeedOpt = DataConfig.split_seed,
+    classes: ClassesOpt = None,
+    num_classes_subset: NumClassesSubsetOpt = None,
+    data_root: DataRootOpt = None,
+    download: DownloadOpt = False,
+    workers: WorkersOpt = DataConfig.workers,
+    json_output: JsonOpt = False,
+) -> None:
+    """Top-1 accuracy of a checkpoint, overall and per class.
+
+    Example: snptool evaluate vgg11.safetensors --data cifar10 --json
+    """
+    from snptool import console
+    from snptool.evaluate import run_evaluate
+
+    result = run_evaluate(
+        checkpoint,
+        data,
+        EvaluateConfig(split=split, batch_size=batch_size, device=device),
+        data_config_of(
+            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
+        ),
+    )
+    rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
+    console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
+    console.log(f"accuracy {result.accuracy:.4f} on {result.samples} images")
+    if json_output:
+        console.emit_json(result.to_json())
+
+
+@command()
+def models(json_output: JsonOpt = False) -> None:
+    """List the architectures registered in model_defs.
+
+    Example: snptool models --json
+    """
+    from snptool import console
+    from snptool.architectures import list_architectures
+
+    rows = list_architectures()
+    console.table(
+        "architectures",
+        ["name", "input", "description"],
+        [(r["name"], r["input_size"], r["description"]) for r in rows],
+    )
+    if json_output:
+        console.emit_json(rows)
