@@ -91,8 +91,9 @@ def run_sweep(
     config = config or SweepConfig()
     data_config = data_config or DataConfig()
     data_spec = data_spec or "digits"
-    folder = prepare_folder(output_dir)
     records = _DataRecords(data_spec, data_config)
+    records.value  # a bad data spec fails before the output folder is created
+    folder = prepare_folder(output_dir)
     runs = plan_runs(folder, data_spec, config, records)  # every file checked before training
     points = []
     with console.progress("sweep", len(runs)) as task:
@@ -282,7 +283,7 @@ def _input_spec(metadata: dict[str, Any]) -> InputSpec | None:
 
 
 class _DataRecords:
-    """The train and test records a run on this data stores, loaded only when first needed."""
+    """The train and test records a run on this data stores, loaded once when first needed."""
 
     def __init__(self, data_spec: str, data_config: DataConfig) -> None:
         self.data_spec, self.data_config = data_spec, data_config

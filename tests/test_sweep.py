@@ -230,6 +230,7 @@ def test_sweep_refuses_runs_trained_with_other_settings_before_training(swept, t
 def test_bad_flags_give_one_line_errors(tmp_path, flags, message):
     line = one_error_line(invoke("sweep", *TINY, *flags, "-o", tmp_path / "runs"))
     assert message in line
+    assert not (tmp_path / "runs").exists()  # nothing is created for a run that cannot start
 
 
 def test_sweep_refuses_a_file_as_output_folder(tmp_path):
