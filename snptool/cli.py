@@ -194,9 +194,9 @@ def _reports_errors(command: Callable) -> Callable:
                 raise
             console.error(str(error))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             console.error("interrupted; no output was written or replaced.")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
     return wrapper
 
@@ -1366,5 +1366,17 @@ def report(
         console.emit_json(result.to_json())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it unwinds like Ctrl-C: atomic writes
+    remove their temporary file and leave the destination as it was."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
