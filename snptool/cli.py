@@ -30,7 +30,8 @@ from snptool.config import (
     SweepConfig,
     TrainConfig,
 )
-from snptool.errors import SnpError, UsageError
+from snptool.errors import SnpError, Terminated, UsageError
+from snptool.files import install_interrupt_handlers, interrupt_reported
 
 app = typer.Typer(
     name="snptool",
@@ -195,6 +196,7 @@ def _reports_errors(command: Callable) -> Callable:
             console.error(str(error))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt as interrupt:
+            interrupt_reported()
             console.error("interrupted; no output was written or replaced.")
             raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
@@ -1366,17 +1368,6 @@ def report(
         console.emit_json(result.to_json())
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so that it unwinds like Ctrl-C: atomic writes
-    remove their temporary file and leave the destination as it was."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
 def main() -> None:
-    import signal
-
-    signal.signal(signal.SIGTERM, _terminate)
+    install_interrupt_handlers()
     app()
