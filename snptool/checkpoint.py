@@ -116,13 +116,39 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise InputFileError(
             f"{path} has corrupt snptool metadata; re-create the checkpoint."
         ) from None
+    if not isinstance(metadata, dict):
+        raise InputFileError(f"{path} has corrupt snptool metadata; re-create the checkpoint.")
+    if metadata.get("kind") == "probes":
+        raise InputFileError(
+            f"{path} is a probe file, not a checkpoint; give the checkpoint it was made from."
+        )
     version = metadata.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise InputFileError(
             f"{path} has checkpoint format {version!r}, but this snptool reads up to "
             f"{FORMAT_VERSION}; upgrade snptool."
         )
+    problem = metadata_problem(metadata)
+    if problem:
+        raise InputFileError(
+            f"{path} has incomplete snptool metadata ({problem}); re-create the checkpoint."
+        )
     return metadata
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """What is missing or inconsistent in a checkpoint's metadata document, else None."""
+    arch, names, spec = metadata.get("arch"), metadata.get("class_names"), metadata.get("input")
+    if not isinstance(arch, dict) or not isinstance(arch.get("spec"), str):
+        return "no architecture record 'arch'"
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "no list of 'class_names'"
+    if metadata.get("num_classes") != len(names):
+        return f"num_classes {metadata.get('num_classes')!r} but {len(names)} class names"
+    keys = ("channels", "height", "width", "mean", "std")
+    if not isinstance(spec, dict) or any(key not in spec for key in keys):
+        return "no input record 'input' with channels, height, width, mean and std"
+    return None
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -200,4 +226,29 @@ def load_weights(
             f"the weights in {source} do not match architecture {arch}: {match.describe()}; "
             "check --arch and --arch-kwargs."
         )
+    check_weight_values(model, weights, source)
     model.load_state_dict(weights, strict=False)
+
+
+def check_weight_values(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a float tensor stored as integers (or the reverse) and NaN or infinite weights
+    (parameters must be finite; buffers must not be NaN)."""
+    expected = model.state_dict()
+    parameters = {name for name, _ in model.named_parameters()}
+    for name, value in weights.items():
+        if name not in expected:
+            continue
+        if value.is_floating_point() != expected[name].is_floating_point():
+            raise CheckpointMismatchError(
+                f"tensor {name} in {source} is {str(value.dtype).removeprefix('torch.')} but the "
+                f"model's is {str(expected[name].dtype).removeprefix('torch.')}; "
+                "re-create the weights file."
+            )
+        if not value.is_floating_point():
+            continue
+        bad = ~torch.isfinite(value) if name in parameters else torch.isnan(value)
+        if bool(bad.any()):
+            raise InputFileError(
+                f"tensor {name} in {source} holds {int(bad.sum())} NaN or infinite values; "
+                "the weights are corrupt or training diverged, so use an earlier checkpoint."
+            )

@@ -34,6 +34,7 @@ from snptool.matrix_file import (
     layer_group,
     layer_names,
     open_matrix_file,
+    read_units,
 )
 
 READ_BYTES = 64 * 2**20  # matrices read per step: 16 units at 1,000 labels
@@ -172,7 +173,7 @@ def cluster_layer(
     units = []
     step = max(1, READ_BYTES // (4 * dataset.shape[1] * dataset.shape[2]))
     for start in range(0, dataset.shape[0], step):
-        for matrix in dataset[start : start + step]:
+        for matrix in read_units(dataset, start, start + step):
             units.append(unit_clusters(matrix, threshold))
         if task is not None:
             task.advance(min(step, dataset.shape[0] - start))

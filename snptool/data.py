@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 
 from snptool.cifar_binary import binary_folder, read_binary_batches
 from snptool.config import DataConfig, InputSpec, check_split
-from snptool.errors import DataError, InputFileError
+from snptool.errors import DataError, InputFileError, first_line
 from snptool.files import require_file, sha256_file
 
 DEFAULT_ROOT = Path.home() / ".cache" / "snptool" / "data"
@@ -185,6 +187,13 @@ def load_data(spec: str, split: str = "train", config: DataConfig | None = None)
     data = restrict_classes(loader(spec, argument, split, config), config)
     if len(data) == 0:
         raise DataError(f"the {split} split of {spec} holds no images; check the data set.")
+    counts = np.bincount(data.labels.numpy(), minlength=data.num_classes)
+    if (counts == 0).any():
+        empty = [data.class_names[i] for i in np.flatnonzero(counts == 0)[:3]]
+        raise DataError(
+            f"the {split} split of {spec} has no image of class {', '.join(map(repr, empty))}; "
+            "give every class images in each split, or leave it out with --classes."
+        )
     return data
 
 
@@ -321,17 +330,29 @@ def _read_npz(argument: str):
     path = require_file(argument, "data file")
     try:
         with np.load(path, allow_pickle=False) as archive:
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise ValueError("not a zip archive of arrays")
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = (
+            "it holds pickled objects, which snptool never loads"
+            if "pickle" in str(error)
+            else first_line(error)
+        )
         raise InputFileError(
-            f"{path} is not a readable .npz file ({error}); check the file."
+            f"{path} is not a readable .npz file ({reason}); save plain arrays with numpy.savez."
         ) from None
     for key in ("images", "labels"):
         if key not in arrays:
             raise DataError(
                 f"{path} has no {key!r} array; an npz data set needs 'images' and 'labels'."
             )
-    images, labels = arrays["images"], arrays["labels"].astype(np.int64).reshape(-1)
+    images, labels = arrays["images"], arrays["labels"].reshape(-1)
+    if labels.dtype.kind not in "iu" and not (
+        labels.dtype.kind == "f" and np.isfinite(labels).all() and (labels == labels.round()).all()
+    ):
+        raise DataError(f"{path}: 'labels' must be integers 0, 1, 2, …, not {labels.dtype} values.")
+    labels = labels.astype(np.int64)
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise DataError(
             f"{path}: 'images' must be uint8 NHWC (or NHW), not {images.dtype} {images.shape}."
@@ -428,6 +449,7 @@ def _imagefolder(spec: str, argument: str, split: str, config: DataConfig) -> Da
         dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[
             split
         ]
+        _same_classes(root / "train", test_dir)
         folders = [_image_folder(d) for d in dirs]
         samples = [s for f in folders for s in f.samples]
         classes = folders[0].classes
@@ -440,6 +462,22 @@ def _imagefolder(spec: str, argument: str, split: str, config: DataConfig) -> Da
         labels = np.array([label for _, label in samples], dtype=np.int64)
         images = _select(_file_images(samples), labels, split, config)
     return DataSplit(spec, split, images, list(classes), None, config)
+
+
+def _same_classes(train: Path, test: Path) -> None:
+    """Refuse train/ and test/ folders whose class folders differ (labels would not agree)."""
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        names = [find_classes(str(d))[0] for d in (train, test)]
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"{train.parent} holds no class folders of images ({error}).") from None
+    if names[0] != names[1]:
+        only = sorted(set(names[0]) ^ set(names[1]))[:3]
+        raise DataError(
+            f"{train} and {test} hold different class folders ({', '.join(only)} in one only); "
+            "give both the same classes."
+        )
 
 
 def _image_folder(directory: Path):
@@ -457,9 +495,15 @@ def _file_images(samples: list[tuple[str, int]]) -> FileImages:
     paths = [path for path, _ in samples]
 
     def load(index: int):
-        with Image.open(paths[index]) as image:
-            image.load()
-            return image
+        try:
+            with Image.open(paths[index]) as image:
+                image.load()
+                return image
+        except OSError as error:  # includes PIL's UnidentifiedImageError
+            raise DataError(
+                f"{paths[index]} is not a readable image ({first_line(error)}); "
+                "replace or remove it."
+            ) from None
 
     return FileImages(load, np.array([label for _, label in samples], dtype=np.int64))
 

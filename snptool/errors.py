@@ -39,3 +39,7 @@ class LayerError(SnpError):
 
 class ExportError(SnpError):
     """A model that cannot be exported to ONNX, or whose ONNX graph disagrees with torch."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is so that it unwinds like Ctrl-C (exit status 143)."""

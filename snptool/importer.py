@@ -8,7 +8,6 @@ prefix (`module.`, `_orig_mod.`, …) that best matches the architecture's own n
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 from snptool.architectures import build_model, run_dummy_input
 from snptool.checkpoint import (
     EXTRA_SEPARATOR,
+    check_weight_values,
     make_metadata,
     match_weights,
     read_tensors,
@@ -65,14 +65,15 @@ def read_foreign_weights(path: str | Path) -> dict[str, torch.Tensor]:
         return {k: v for k, v in tensors.items() if EXTRA_SEPARATOR not in k}
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError:
         raise InputFileError(
-            f"{path} cannot be read safely with weights_only=True ({first_line(error)[:200]}); "
-            "save its state_dict (tensors only) and import that."
+            f"{path} cannot be read safely with weights_only=True (it is not a PyTorch file, or "
+            "it pickles objects other than tensors); save its state_dict and import that."
         ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as error:
+    except Exception as error:  # torch.load of a damaged file can raise almost any error
+        reason = first_line(error).split(". ")[0][:200]
         raise InputFileError(
-            f"{path} is not a readable PyTorch weights file ({first_line(error)[:200]}); "
+            f"{path} is not a readable PyTorch weights file ({reason}); "
             "it may be truncated or of another format."
         ) from None
     return unwrap_state_dict(loaded, str(path))
@@ -137,6 +138,7 @@ def run_import(weights_path: str | Path, output: str | Path, config: ImportConfi
             f"{match.describe()}; check --arch and --arch-kwargs"
             + ("." if match.mismatched else ", or pass --no-strict to import what matches.")
         )
+    check_weight_values(model, weights, str(weights_path))
     model.load_state_dict(
         {k: v for k, v in weights.items() if k in model.state_dict()}, strict=False
     )

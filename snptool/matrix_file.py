@@ -76,12 +76,66 @@ def open_matrix_file(path: str | Path, mode: str = "r") -> Iterator[h5py.File]:
         raise InputFileError(
             f"{path} is not a readable HDF5 file ({first_line(error)}); it may be truncated."
         ) from None
-    with handle:
+    with handle, _read_errors(path):
         if "layers" not in handle or "format_version" not in handle.attrs:
             raise InputFileError(
                 f"{path} is not an snptool matrix file; make one with `snptool matrix`."
             )
+        problem = schema_problem(handle)
+        if problem:
+            raise InputFileError(
+                f"{path} is a damaged matrix file ({problem}); make it again with `snptool matrix`."
+            )
         yield handle
+
+
+@contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """HDF5 errors while reading an open file (a corrupt object or chunk) as one line."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as error:
+        raise InputFileError(
+            f"{path} cannot be read ({first_line(error)}); it is corrupt, so make it again."
+        ) from error
+
+
+def schema_problem(handle: h5py.File) -> str | None:
+    """What in an open matrix file departs from the schema (see above), else None."""
+    version = handle.attrs["format_version"]
+    if not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
+        return f"format {version}, but this snptool reads up to {FORMAT_VERSION}"
+    if "class_names" not in handle.attrs or "snptool" not in handle.attrs:
+        return "no class_names or snptool attribute"
+    try:
+        if not isinstance(json.loads(handle.attrs["snptool"]), dict):
+            raise ValueError
+    except (ValueError, TypeError):
+        return "the snptool attribute is not a JSON object"
+    classes = len(class_names(handle))
+    if not isinstance(handle["layers"], h5py.Group):
+        return "/layers is not a group"
+    for name, group in handle["layers"].items():
+        matrix = group.get("matrix") if isinstance(group, h5py.Group) else None
+        if not isinstance(matrix, h5py.Dataset):
+            return f"layer {name} has no matrix dataset"
+        if matrix.dtype.kind != "f" or matrix.ndim != 3 or matrix.shape[1:] != (classes,) * 2:
+            return (
+                f"layer {name}'s matrix is {matrix.dtype} {list(matrix.shape)}, "
+                f"not float [units, {classes}, {classes}]"
+            )
+    return None
+
+
+def read_units(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
+    """Units start…stop-1 of a [U, C, C] matrix dataset, refusing NaN or infinite values."""
+    block = dataset[start:stop]
+    if not np.isfinite(block).all():
+        raise InputFileError(
+            f"the matrix of {dataset.parent.name.removeprefix('/layers/')} holds NaN or "
+            "infinite values; make the matrix file again with `snptool matrix`."
+        )
+    return block
 
 
 @contextmanager
@@ -91,7 +145,7 @@ def edit_matrix_file(source: str | Path, destination: str | Path) -> Iterator[h5
         pass
     with atomic_path(destination) as temporary:
         shutil.copyfile(source, temporary)
-        with h5py.File(temporary, "r+") as handle:
+        with h5py.File(temporary, "r+") as handle, _read_errors(Path(source)):
             yield handle
 
 

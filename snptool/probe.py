@@ -399,16 +399,28 @@ class ProbeFile:
         header = read_header(self.path)
         with safe_open(str(self.path), framework="pt") as handle:
             self.keys = set(handle.keys())  # noqa: SIM118
+            layout = {
+                k: (handle.get_slice(k).get_dtype(), handle.get_slice(k).get_shape())
+                for k in self.keys
+            }
         try:
             self.metadata = json.loads(header["snptool"])
         except (KeyError, json.JSONDecodeError):
             raise InputFileError(
                 f"{self.path} is not an snptool probe file; make one with `snptool probe`."
             ) from None
-        if self.metadata.get("kind") != "probes":
+        if not isinstance(self.metadata, dict) or self.metadata.get("kind") != "probes":
+            kind = (
+                self.metadata.get("kind", "checkpoint") if isinstance(self.metadata, dict) else ""
+            )
             raise InputFileError(
-                f"{self.path} is not a probe file but a {self.metadata.get('kind', 'checkpoint')}; "
+                f"{self.path} is not a probe file but a {kind or 'corrupt file'}; "
                 "make one with `snptool probe`."
+            )
+        problem = probe_file_problem(self.metadata, layout)
+        if problem:
+            raise InputFileError(
+                f"{self.path} is an incomplete probe file ({problem}); probe the checkpoint again."
             )
 
     @property
@@ -424,6 +436,37 @@ class ProbeFile:
     def tensor(self, key: str, units: slice | None = None) -> torch.Tensor:
         """A whole tensor, or the unit range `units` of a [C, U, P] tensor (read lazily)."""
         with safe_open(str(self.path), framework="pt") as handle:
-            if units is None:
-                return handle.get_tensor(key)
-            return handle.get_slice(key)[:, units, :]
+            value = handle.get_tensor(key) if units is None else handle.get_slice(key)[:, units, :]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputFileError(
+                f"tensor {key} in {self.path} holds NaN or infinite values; "
+                "probe the checkpoint again (with a lower --lr if training diverged)."
+            )
+        return value
+
+
+def probe_file_problem(metadata: dict[str, Any], layout: dict[str, tuple[str, list[int]]]):
+    """What is missing or wrongly shaped in a probe file (metadata, {key: (dtype, shape)}),
+    else None."""
+    names, taps = metadata.get("class_names"), metadata.get("taps")
+    if not isinstance(names, list) or not isinstance(metadata.get("checkpoint"), dict):
+        return "no 'class_names' or 'checkpoint' record"
+    if not isinstance(taps, list) or not all(isinstance(t, dict) for t in taps):
+        return "no list of 'taps'"
+    fields = ("name", "layer", "unit", "units", "positions", "test_accuracy")
+    for tap in taps:
+        missing = [f for f in fields if f not in tap]
+        if missing:
+            return f"tap {tap.get('name', '?')} has no {', '.join(missing)}"
+        shape = [len(names), tap["units"], tap["positions"]]
+        splits = [k.split("/")[1] for k in layout if k.startswith("mean/")]
+        for key in [f"probe/{tap['name']}", *(f"mean/{s}/{tap['name']}" for s in splits)]:
+            if key not in layout:
+                return f"no tensor {key}"
+            dtype, found = layout[key]
+            if not dtype.startswith(("F", "BF")) or list(found) != shape:
+                return f"tensor {key} is {dtype} {list(found)}, not a float {shape}"
+    for split in {k.split("/")[1] for k in layout if k.startswith("mean/")}:
+        if layout.get(f"count/{split}", (None, None))[1] != [len(names)]:
+            return f"no tensor count/{split} of {len(names)} class counts"
+    return None

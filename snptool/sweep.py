@@ -92,7 +92,7 @@ def run_sweep(
     data_config = data_config or DataConfig()
     data_spec = data_spec or "digits"
     records = _DataRecords(data_spec, data_config)
-    records.value  # a bad data spec fails before the output folder is created
+    _ = records.value  # a bad data spec fails before the output folder is created
     folder = prepare_folder(output_dir)
     runs = plan_runs(folder, data_spec, config, records)  # every file checked before training
     points = []

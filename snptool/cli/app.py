@@ -12,7 +12,8 @@ import typer
 from typer.core import TyperGroup
 
 from snptool import __version__
-from snptool.errors import SnpError
+from snptool.errors import SnpError, Terminated
+from snptool.files import install_interrupt_handlers, interrupt_reported
 
 # click's exception classes, wherever this typer takes click from (0.2x vendors it privately).
 _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
@@ -103,9 +104,10 @@ def _reports_errors(command: Callable) -> Callable:
                 raise
             console.error(str(error))
             raise typer.Exit(error.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            interrupt_reported()
             console.error("interrupted; no output was written or replaced.")
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
     return wrapper
 
@@ -118,4 +120,5 @@ def command(name: str | None = None) -> Callable:
 
 
 def main() -> None:
+    install_interrupt_handlers()
     app()
