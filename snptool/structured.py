@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -100,10 +101,8 @@ def _consistent(group, names: dict[nn.Module, str], channels: int) -> bool:
     and per-channel modules carry exactly `channels`, readers at least that many."""
     for name, handler, module in _group_members(group, names):
         if not name:
-            if isinstance(module, nn.Module) and not type(module).__module__.startswith(
-                "torch_pruning"
-            ):
-                return False  # an unnamed module or parameter Torch-Pruning reaches
+            if not type(module).__module__.startswith("torch_pruning"):
+                return False  # a parameter or a module outside the model's named modules
             continue
         if not isinstance(module, RESIZABLE):
             return False
@@ -120,7 +119,9 @@ def _consistent(group, names: dict[nn.Module, str], channels: int) -> bool:
 
 def build_graph(model: nn.Module, shape: tuple[int, ...]) -> tp.DependencyGraph:
     example = torch.zeros(1, *shape, device=next(model.parameters()).device)
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with warnings.catch_warnings():  # unwrapped parameters: their groups are left dense
+        warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
 
 
 def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str | None:
