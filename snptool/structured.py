@@ -139,9 +139,10 @@ def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str
 
 def channel_groups(
     model: nn.Module, shape: tuple[int, ...], taps: list[str], graph: tp.DependencyGraph
-) -> list[tuple[str, list[str], Any]]:
-    """(root, taps, Torch-Pruning group) for every prunable group that a listed tap reads;
-    raise when a tap reads no prunable group."""
+) -> tuple[list[tuple[str, list[str], Any]], list[str]]:
+    """(root, taps, Torch-Pruning group) for every prunable group that a listed tap reads, and
+    the taps whose channels cannot be removed (coupled through an operation Torch-Pruning
+    cannot index, a bare parameter, or the classifier's outputs); raise when no tap can."""
     names = {module: name for name, module in model.named_modules()}
     order = execution_order(model, shape)
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
@@ -155,6 +156,7 @@ def channel_groups(
         groups.append((root, [], group))
         members.append({n for n, h, _ in _group_members(group, names) if n and h in _OUT_HANDLERS})
     spec = InputSpec(channels=shape[0], height=shape[1], width=shape[2])
+    skipped = []
     for tap in resolve_taps(model, taps, spec):
         if tap.unit not in ("channel", "node", "feature") or tap.tap_input:
             raise LayerError(
@@ -163,13 +165,17 @@ def channel_groups(
             )
         producer = _producer(model, order, tap.layer, tap.units)
         found = [i for i, m in enumerate(members) if producer in m]
-        if not found:
-            raise LayerError(
-                f"{tap.name}'s channels cannot be removed (coupled through an operation "
-                "Torch-Pruning cannot index, or the classifier's outputs); drop it from --layers."
-            )
-        groups[found[0]][1].append(tap.name)
-    return [g for g in groups if g[1]]
+        if found:
+            groups[found[0]][1].append(tap.name)
+        else:
+            skipped.append(tap.name)
+    if len(skipped) == len(taps):
+        raise LayerError(
+            f"the channels of {', '.join(skipped)} cannot be removed (coupled through an "
+            "operation Torch-Pruning cannot index, a bare parameter, or the classifier's "
+            "outputs); list other layers with --layers."
+        )
+    return [g for g in groups if g[1]], skipped
 
 
 def removal_order(scores: list[UnitScores], ranking: tuple[str, ...]) -> np.ndarray:
@@ -209,13 +215,14 @@ def remove_channels(
     taps: list[str],
     orders: Callable[[str, list[str], Any], np.ndarray],
     fraction: float,
-) -> list[ChannelGroup]:
+) -> tuple[list[ChannelGroup], list[str]]:
     """Remove `fraction` of every tapped group's channels in place, in the order `orders`
-    (root, taps, group) gives; return what each group kept."""
+    (root, taps, group) gives; return what each group kept and the taps left dense."""
     graph = build_graph(model, shape)
     names = {module: name for name, module in model.named_modules()}
     result = []
-    for root, group_taps, group in channel_groups(model, shape, taps, graph):
+    groups, skipped = channel_groups(model, shape, taps, graph)
+    for root, group_taps, group in groups:
         module = model.get_submodule(root)
         channels = _channels(module, "prune_out_channels")
         order = orders(root, group_taps, group)
@@ -226,7 +233,7 @@ def remove_channels(
             graph.get_pruning_group(module, handler, idxs=removed).prune()
         kept = [c for c in range(channels) if c not in set(removed)]
         result.append(ChannelGroup(root, group_taps, channels, kept, modules))
-    return result
+    return result, skipped
 
 
 def copy_with_grads(model: nn.Module) -> nn.Module:
@@ -355,13 +362,14 @@ def prune_structured(
     if config.target_macs is not None:
         fraction = fraction_for_macs(model, shape, names, orders, config.target_macs)
     dense_macs, dense_params = count_macs(model, shape)
-    groups = remove_channels(model, shape, names, orders, fraction)
+    groups, skipped = remove_channels(model, shape, names, orders, fraction)
     model.zero_grad(set_to_none=True)
     macs, params = count_macs(model, shape)
     arch = dict(checkpoint.metadata["arch"])
     arch["shapes"] = {**(arch.get("shapes") or {}), **pruned_shapes(model, dense_shapes)}
     record = {
         "channel_groups": [g.to_json() for g in groups],
+        "left_dense": skipped,
         "fraction": fraction,
         "ranking": list(config.ranking) if config.method == "units" else None,
         "target_macs": config.target_macs,

@@ -248,11 +248,14 @@ def test_option_a_stream_is_refused_and_inner_channels_are_pruned(tmp_path):
     clusters = clusters_file(
         tmp_path / "matrices.h5", {"layer1.0": (16, set()), "layer1.0.relu1": (16, {3})}
     )
-    with pytest.raises(LayerError, match="layer1.0's channels cannot be removed"):
+    with pytest.raises(LayerError, match="channels of layer1.0 cannot be removed"):
         prune(dense, clusters, tmp_path / "stream.safetensors", layers=["layer1.0"])
     output = tmp_path / "inner.safetensors"
-    prune(dense, clusters, output, layers=["layer1.0.relu1"], remove_fraction=0.25)
-    model = read_checkpoint(output).model
+    prune(dense, clusters, output, remove_fraction=0.25)  # both taps: the stream stays dense
+    loaded = read_checkpoint(output)
+    assert loaded.metadata["pruning"]["structured"]["left_dense"] == ["layer1.0"]
+    model = loaded.model
+    assert model.conv1.out_channels == 16
     assert model.layer1[0].conv1.out_channels == model.layer1[0].conv2.in_channels == 12
 
 
