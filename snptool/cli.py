@@ -852,6 +852,9 @@ def prune(
     taylor_batches: Annotated[
         int, typer.Option(help="taylor: training batches whose gradients score channels.")
     ] = PruneConfig.taylor_batches,
+    round_to: Annotated[
+        int, typer.Option(help="units, …: keep a multiple of this many channels per group.")
+    ] = PruneConfig.round_to,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -917,6 +920,7 @@ def prune(
         target_macs=target_macs,
         ranking=tuple(_layer_list([ranking])),
         taylor_batches=taylor_batches,
+        round_to=round_to,
         groups=groups,
         label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,

@@ -340,7 +340,8 @@ class PruneConfig:
     (fewest labels served, weakest maximum, most noise), `remove_fraction` of every group or
     the share that brings the MACs to `target_macs` × the dense MACs; `magnitude-channels`,
     `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
-    Torch-Pruning's importance estimators, as baselines.
+    Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
+    channels to a multiple (faster kernels).
     `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
@@ -364,6 +365,7 @@ class PruneConfig:
     target_macs: float | None = None
     ranking: tuple[str, ...] = UNIT_RANKING_KEYS
     taylor_batches: int = 4
+    round_to: int = 1
     groups: int = 2
     label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
@@ -407,6 +409,7 @@ class PruneConfig:
                 f"ranking keys are some of {', '.join(UNIT_RANKING_KEYS)}, not {self.ranking}",
             ),
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
+            (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
             (
                 self.andc_threshold is None or 0 <= self.andc_threshold < 1,
                 f"andc threshold must be in [0, 1), not {self.andc_threshold}",

@@ -16,7 +16,10 @@ al. 2017), `taylor` (first-order Taylor, Molchanov et al. 2019, on a few trainin
 groups at the same fraction, for a side-by-side comparison.
 
 Every group loses the same share of its channels (one always stays): `remove_fraction`, or the
-share that brings the model's MACs to `target_macs` × the dense MACs (bisection).
+share that brings the model's MACs to `target_macs` × the dense MACs (bisection); `round_to`
+rounds every group's kept count to a multiple (onnxruntime's kernels run widths of 8, 16, 32
+faster than 31 or 15: ResNet-56 at 0.50 of the MACs ran at 0.72 of the dense p50 with widths
+8/16/32 and at 0.82 with 8/15/31).
 
 **Decision**: a group whose coupled modules do not all carry the root's channel count is left
 dense. Torch-Pruning treats an unknown channel-changing op as element-wise: the option-A
@@ -205,8 +208,13 @@ def count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def removed_count(channels: int, fraction: float) -> int:
-    return min(channels - 1, math.floor(fraction * channels + 1e-9))
+def removed_count(channels: int, fraction: float, round_to: int = 1) -> int:
+    """How many of `channels` to remove at `fraction`: the kept count rounded to a multiple of
+    `round_to` (kernels run faster on such widths), at least one (or `round_to`) kept."""
+    kept = channels - math.floor(fraction * channels + 1e-9)
+    if round_to > 1:
+        kept = min(channels, max(round_to, round_to * round(kept / round_to)))
+    return channels - max(1, kept)
 
 
 def remove_channels(
@@ -215,6 +223,7 @@ def remove_channels(
     taps: list[str],
     orders: Callable[[str, list[str], Any], np.ndarray],
     fraction: float,
+    round_to: int = 1,
 ) -> tuple[list[ChannelGroup], list[str]]:
     """Remove `fraction` of every tapped group's channels in place, in the order `orders`
     (root, taps, group) gives; return what each group kept and the taps left dense."""
@@ -226,7 +235,7 @@ def remove_channels(
         module = model.get_submodule(root)
         channels = _channels(module, "prune_out_channels")
         order = orders(root, group_taps, group)
-        removed = sorted(int(c) for c in order[: removed_count(channels, fraction)])
+        removed = sorted(int(c) for c in order[: removed_count(channels, fraction, round_to)])
         modules = sorted({n for n, _, _ in _group_members(group, names) if n})
         if removed:
             handler = graph.get_pruner_of_module(module).prune_out_channels
@@ -251,6 +260,7 @@ def fraction_for_macs(
     taps: list[str],
     orders: Callable[[str, list[str], Any], np.ndarray],
     target: float,
+    round_to: int = 1,
     steps: int = 12,
 ) -> float:
     """The smallest uniform fraction whose pruned copy has at most `target` × the MACs (the
@@ -260,7 +270,7 @@ def fraction_for_macs(
     for _ in range(steps):
         middle = (low + high) / 2
         trial = copy_with_grads(model)
-        remove_channels(trial, shape, taps, orders, middle)
+        remove_channels(trial, shape, taps, orders, middle, round_to)
         if count_macs(trial, shape)[0] <= target * dense:
             high = middle
         else:
@@ -360,9 +370,11 @@ def prune_structured(
     orders = criterion_orders(config.method, scores, config.ranking, importance)
     fraction = config.remove_fraction
     if config.target_macs is not None:
-        fraction = fraction_for_macs(model, shape, names, orders, config.target_macs)
+        fraction = fraction_for_macs(
+            model, shape, names, orders, config.target_macs, config.round_to
+        )
     dense_macs, dense_params = count_macs(model, shape)
-    groups, skipped = remove_channels(model, shape, names, orders, fraction)
+    groups, skipped = remove_channels(model, shape, names, orders, fraction, config.round_to)
     model.zero_grad(set_to_none=True)
     macs, params = count_macs(model, shape)
     arch = dict(checkpoint.metadata["arch"])
@@ -373,6 +385,7 @@ def prune_structured(
         "fraction": fraction,
         "ranking": list(config.ranking) if config.method == "units" else None,
         "target_macs": config.target_macs,
+        "round_to": config.round_to,
         "dense_macs": dense_macs,
         "macs": macs,
         "dense_params": dense_params,

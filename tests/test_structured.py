@@ -27,7 +27,7 @@ from snptool.errors import LayerError, UsageError
 from snptool.export import run_export
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.prune import run_prune
-from snptool.structured import UnitScores, removal_order
+from snptool.structured import UnitScores, removal_order, removed_count
 
 TINY_RESNET = str(Path(__file__).parent / "_tiny_resnet.py") + ":tiny_resnet"
 CIFAR_RESNET = Path(__file__).resolve().parents[1] / "examples" / "third_party" / "cifar_resnet.py"
@@ -307,8 +307,17 @@ def test_cct_feedforward_nodes_removed_equal_the_masked_model(untrained_checkpoi
         prune(dense, stream, tmp_path / "stream.safetensors")
 
 
+def test_round_to_keeps_multiples_and_at_least_one():
+    assert [removed_count(64, 0.516, r) for r in (1, 8)] == [33, 32]
+    assert removed_count(16, 0.9, 8) == 8  # keeps round_to channels
+    assert removed_count(4, 0.9, 8) == 0  # a group narrower than round_to stays
+    assert removed_count(8, 1.0) == 7  # one channel always stays
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="target MACs"):
         PruneConfig(method="units", target_macs=1.5)
     with pytest.raises(UsageError, match="ranking"):
         PruneConfig(method="units", ranking=("labels", "loudness"))
+    with pytest.raises(UsageError, match="round to"):
+        PruneConfig(method="units", round_to=0)

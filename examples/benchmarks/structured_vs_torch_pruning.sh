@@ -6,10 +6,12 @@
 #
 #   bash examples/benchmarks/structured_vs_torch_pruning.sh [OUT] [FINETUNE_EPOCHS]
 #
-# Environment: TARGET (MAC ratio, 0.5), TRAIN_N / TEST_N (use the first N images of
-# ../shared/data/cifar10_{train,test}.npz; default all), PROBE_EPOCHS (20), FLAGS (more
-# fine-tuning flags). Probes read the residual stage outputs (layer{1,2,3}.8) and every block's
-# inner channels (layerS.B.relu1); only the inner channels are removed, because the option-A
+# Environment: TARGET (MAC ratio, 0.5), ROUND_TO (every group keeps a multiple of it, 8),
+# TRAIN_N / TEST_N (use the first N images of ../shared/data/cifar10_{train,test}.npz; default
+# all), PROBE_EPOCHS (20), FLAGS (the fine-tuning flags). Every criterion removes the same number
+# of channels from every group, so the exports have the same shapes: their latencies differ
+# only by noise, and the accuracies compare the criteria. Probes read the residual stage
+# outputs (layer{1,2,3}.8) and every block's inner channels (layerS.B.relu1); only the inner channels are removed, because the option-A
 # shortcut (zero-padding) couples the stage streams in a way Torch-Pruning cannot index
 # (snptool/structured.py). Anchors: DepGraph ResNet-56 93.53 → 93.77 % at 2.13× fewer MACs,
 # HRank 93.26 → 93.17 % at 2.00× (both after long fine-tuning).
@@ -21,6 +23,7 @@ PROBE_EPOCHS=${PROBE_EPOCHS:-20}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SHARED=${SHARED:-$HERE/../../../shared}
 read -r -a FLAGS <<< "${FLAGS:---lr 0.01 --lr-decay 0.9 --augment}"
+ROUND_TO=${ROUND_TO:-8}
 mkdir -p "$OUT"
 
 python3 - "$SHARED/data" "$OUT" "${TRAIN_N:-0}" "${TEST_N:-0}" <<'PY'
@@ -48,7 +51,7 @@ snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json
 snptool export "$MODEL" -o "$OUT/dense.onnx" --json > "$OUT/dense.export.json"
 for method in units magnitude-channels taylor; do
     snptool prune "$MODEL" --clusters "$OUT/matrices.h5" --method "$method" --layers "$INNER" \
-        --target-macs "$TARGET" --finetune-epochs "$FT" "${FLAGS[@]}" \
+        --target-macs "$TARGET" --round-to "$ROUND_TO" --finetune-epochs "$FT" "${FLAGS[@]}" \
         -o "$OUT/$method.safetensors" --json > "$OUT/$method.prune.json"
     snptool export "$OUT/$method.safetensors" -o "$OUT/$method.onnx" --json \
         > "$OUT/$method.export.json"
