@@ -50,6 +50,7 @@ STEPS = [
     "heads",
     "connections",
     "unit_removal",
+    "structured",
     "prune",
     "compact",
     "export",
@@ -141,7 +142,7 @@ def test_every_command_takes_json():
 
 
 FLAG_OF_FIELD = {"learning_rate": "--lr", "batch_sizes": "--batch"}
-LIST_FIELDS = {"train_layers", "batch_sizes"}  # comma-separated on the command line
+LIST_FIELDS = {"train_layers", "batch_sizes", "ranking"}  # comma-separated on the command line
 
 
 CONFIGS = [
