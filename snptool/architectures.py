@@ -130,7 +130,78 @@ def build_model_from_record(
     head = record.get("head")
     if head:
         model = ProbeHeadModel(model, head["tap"], head["in_features"], head["num_classes"])
+    if record.get("shapes"):
+        resize_modules(model, record["shapes"])
     return model
+
+
+RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+
+
+def module_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The channel counts of every Conv2d / Linear / BatchNorm / LayerNorm (`arch.shapes` of a
+    checkpoint whose channels were removed, `prune --method units`)."""
+    shapes: dict[str, dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            shapes[name] = {
+                "in": module.in_channels,
+                "out": module.out_channels,
+                "groups": module.groups,
+            }
+        elif isinstance(module, nn.Linear):
+            shapes[name] = {"in": module.in_features, "out": module.out_features}
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            shapes[name] = {"features": module.num_features}
+        elif isinstance(module, nn.LayerNorm):
+            shapes[name] = {"features": int(module.normalized_shape[-1])}
+    return shapes
+
+
+def resize_modules(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> None:
+    """Replace the named modules by fresh ones of the recorded channel counts (weights follow
+    from the state dict); other settings (kernel, stride, eps, ...) stay the dense model's."""
+    for name, shape in shapes.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            raise ArchitectureError(
+                f"the checkpoint resizes {name}, which the architecture does not have; "
+                "rebuild it with the architecture it was pruned from."
+            ) from None
+        if isinstance(module, nn.Conv2d):
+            new: nn.Module = nn.Conv2d(
+                shape["in"],
+                shape["out"],
+                module.kernel_size,
+                module.stride,
+                module.padding,
+                module.dilation,
+                shape["groups"],
+                module.bias is not None,
+                module.padding_mode,
+            )
+        elif isinstance(module, nn.Linear):
+            new = nn.Linear(shape["in"], shape["out"], module.bias is not None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            new = type(module)(
+                shape["features"],
+                module.eps,
+                module.momentum,
+                module.affine,
+                module.track_running_stats,
+            )
+        elif isinstance(module, nn.LayerNorm):
+            new = nn.LayerNorm(
+                (*module.normalized_shape[:-1], shape["features"]),
+                module.eps,
+                module.elementwise_affine,
+                bias=module.bias is not None,
+            )
+        else:
+            raise ArchitectureError(f"the checkpoint resizes {name}, which is not resizable.")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
 class ProbeHeadModel(nn.Module):

@@ -308,7 +308,17 @@ class HeadsConfig:
             )
 
 
-PRUNE_METHODS = ("afcc", "andc", "afcc-grouped", "random", "magnitude", "heads")
+STRUCTURED_METHODS = ("units", "magnitude-channels", "taylor", "lamp")
+PRUNE_METHODS = (
+    "afcc",
+    "andc",
+    "afcc-grouped",
+    "random",
+    "magnitude",
+    "heads",
+    *STRUCTURED_METHODS,
+)
+UNIT_RANKING_KEYS = ("labels", "maximum", "noise")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
@@ -324,6 +334,14 @@ class PruneConfig:
     `heads` removes whole attention heads and feed-forward nodes of the listed head / node
     taps: those serving no label, then those serving the fewest until `remove_fraction` of
     each layer is gone, so export builds a smaller graph.
+    `units` removes whole channels / nodes of the groups the listed taps read, on any
+    architecture (structured.py: Torch-Pruning's DependencyGraph couples residual streams and
+    MBConv hidden channels, which are scored and removed together), ranked by `ranking`
+    (fewest labels served, weakest maximum, most noise), `remove_fraction` of every group or
+    the share that brings the MACs to `target_macs` × the dense MACs; `magnitude-channels`,
+    `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
+    Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
+    channels to a multiple (faster kernels).
     `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
@@ -344,6 +362,10 @@ class PruneConfig:
     classifier: str = "model"
     andc_threshold: float | None = None
     remove_fraction: float = 0.0
+    target_macs: float | None = None
+    ranking: tuple[str, ...] = UNIT_RANKING_KEYS
+    taylor_batches: int = 4
+    round_to: int = 1
     groups: int = 2
     label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
@@ -378,6 +400,16 @@ class PruneConfig:
                 0 <= self.remove_fraction < 1,
                 f"remove fraction must be in [0, 1), not {self.remove_fraction}",
             ),
+            (
+                self.target_macs is None or 0 < self.target_macs <= 1,
+                f"target MACs must be a ratio in (0, 1], not {self.target_macs}",
+            ),
+            (
+                bool(self.ranking) and all(k in UNIT_RANKING_KEYS for k in self.ranking),
+                f"ranking keys are some of {', '.join(UNIT_RANKING_KEYS)}, not {self.ranking}",
+            ),
+            (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
+            (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
             (
                 self.andc_threshold is None or 0 <= self.andc_threshold < 1,
                 f"andc threshold must be in [0, 1), not {self.andc_threshold}",

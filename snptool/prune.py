@@ -31,8 +31,9 @@ from torch import nn
 from snptool.architectures import ProbeHeadModel
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters
-from snptool.config import DataConfig, PruneConfig, config_to_dict
+from snptool.config import STRUCTURED_METHODS, DataConfig, PruneConfig, config_to_dict
 from snptool.connections import Connection, connections, mbconv_hidden
+from snptool.data import DataSplit, prepare_batch
 from snptool.devices import resolve_device
 from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.evaluate import evaluate_model, load_checkpoint_data
@@ -40,6 +41,7 @@ from snptool.files import check_output_path, provenance
 from snptool.finetune import apply_masks, dense_teacher, finetune, trainable_modules
 from snptool.matrix_file import layer_group, layer_names, metadata, open_matrix_file
 from snptool.probe import ProbeFile
+from snptool.structured import prune_structured
 from snptool.unit_removal import read_unit_maxima, removal_masks
 
 MASK_PREFIX = "snptool/mask/"
@@ -65,6 +67,7 @@ class PruneResult:
     accuracy_after: float
     layers: list[PrunedLayer] = field(default_factory=list)
     seconds: float = 0.0
+    size: dict[str, Any] | None = None  # MACs and parameters, dense and pruned (unit removal)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class PruneResult:
             "accuracy_after": self.accuracy_after,
             "layers": [layer.to_json() for layer in self.layers],
             "seconds": self.seconds,
+            "size": self.size,
         }
 
 
@@ -419,11 +423,24 @@ def build_masks(
     label_sets: dict[str, list[set[int]]],
     config: PruneConfig,
     probes_path: str | Path | None,
+    batches: list | None = None,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, torch.Tensor], list[Connection], list, dict]:
     """The model to prune (the probe-classified network with `--classifier probe`), its
     architecture record, the method's masks (not yet applied), the connections, the per-layer
-    report and what the pruning record adds (label groups, removed heads)."""
+    report and what the pruning record adds (label groups, removed heads, removed channels);
+    `batches` (prepared training images, labels) feed the Taylor criterion."""
     model, arch, classes = checkpoint.model, checkpoint.metadata["arch"], checkpoint.num_classes
+    if config.method in STRUCTURED_METHODS:
+        if config.classifier == "probe":
+            raise UsageError(
+                f"--method {config.method} keeps the model's classifier; drop --classifier probe."
+            )
+        result = prune_structured(checkpoint, clusters_path, names, config, batches)
+        pruned = [
+            PrunedLayer(",".join(g.taps), g.root, 1 - len(g.kept) / g.channels, g.channels)
+            for g in result.groups
+        ]
+        return result.model, result.arch, {}, [], pruned, {"structured": result.record}
     if config.method == "heads":
         if config.classifier == "probe":
             raise UsageError(
@@ -462,6 +479,19 @@ def build_masks(
     return model, arch, masks, chain, pruned, ({"groups": grouping} if grouping else {})
 
 
+def taylor_batches(
+    checkpoint: Checkpoint, data: DataSplit, config: PruneConfig, device: torch.device
+) -> list:
+    """The first `config.taylor_batches` shuffled training batches (prepared), for Taylor."""
+    batches = []
+    spec = checkpoint.input_spec
+    for images, labels in data.batches(spec, config.batch_size, shuffle=True, seed=config.seed):
+        batches.append((prepare_batch(images.to(device), spec), labels.to(device)))
+        if len(batches) == config.taylor_batches:
+            break
+    return batches
+
+
 def run_prune(
     checkpoint_path: str | Path,
     clusters_path: str | Path,
@@ -490,8 +520,21 @@ def run_prune(
     chains = layer_chains(layers)
     flat = [name for names_ in chains for name in names_] if chains else None
     names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
+    train_data = None
+    if config.finetune_epochs or config.method == "taylor":
+        train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
+    batches = None
+    if config.method == "taylor":
+        batches = taylor_batches(checkpoint, train_data, config, device)
     model, arch, masks, chain, pruned, extra = build_masks(
-        checkpoint, clusters_path, names, chains or [names], label_sets, config, probes_path
+        checkpoint,
+        clusters_path,
+        names,
+        chains or [names],
+        label_sets,
+        config,
+        probes_path,
+        batches,
     )
     model.to(device)
     test_data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
@@ -504,8 +547,9 @@ def run_prune(
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
     if config.finetune_epochs:
-        train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
         modules = trainable_modules(model, config, masks)
+        if config.method in STRUCTURED_METHODS and not config.train_layers:
+            modules = [name for name, _ in model.named_children()]  # every shape may change
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
         finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)
@@ -537,8 +581,19 @@ def run_prune(
     )
     extras = {MASK_PREFIX + name: mask.to(torch.uint8) for name, mask in masks.items()}
     write_checkpoint(output, model, meta, extras)
+    size = extra.get("structured")
+    if size is not None:
+        keys = ("dense_macs", "macs", "dense_params", "params", "fraction")
+        size = {key: size[key] for key in keys}
     return PruneResult(
-        str(output), config.method, dense, before, after, pruned, time.perf_counter() - started
+        str(output),
+        config.method,
+        dense,
+        before,
+        after,
+        pruned,
+        time.perf_counter() - started,
+        size,
     )
 
 

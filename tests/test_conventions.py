@@ -51,6 +51,7 @@ STEPS = [
     "heads",
     "connections",
     "unit_removal",
+    "structured",
     "finetune",
     "prune",
     "compact",
@@ -146,7 +147,7 @@ def test_every_command_takes_json():
 
 
 FLAG_OF_FIELD = {"learning_rate": "--lr", "batch_sizes": "--batch"}
-LIST_FIELDS = {"train_layers", "batch_sizes"}  # comma-separated on the command line
+LIST_FIELDS = {"train_layers", "batch_sizes", "ranking"}  # comma-separated on the command line
 
 
 CONFIGS = [

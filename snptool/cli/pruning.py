@@ -40,7 +40,12 @@ def prune(
         Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
     ],
     method: Annotated[
-        str, typer.Option("--method", help="afcc, andc, afcc-grouped, random, magnitude or heads.")
+        str,
+        typer.Option(
+            "--method",
+            help="afcc, andc, afcc-grouped, random, magnitude, heads; channel removal: units "
+            "(by the matrices), magnitude-channels, taylor or lamp (Torch-Pruning's criteria).",
+        ),
     ] = PruneConfig.method,
     layers: Annotated[
         list[str] | None,
@@ -61,8 +66,25 @@ def prune(
         typer.Option(help="andc: diagonal threshold (default: the clusters' threshold)."),
     ] = PruneConfig.andc_threshold,
     remove_fraction: Annotated[
-        float, typer.Option(help="heads: remove at least this share of each layer's heads / nodes.")
+        float,
+        typer.Option(
+            help="heads, units, …: remove at least this share of each layer's heads / channels."
+        ),
     ] = PruneConfig.remove_fraction,
+    target_macs: Annotated[
+        float | None,
+        typer.Option(help="units, …: remove channels until MACs ≤ this ratio of the dense MACs."),
+    ] = PruneConfig.target_macs,
+    ranking: Annotated[
+        str,
+        typer.Option(help="units: removal order keys, first decides (labels,maximum,noise)."),
+    ] = ",".join(PruneConfig.ranking),
+    taylor_batches: Annotated[
+        int, typer.Option(help="taylor: training batches whose gradients score channels.")
+    ] = PruneConfig.taylor_batches,
+    round_to: Annotated[
+        int, typer.Option(help="units, …: keep a multiple of this many channels per group.")
+    ] = PruneConfig.round_to,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -125,6 +147,10 @@ def prune(
         classifier=classifier,
         andc_threshold=andc_threshold,
         remove_fraction=remove_fraction,
+        target_macs=target_macs,
+        ranking=tuple(layer_list([ranking])),
+        taylor_batches=taylor_batches,
+        round_to=round_to,
         groups=groups,
         label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,
@@ -161,5 +187,12 @@ def prune(
         ["layer", "module", "weights", "dilution"],
         [(x.layer, x.module, x.weights, x.dilution) for x in result.layers],
     )
+    if result.size:
+        size = result.size
+        console.log(
+            f"MACs {size['macs']:,} of {size['dense_macs']:,} "
+            f"({size['macs'] / size['dense_macs']:.3f}), parameters {size['params']:,} of "
+            f"{size['dense_params']:,}, {size['fraction']:.3f} of each group's channels removed"
+        )
     if json_output:
         console.emit_json(result.to_json())
