@@ -157,4 +157,3 @@ def test_the_comparison_sees_a_different_seed(twice, tmp_path: Path) -> None:
     )
     with pytest.raises(AssertionError):
         assert_same_safetensors(twice["train"][0], Path(other.output))
-
