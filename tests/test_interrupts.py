@@ -27,7 +27,13 @@ from safetensors.torch import save_file
 
 from snptool.checkpoint import read_checkpoint
 from snptool.clusters import run_clusters
-from snptool.files import sha256_file
+from snptool.errors import Terminated
+from snptool.files import (
+    held_interrupts,
+    install_interrupt_handlers,
+    interrupt_reported,
+    sha256_file,
+)
 from snptool.matrix import run_matrix
 from snptool.matrix_file import create_layer, create_matrix_file, layer_names, open_matrix_file
 from snptool.probe import run_probe
@@ -258,3 +264,39 @@ def test_two_writers_of_one_output(tmp_path: Path) -> None:
         clusters = handle["layers/big/clusters"]
         assert clusters.attrs["threshold"] in (0.3, 0.5)
         assert len(clusters["count"]) == 3_000
+
+
+@pytest.fixture
+def handlers():
+    """The CLI's interrupt handlers in this process, restored afterwards."""
+    names = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    previous = {name: signal.getsignal(name) for name in names}
+    hook = sys.unraisablehook
+    install_interrupt_handlers()
+    yield
+    interrupt_reported()
+    for name, handler in previous.items():
+        signal.signal(name, handler)
+    sys.unraisablehook = hook
+
+
+def test_a_held_step_finishes_before_the_interrupt(handlers) -> None:
+    steps = []
+    with pytest.raises(Terminated), held_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here and postpones the interrupt
+        steps.append("finished")
+    assert steps == ["finished"]
+
+
+class SwallowsInterrupts:
+    def __del__(self) -> None:
+        time.sleep(0.3)  # the signal lands here, where Python ignores what is raised
+
+
+def test_an_interrupt_swallowed_in_del_is_raised_again(handlers) -> None:
+    victim = SwallowsInterrupts()
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        del victim
+        time.sleep(5)  # raised again within REPEAT_SECONDS
