@@ -434,7 +434,10 @@ def test_interrupted_command_exits_130_and_keeps_output(tmp_path: Path) -> None:
     out.write_bytes(b"an earlier result")
     result = invoke("train", "--arch", f"{arch_file}:factory", "-o", out)
     assert result.exit_code == 130
-    assert result.stderr.strip() == "error: interrupted; no output was written or replaced."
+    assert (
+        result.stderr.strip()
+        == "error: interrupted; the file being written was discarded, no input changed."
+    )
     assert out.read_bytes() == b"an earlier result" and part_files(tmp_path) == []
 
 
