@@ -31,6 +31,7 @@ FOUNDATION = {
     "attention",
     "config",
     "files",
+    "interrupts",
     "console",
     "devices",
     "architectures",

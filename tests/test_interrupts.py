@@ -28,12 +28,8 @@ from safetensors.torch import save_file
 from snptool.checkpoint import read_checkpoint
 from snptool.clusters import run_clusters
 from snptool.errors import Terminated
-from snptool.files import (
-    held_interrupts,
-    install_interrupt_handlers,
-    interrupt_reported,
-    sha256_file,
-)
+from snptool.files import sha256_file
+from snptool.interrupts import held_interrupts, install_interrupt_handlers, interrupt_reported
 from snptool.matrix import run_matrix
 from snptool.matrix_file import create_layer, create_matrix_file, layer_names, open_matrix_file
 from snptool.probe import run_probe

@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from snptool import __version__
 from snptool.errors import SnpError, Terminated
-from snptool.files import install_interrupt_handlers, interrupt_reported
+from snptool.interrupts import install_interrupt_handlers, interrupt_reported
 
 # click's exception classes, wherever this typer takes click from (0.2x vendors it privately).
 _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
