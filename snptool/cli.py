@@ -149,6 +149,13 @@ CutmixOpt = Annotated[
     float, typer.Option("--cutmix", help="CutMix's α (0: off); with --mixup, one per batch.")
 ]
 MixProbOpt = Annotated[float, typer.Option("--mix-prob", help="Probability that a batch is mixed.")]
+AmpOpt = Annotated[
+    str, typer.Option("--amp", help="Autocast the training pass: off, bf16, fp16 (CUDA).")
+]
+ChannelsLastOpt = Annotated[
+    bool,
+    typer.Option("--channels-last/--no-channels-last", help="NHWC conv models on CUDA."),
+]
 DecayNormBiasOpt = Annotated[
     bool,
     typer.Option(
@@ -192,7 +199,7 @@ def _reports_errors(command: Callable) -> Callable:
         except SnpError as error:
             if _state["debug"]:
                 raise
-            console.error(str(error))
+            console.error(str(error), collective=getattr(error, "collective", False))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             console.error("interrupted; no output was written or replaced.")
@@ -294,6 +301,8 @@ def train(
     cutmix: CutmixOpt = TrainConfig.cutmix,
     mix_prob: MixProbOpt = TrainConfig.mix_prob,
     decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
+    amp: AmpOpt = TrainConfig.amp,
+    channels_last: ChannelsLastOpt = TrainConfig.channels_last,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from the last state a train run wrote.")
     ] = None,
@@ -346,6 +355,8 @@ def train(
         cutmix=cutmix,
         mix_prob=mix_prob,
         decay_norm_bias=decay_norm_bias,
+        amp=amp,
+        channels_last=channels_last,
     )
     inputs = InputOverrides(
         channels=channels,
@@ -1241,6 +1252,8 @@ def sweep(
     cutmix: CutmixOpt = TrainConfig.cutmix,
     mix_prob: MixProbOpt = TrainConfig.mix_prob,
     decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
+    amp: AmpOpt = TrainConfig.amp,
+    channels_last: ChannelsLastOpt = TrainConfig.channels_last,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
     classes: ClassesOpt = None,
@@ -1280,6 +1293,8 @@ def sweep(
         cutmix=cutmix,
         mix_prob=mix_prob,
         decay_norm_bias=decay_norm_bias,
+        amp=amp,
+        channels_last=channels_last,
     )
     config = SweepConfig(
         d1=_ints(d1, "--d1"),

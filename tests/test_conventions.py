@@ -33,6 +33,7 @@ FOUNDATION = {
     "files",
     "console",
     "devices",
+    "distributed",
     "architectures",
     "checkpoint",
     "data",
