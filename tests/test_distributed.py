@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from snptool.checkpoint import read_metadata
 from snptool.config import MatrixConfig, TrainConfig
+from snptool.errors import UsageError
 from snptool.matrix import run_matrix
 from snptool.train import run_train
 from tests.conftest import PROBE_LAYERS, REPO_ROOT, TINY_PROBE
@@ -198,3 +199,20 @@ def test_batch_that_does_not_split_over_the_ranks_is_one_error(tmp_path):
         "give a multiple of the world size."
     ]
     assert result.stdout == ""
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, device="cpu", amp="bf16")
+    result = run_train("lenet5", "digits", tmp_path / "bf16.safetensors", config)
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.final_accuracy > 0.5  # 2 epochs in fp32 reach ~0.9
+    weights = load_file(result.output)
+    assert all(value.dtype == torch.float32 for value in weights.values())  # fp32 master weights
+    assert read_metadata(result.output)["training"]["config"]["amp"] == "bf16"
+
+
+def test_fp16_on_cpu_is_an_error(tmp_path):
+    config = TrainConfig(epochs=1, device="cpu", amp="fp16")
+    with pytest.raises(UsageError, match="--amp fp16 needs a CUDA device"):
+        run_train("lenet5", "digits", tmp_path / "x.safetensors", config)
+    assert list(tmp_path.iterdir()) == []
