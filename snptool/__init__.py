@@ -67,6 +67,8 @@ _EXPORTS = {
     "DataConfig": "snptool.config",
     "InputSpec": "snptool.config",
     "SnpError": "snptool.errors",
+    "DistributedError": "snptool.distributed",
+    "run_sharded_split": "snptool.probe",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -123,6 +123,7 @@ class DataConfig:
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
+AMP_MODES = ("off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,10 @@ class TrainConfig:
     one of the two per batch, p ½). Without `decay_norm_bias` biases and norm scales (1-D
     parameters) are not decayed, as in timm. Decision: `min_lr` defaults to the CCT authors'
     1e-5.
+
+    Speed: `amp` "bf16" / "fp16" runs the training forward pass under autocast (fp16 with a
+    gradient scaler, CUDA only); `channels_last` stores conv models NHWC on CUDA (ignored on
+    CPU). Under torchrun `batch_size` is the global batch, split evenly over the processes.
     """
 
     epochs: int = 30
@@ -166,6 +171,8 @@ class TrainConfig:
     cutmix: float = 0.0
     mix_prob: float = 1.0
     decay_norm_bias: bool = True
+    amp: str = "off"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -199,6 +206,10 @@ class TrainConfig:
             (self.mixup >= 0, f"mixup alpha must be >= 0 (0: off), not {self.mixup}"),
             (self.cutmix >= 0, f"cutmix alpha must be >= 0 (0: off), not {self.cutmix}"),
             (0 <= self.mix_prob <= 1, f"mix prob must lie in [0, 1], not {self.mix_prob}"),
+            (
+                self.amp in AMP_MODES,
+                f"unknown amp mode {self.amp!r}; use one of {', '.join(AMP_MODES)}",
+            ),
         )
 
 

@@ -29,11 +29,18 @@ from snptool.files import strict_json
 stderr = Console(stderr=True, highlight=False)
 if not stderr.is_terminal:  # logs and pipes: no live bars, no truncated tables
     stderr.width = 160
-_state: dict = {"quiet": False, "active": None}
+_state: dict = {"quiet": False, "active": None, "rank": 0}
 
 
 def set_quiet(quiet: bool) -> None:
     _state["quiet"] = quiet
+
+
+def set_rank(rank: int) -> None:
+    """Under torchrun: only rank 0 shows progress, logs, tables and JSON."""
+    _state["rank"] = rank
+    if rank:
+        _state["quiet"] = True
 
 
 class ProgressTask:
@@ -42,6 +49,11 @@ class ProgressTask:
     def __init__(self, progress: Progress | None, task_id: int | None) -> None:
         self._progress = progress
         self._task_id = task_id
+
+    @property
+    def live(self) -> bool:
+        """Whether a bar is shown (so a description is worth computing)."""
+        return self._progress is not None
 
     def advance(self, steps: int = 1) -> None:
         if self._progress is not None:
@@ -89,9 +101,14 @@ def log(message: str) -> None:
         stderr.print(message, markup=False, soft_wrap=True)
 
 
-def error(message: str) -> None:
-    """An error line on stderr; printed even when quiet."""
-    stderr.print(f"error: {message}", markup=False, style="bold red", soft_wrap=True)
+def error(message: str, *, collective: bool = False) -> None:
+    """An error line on stderr; printed even when quiet. Under torchrun an error every rank
+    raises (`collective`) is printed by rank 0 only, any other names its rank."""
+    rank = _state["rank"]
+    if rank and collective:
+        return
+    where = f"rank {rank}: " if rank else ""
+    stderr.print(f"error: {where}{message}", markup=False, style="bold red", soft_wrap=True)
 
 
 def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -116,7 +133,9 @@ def format_cell(value: Any) -> str:
 
 
 def emit_json(payload: Any) -> None:
-    """Print a machine-readable result on stdout."""
+    """Print a machine-readable result on stdout (rank 0 only under torchrun)."""
+    if _state["rank"]:
+        return
     text = json.dumps(strict_json(payload), indent=2, default=_json_default, allow_nan=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()

@@ -89,7 +89,11 @@ class FileImages(torch.utils.data.Dataset):
         self._spec = spec
         sampler = [int(i) for i in order]
         loader = torch.utils.data.DataLoader(
-            self, batch_size=batch_size, sampler=sampler, num_workers=workers
+            self,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches copy to a GPU async
         )
         yield from loader
 

@@ -10,6 +10,7 @@ chunks, so 1,000 labels × 2,048 units fit in a few hundred MiB.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import h5py
 import torch
 
-from snptool import console
+from snptool import console, distributed
 from snptool.checkpoint import read_checkpoint
 from snptool.config import DataConfig, MatrixConfig, config_to_dict
 from snptool.devices import resolve_device
@@ -26,7 +27,7 @@ from snptool.errors import InputFileError
 from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance, require_file, sha256_file
 from snptool.matrix_file import create_layer, create_matrix_file
-from snptool.probe import ProbeFile, run_split
+from snptool.probe import ProbeFile, run_sharded_split
 from snptool.taps import TapRecorder
 
 CHUNK_BUDGET = 256 * 2**20
@@ -114,7 +115,7 @@ def mean_source(
     )
     data_spec = data_spec or probes.metadata["data"]["train"]["spec"]
     data = load_checkpoint_data(checkpoint, data_spec, split, data_config)
-    result = run_split(
+    result = run_sharded_split(
         checkpoint.model,
         recorder,
         data,
@@ -142,6 +143,18 @@ def run_matrix(
 ) -> MatrixResult:
     """Write the [U, C, C] matrices of the probed layers (all, or `layers`) to HDF5."""
     config = config or MatrixConfig()
+    distributed.setup(resolve_device(config.device))
+    distributed.check_agreement(
+        {
+            "-o": output,
+            "CHECKPOINT": checkpoint_path,
+            "PROBES": probes_path,
+            "--layer": layers,
+            "--data": data_spec,
+            "the matrix flags": config_to_dict(config),
+            "the data flags": data_config and config_to_dict(data_config),
+        }
+    )
     check_output_path(output, checkpoint_path, probes_path)
     started = time.perf_counter()
     probes = ProbeFile(probes_path)
@@ -169,7 +182,7 @@ def run_matrix(
         "provenance": provenance({"checkpoint": checkpoint_path, "probes": probes_path}),
     }
     results = []
-    with atomic_path(output) as temporary, h5py.File(temporary, "w") as handle:
+    with _matrix_handle(output) as handle:
         create_matrix_file(handle, class_names, metadata)
         for order, name in enumerate(names):
             tap = probes.tap(name)
@@ -214,3 +227,16 @@ def run_matrix(
                 )
             )
     return MatrixResult(str(output), config.split, results, time.perf_counter() - started)
+
+
+@contextlib.contextmanager
+def _matrix_handle(output: str | Path):
+    """The HDF5 file to write, atomically; under torchrun, ranks but 0 get one in memory only."""
+    if not distributed.is_main():
+        with h5py.File(
+            f"rank{distributed.rank()}.h5", "w", driver="core", backing_store=False
+        ) as h:
+            yield h
+        return
+    with atomic_path(output) as temporary, h5py.File(temporary, "w") as handle:
+        yield handle

@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from snptool import console
+from snptool import console, distributed
 from snptool.checkpoint import Checkpoint, read_checkpoint, read_header
 from snptool.config import DataConfig, InputSpec, ProbeConfig, config_to_dict
 from snptool.data import DataSplit, prepare_batch
@@ -137,6 +137,29 @@ def run_split(
             task.advance()
     return SplitPass(
         {k: v.cpu() for k, v in sums.items()}, counts, data.labels.clone(), features, correct
+    )
+
+
+def run_sharded_split(
+    model: nn.Module, recorder: TapRecorder, data: DataSplit, spec: InputSpec, **options: Any
+) -> SplitPass:
+    """`run_split` on this rank's exact shard, combined over ranks (`run_split` in one process).
+
+    Sums, counts and correct predictions are all-reduced; cached features are gathered back
+    into the split's order, so every rank holds what one process would.
+    """
+    if not distributed.is_distributed():
+        return run_split(model, recorder, data, spec, **options)
+    part = run_split(model, recorder, distributed.shard_split(data), spec, **options)
+    features = part.features
+    if features is not None:
+        features = {k: distributed.gather_shards(v, len(data)) for k, v in features.items()}
+    return SplitPass(
+        {k: distributed.all_reduce_sum(v) for k, v in part.sums.items()},
+        distributed.all_reduce_sum(part.counts),
+        data.labels.clone(),
+        features,
+        round(distributed.sum_numbers(part.model_correct)[0]),
     )
 
 
@@ -265,8 +288,18 @@ def run_probe(
 ) -> ProbeResult:
     """Fit probes on `layers` (None: every analysable layer) and write the probe file."""
     config = config or ProbeConfig()
+    device = distributed.setup(resolve_device(config.device))
+    distributed.check_agreement(
+        {
+            "-o": output,
+            "CHECKPOINT": checkpoint_path,
+            "--layer": layers,
+            "--data": data_spec,
+            "the probe flags": config_to_dict(config),
+            "the data flags": data_config and config_to_dict(data_config),
+        }
+    )
     check_output_path(output, checkpoint_path)
-    device = resolve_device(config.device)
     checkpoint = read_checkpoint(checkpoint_path, device)
     spec = checkpoint.input_spec
     layers = layers or analysable_layers(checkpoint.model, spec)
@@ -284,8 +317,8 @@ def run_probe(
         )
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    passes = {
-        name: run_split(
+    passes = {  # under torchrun each rank runs its shard; every rank then fits the same probes
+        name: run_sharded_split(
             checkpoint.model,
             recorder,
             split,
@@ -335,7 +368,8 @@ def run_probe(
     metadata = _probe_metadata(
         checkpoint, splits, results, recorder.taps, passes, config, mode, checkpoint_path
     )
-    write_probe_file(output, recorder.taps, weights, passes, metadata)
+    if distributed.is_main():
+        write_probe_file(output, recorder.taps, weights, passes, metadata)
     return ProbeResult(
         str(output),
         str(checkpoint_path),

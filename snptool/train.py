@@ -8,22 +8,25 @@ resumed run repeats an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snptool import console
+from snptool import console, distributed
 from snptool.architectures import build_model, default_input_size, run_dummy_input
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.config import DataConfig, InputSpec, TrainConfig, config_to_dict
 from snptool.data import DataSplit, augment_batch, load_data, prepare_batch
-from snptool.devices import resolve_device, seed_everything
+from snptool.devices import resolve_device, seed_everything, to_device
 from snptool.errors import UsageError
 from snptool.evaluate import check_classes, evaluate_model
 from snptool.files import check_output_path, provenance
@@ -32,6 +35,35 @@ from snptool.mixing import apply_mix, draw_mix, mixing_rng
 OPTIMIZER_PREFIX = "snptool/optimizer/"  # + state key + "/" + parameter name
 LEGACY_MOMENTUM_PREFIX = "snptool/momentum/"  # + parameter name: SGD files before AdamW
 ADAMW_BETAS = (0.9, 0.999)
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+RANK_SEED_STRIDE = 7_919  # per-rank offset of the augmentation and dropout seeds
+
+
+@dataclass
+class Runtime:
+    """How the training step runs: the module to call (DDP-wrapped under torchrun), autocast
+    dtype, fp16 gradient scaler, NHWC inputs."""
+
+    forward: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
 
 @dataclass(frozen=True)
@@ -166,12 +198,32 @@ def run_train(
     """
     config = config or TrainConfig()
     data_config = data_config or DataConfig()
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))
+    if config.amp == "fp16" and device.type != "cuda":
+        raise UsageError(f"--amp fp16 needs a CUDA device, not {device}; use --amp bf16 on CPU.")
     best_output = Path(best_output) if best_output else best_output_path(output)
+    distributed.check_agreement(
+        {
+            "-o": output,
+            "--best-output": best_output,
+            "--resume": resume,
+            "--arch": arch,
+            "--data": data_spec,
+            "--arch-kwargs": arch_kwargs,
+            "the training flags": config_to_dict(config),
+            "the data flags": config_to_dict(data_config),
+            "the input flags": inputs,
+        }
+    )
     check_output_path(output, resume)
     check_output_path(best_output, resume)
     if Path(output).resolve() == best_output.resolve():
         raise UsageError("--best-output must differ from -o.")
+    if config.batch_size % distributed.world_size():
+        raise distributed.DistributedError(
+            f"--batch-size {config.batch_size} does not split evenly over "
+            f"{distributed.world_size()} processes; give a multiple of the world size."
+        )
 
     state = _resume_state(resume, arch, config.optimizer, device) if resume is not None else None
     if state is not None:
@@ -194,7 +246,7 @@ def run_train(
         model, arch_record = build_model(arch, arch_kwargs, num_classes=train_data.num_classes)
         run_dummy_input(model, spec.shape, arch)
         history = []
-    model.to(device)
+    runtime = _runtime(model, config, device)
     optimizer = build_optimizer(model, config)
     if state is not None:
         _restore_optimizer(model, optimizer, state.extras)
@@ -202,6 +254,8 @@ def run_train(
     def save(
         path: Path, kind: str, epochs: list[EpochRecord], extras: dict | None, weights: nn.Module
     ):
+        if not distributed.is_main():  # under torchrun rank 0 alone writes
+            return
         metadata = make_metadata(
             arch=arch_record,
             class_names=train_data.class_names,
@@ -222,7 +276,7 @@ def run_train(
     with console.progress("train", steps) as task:
         for epoch in range(start, config.epochs):
             record = _train_epoch(
-                model, optimizer, train_data, test_data, spec, config, epoch, device, task
+                runtime, model, optimizer, train_data, test_data, spec, config, epoch, task
             )
             history.append(record)
             console.log(
@@ -246,7 +300,37 @@ def run_train(
     )
 
 
+def _runtime(model: nn.Module, config: TrainConfig, device: torch.device) -> Runtime:
+    """Move the model to its device (NHWC for convs on CUDA) and wrap it in DDP under torchrun."""
+    channels_last = (
+        config.channels_last
+        and device.type == "cuda"
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+    if channels_last:
+        model.to(device, memory_format=torch.channels_last)
+    else:
+        model.to(device)
+    forward = model
+    if distributed.is_distributed():
+        device_ids = [device] if device.type == "cuda" else None
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    return Runtime(forward, device, AMP_DTYPES.get(config.amp), scaler, channels_last)
+
+
+def epoch_shard(samples: int, config: TrainConfig, epoch: int) -> np.ndarray:
+    """This rank's sample order for one epoch: the seeded permutation of all samples, strided
+    over the ranks (rank r takes every W-th, the last samples % W dropped), so the ranks'
+    batches together are the one-process run's global batches."""
+    order = np.random.default_rng(config.seed * 100_003 + epoch).permutation(samples)
+    if not distributed.is_distributed():
+        return order
+    return order[distributed.shard_indices(samples, "the training split", even=True)]
+
+
 def _train_epoch(
+    runtime: Runtime,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     train_data: DataSplit,
@@ -254,62 +338,87 @@ def _train_epoch(
     spec: InputSpec,
     config: TrainConfig,
     epoch: int,
-    device: torch.device,
     task: console.ProgressTask,
 ) -> EpochRecord:
-    steps = train_data.num_batches(config.batch_size)
-    torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    device, rank_seed = runtime.device, distributed.rank() * RANK_SEED_STRIDE
+    batch_size = config.batch_size // distributed.world_size()
+    order = epoch_shard(len(train_data), config, epoch)
+    steps = math.ceil(len(order) / batch_size)
+    torch.manual_seed(config.seed * 100_003 + epoch + rank_seed)  # dropout etc.
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + rank_seed)
     mixing = mixing_rng(config.seed, epoch)
     mixes = config.mixup > 0 or config.cutmix > 0
     model.train()
-    loss_sum, correct, seen, busy = 0.0, 0, 0, 0.0
-    batches = train_data.batches(
-        spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
-    )
+    # summed on the device: no host sync per step
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen, busy = 0, 0.0
+    batches = train_data.images.batches(order, batch_size, spec, train_data.config.workers)
     for step, (images, labels) in enumerate(batches):
         started = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(epoch + step / steps, config)
-        x = prepare_batch(images.to(device), spec)
+        x = prepare_batch(to_device(images, device), spec)
         if config.augment:
             x = augment_batch(x, config.translate, config.flip, generator)
-        labels = labels.to(device)
+        labels = to_device(labels, device)
         if mixes:  # soft targets; accuracy against each image's larger share
             draw = draw_mix(config.mixup, config.cutmix, config.mix_prob, *x.shape[2:], mixing)
             x, targets = apply_mix(x, labels, train_data.num_classes, draw)
             labels = targets.argmax(1)
         else:
             targets = labels
-        logits = model(x)
-        loss = training_loss(logits, targets, config.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        busy += time.perf_counter() - started
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        if runtime.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            logits = runtime.forward(x)
+            loss = training_loss(logits.float(), targets, config.label_smoothing)
+        runtime.backward_step(loss, optimizer)
+        loss_sum += loss.detach().double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # so `busy` times the GPU's work
+        busy += time.perf_counter() - started
         task.advance()
-        task.describe(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f}")
-    test = evaluate_model(
-        model, test_data, spec, batch_size=config.eval_batch_size, device=device, description="test"
+        if task.live:
+            task.describe(f"epoch {epoch + 1}/{config.epochs} loss {float(loss_sum) / seen:.3f}")
+    test = _evaluate_shards(model, test_data, spec, config, device)
+    loss_total, correct_total, seen_total, busy_total = distributed.sum_numbers(
+        float(loss_sum), float(correct), seen, busy
     )
+    busy = busy_total / distributed.world_size()  # the mean rank's time
     return EpochRecord(
         epoch=epoch + 1,
         learning_rate=learning_rate_at(epoch, config),
-        loss=loss_sum / seen,
-        train_accuracy=correct / seen,
+        loss=loss_total / seen_total,
+        train_accuracy=correct_total / seen_total,
         test_loss=test.loss,
         test_accuracy=test.accuracy,
         seconds=busy,
-        images_per_second=seen / busy if busy else 0.0,
+        images_per_second=seen_total / busy if busy else 0.0,
+    )
+
+
+def _evaluate_shards(model, test_data, spec, config, device):
+    """Test accuracy and loss: each rank its exact shard, the sums combined over ranks."""
+    shard = distributed.shard_split(test_data)
+    test = evaluate_model(
+        model, shard, spec, batch_size=config.eval_batch_size, device=device, description="test"
+    )
+    if not distributed.is_distributed():
+        return test
+    correct, loss, samples = distributed.sum_numbers(
+        round(test.accuracy * test.samples), test.loss * test.samples, test.samples
+    )
+    return dataclasses.replace(
+        test, accuracy=correct / samples, loss=loss / samples, samples=int(samples), per_class=[]
     )
 
 
 def _training_record(config, history, kind, train_data, test_data) -> dict[str, Any]:
     best = max(history, key=lambda r: r.test_accuracy)
-    return {
+    record = {
         "config": config_to_dict(config),
         "history": [vars(r) for r in history],
         "epochs_done": len(history),
@@ -321,6 +430,9 @@ def _training_record(config, history, kind, train_data, test_data) -> dict[str, 
         "train_data": train_data.record(),
         "test_data": test_data.record(),
     }
+    if distributed.is_distributed():  # one-process files stay as they were
+        record["world_size"] = distributed.world_size()
+    return record
 
 
 def _resume_state(

@@ -34,6 +34,7 @@ FOUNDATION = {
     "interrupts",
     "console",
     "devices",
+    "distributed",
     "architectures",
     "checkpoint",
     "data",

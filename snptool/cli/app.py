@@ -102,7 +102,7 @@ def _reports_errors(command: Callable) -> Callable:
         except SnpError as error:
             if _state["debug"]:
                 raise
-            console.error(str(error))
+            console.error(str(error), collective=getattr(error, "collective", False))
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt as interrupt:
             interrupt_reported()

@@ -119,6 +119,13 @@ CutmixOpt = Annotated[
     float, typer.Option("--cutmix", help="CutMix's α (0: off); with --mixup, one per batch.")
 ]
 MixProbOpt = Annotated[float, typer.Option("--mix-prob", help="Probability that a batch is mixed.")]
+AmpOpt = Annotated[
+    str, typer.Option("--amp", help="Autocast the training pass: off, bf16, fp16 (CUDA).")
+]
+ChannelsLastOpt = Annotated[
+    bool,
+    typer.Option("--channels-last/--no-channels-last", help="NHWC conv models on CUDA."),
+]
 DecayNormBiasOpt = Annotated[
     bool,
     typer.Option(

@@ -9,8 +9,10 @@ import typer
 
 from snptool.cli.app import command
 from snptool.cli.options import (
+    AmpOpt,
     AugmentOpt,
     BatchSizeOpt,
+    ChannelsLastOpt,
     ClassesOpt,
     CutmixOpt,
     DataRootOpt,
@@ -105,6 +107,8 @@ def sweep(
     cutmix: CutmixOpt = TrainConfig.cutmix,
     mix_prob: MixProbOpt = TrainConfig.mix_prob,
     decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
+    amp: AmpOpt = TrainConfig.amp,
+    channels_last: ChannelsLastOpt = TrainConfig.channels_last,
     test_fraction: TestFractionOpt = DataConfig.test_fraction,
     split_seed: SplitSeedOpt = DataConfig.split_seed,
     classes: ClassesOpt = None,
@@ -144,6 +148,8 @@ def sweep(
         cutmix=cutmix,
         mix_prob=mix_prob,
         decay_norm_bias=decay_norm_bias,
+        amp=amp,
+        channels_last=channels_last,
     )
     config = SweepConfig(
         d1=ints(d1, "--d1"),

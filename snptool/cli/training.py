@@ -9,9 +9,11 @@ import typer
 
 from snptool.cli.app import command
 from snptool.cli.options import (
+    AmpOpt,
     ArchKwargsOpt,
     AugmentOpt,
     BatchSizeOpt,
+    ChannelsLastOpt,
     ChannelsOpt,
     ClassesOpt,
     CutmixOpt,
@@ -92,6 +94,8 @@ def train(
     cutmix: CutmixOpt = TrainConfig.cutmix,
     mix_prob: MixProbOpt = TrainConfig.mix_prob,
     decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
+    amp: AmpOpt = TrainConfig.amp,
+    channels_last: ChannelsLastOpt = TrainConfig.channels_last,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from the last state a train run wrote.")
     ] = None,
@@ -144,6 +148,8 @@ def train(
         cutmix=cutmix,
         mix_prob=mix_prob,
         decay_norm_bias=decay_norm_bias,
+        amp=amp,
+        channels_last=channels_last,
     )
     inputs = InputOverrides(
         channels=channels,

@@ -1,0 +1,218 @@
+"""torchrun runs of train, probe and matrix: 2 gloo processes on CPU against one process.
+
+Each distributed run is a real `torch.distributed.run` (torchrun) subprocess with a time
+limit; the misconfigured ones start two ranks by hand with torchrun's environment variables,
+so each rank can be given different flags.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from snptool.checkpoint import read_metadata
+from snptool.config import MatrixConfig, TrainConfig
+from snptool.errors import UsageError
+from snptool.matrix import run_matrix
+from snptool.train import run_train
+from tests.conftest import PROBE_LAYERS, REPO_ROOT, TINY_PROBE
+
+TIMEOUT = 300  # seconds for one distributed command (two processes on a loaded 2-core box)
+# lenet5 has no batch norm or dropout, so without augmentation two ranks with half batches
+# average to the one-process gradient: the weights agree up to float rounding
+EXACT_TRAIN = ["--arch", "lenet5", "--data", "digits", "--no-augment", "--device", "cpu"]
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    return env
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node 2 -m snptool ARGS` in `cwd`."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "snptool", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+
+
+def two_ranks(args_of_rank, cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Start ranks 0 and 1 by hand (torchrun's variables), `args_of_rank(rank)` each."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    processes = []
+    for rank in range(2):
+        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        command = [sys.executable, "-m", "snptool", *args_of_rank(rank)]
+        processes.append(
+            subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=TIMEOUT)
+        results.append(
+            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        )
+    return results
+
+
+def _ok(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # one JSON document: rank 0 alone printed
+
+
+@pytest.fixture(scope="module")
+def trained_two(tmp_path_factory) -> tuple[Path, dict]:
+    """One epoch of EXACT_TRAIN on two ranks."""
+    directory = tmp_path_factory.mktemp("ddp_train")
+    result = torchrun("train", *EXACT_TRAIN, "--epochs", "1", "-o", "two.safetensors", "--json",
+                      cwd=directory)  # fmt: skip
+    return directory / "two.safetensors", _ok(result)
+
+
+def test_two_rank_training_matches_one_process(trained_two, tmp_path):
+    two_path, summary = trained_two
+    config = TrainConfig(epochs=1, augment=False, device="cpu")
+    one = run_train("lenet5", "digits", tmp_path / "one.safetensors", config)
+    one_weights, two_weights = load_file(one.output), load_file(two_path)
+    assert one_weights.keys() == two_weights.keys()
+    for name, value in one_weights.items():
+        torch.testing.assert_close(two_weights[name], value, rtol=1e-4, atol=1e-5)
+    record, one_record = summary["history"][0], one.history[0]
+    assert record["loss"] == pytest.approx(one_record.loss, rel=1e-4)
+    assert record["test_accuracy"] == pytest.approx(one_record.test_accuracy, abs=0.01)
+    # the same file format: the same metadata keys, plus the world size of the run
+    training = read_metadata(two_path)["training"]
+    assert training["world_size"] == 2
+    assert set(training) - {"world_size"} == set(read_metadata(one.output)["training"])
+    assert training["test_data"]["samples"] == 359  # every test image, counted once
+
+
+def test_two_rank_training_resumes(trained_two):
+    two_path, _ = trained_two
+    result = torchrun("train", "--resume", two_path.name, "--epochs", "2", "-o",
+                      "resumed.safetensors", "--device", "cpu", "--json",
+                      cwd=two_path.parent)  # fmt: skip
+    summary = _ok(result)
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    assert read_metadata(two_path.parent / "resumed.safetensors")["training"]["epochs_done"] == 2
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+
+
+def test_two_rank_probe_matches_one_process(checkpoint_path, probe_result, tmp_path):
+    layers = [part for layer in PROBE_LAYERS for part in ("--layer", layer)]
+    result = torchrun("probe", str(checkpoint_path), *layers, "--epochs", str(TINY_PROBE.epochs),
+                      "--device", "cpu", "-o", "two.probes.safetensors", "--json",
+                      cwd=tmp_path)  # fmt: skip
+    summary = _ok(result)
+    one, two = _tensors(Path(probe_result.output)), _tensors(tmp_path / "two.probes.safetensors")
+    assert one.keys() == two.keys()
+    for split in ("train", "test"):  # exact counts: no padded duplicates
+        assert torch.equal(two[f"count/{split}"], one[f"count/{split}"])
+    for key in one:
+        if key.startswith("mean/"):
+            torch.testing.assert_close(two[key], one[key], rtol=1e-5, atol=1e-6)
+        elif key.startswith("probe/"):
+            torch.testing.assert_close(two[key], one[key], rtol=1e-3, atol=1e-4)
+    accuracy = {tap.name: tap.test_accuracy for tap in probe_result.taps}
+    for layer in summary["layers"]:
+        assert layer["test_accuracy"] == pytest.approx(accuracy[layer["name"]], abs=0.01)
+    assert summary["model_accuracy"] == pytest.approx(probe_result.model_accuracy, abs=1e-9)
+
+
+def test_two_rank_matrix_matches_one_process(checkpoint_path, probes_path, tmp_path):
+    one = tmp_path / "one.h5"
+    first_run = run_matrix(
+        checkpoint_path, probes_path, one, MatrixConfig(device="cpu"), data_spec="digits"
+    )
+    result = torchrun("matrix", str(checkpoint_path), str(probes_path), "--data", "digits",
+                      "--device", "cpu", "-o", "two.h5", "--json", cwd=tmp_path)  # fmt: skip
+    summary = _ok(result)
+    assert {layer["source"] for layer in summary["layers"]} == {"forward pass"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "two.h5"]  # rank 1 wrote none
+    with h5py.File(one) as first, h5py.File(tmp_path / "two.h5") as second:
+        for name in PROBE_LAYERS:
+            a, b = first[f"layers/{name}/matrix"][()], second[f"layers/{name}/matrix"][()]
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    samples = {layer.layer: layer.samples for layer in first_run.layers}
+    assert {layer["layer"]: layer["samples"] for layer in summary["layers"]} == samples  # exact
+
+
+def test_output_paths_that_differ_between_ranks_are_one_error(tmp_path):
+    results = two_ranks(
+        lambda rank: ["train", *EXACT_TRAIN, "--epochs", "1", "-o", f"rank{rank}.safetensors"],
+        tmp_path,
+    )
+    assert [r.returncode for r in results] == [2, 2]
+    assert results[0].stderr.strip().splitlines() == [
+        "error: -o differs between ranks (rank 0: rank0.safetensors, rank 1: rank1.safetensors); "
+        "give every rank the same -o."
+    ]
+    assert results[1].stderr == "" and results[0].stdout == results[1].stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_more_ranks_than_images_is_one_error(checkpoint_path, tmp_path):
+    images = np.zeros((1, 8, 8), dtype=np.uint8)
+    names = np.array([str(i) for i in range(10)])
+    np.savez(tmp_path / "one.npz", images=images, labels=np.array([3]), class_names=names)
+    result = torchrun("probe", str(checkpoint_path), "--layer", "features.2", "--data",
+                      "npz:one.npz,one.npz", "--device", "cpu", "-o", "p.safetensors",
+                      cwd=tmp_path)  # fmt: skip
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: the train split of npz:one.npz,one.npz has 1 samples, fewer than the 2 processes; "
+        "run torchrun with --nproc-per-node at most 1."
+    ]
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_batch_that_does_not_split_over_the_ranks_is_one_error(tmp_path):
+    result = torchrun("train", *EXACT_TRAIN, "--batch-size", "33", "-o", "x.safetensors",
+                      cwd=tmp_path)  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: --batch-size 33 does not split evenly over 2 processes; "
+        "give a multiple of the world size."
+    ]
+    assert result.stdout == ""
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, device="cpu", amp="bf16")
+    result = run_train("lenet5", "digits", tmp_path / "bf16.safetensors", config)
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.final_accuracy > 0.5  # 2 epochs in fp32 reach ~0.9
+    weights = load_file(result.output)
+    assert all(value.dtype == torch.float32 for value in weights.values())  # fp32 master weights
+    assert read_metadata(result.output)["training"]["config"]["amp"] == "bf16"
+
+
+def test_fp16_on_cpu_is_an_error(tmp_path):
+    config = TrainConfig(epochs=1, device="cpu", amp="fp16")
+    with pytest.raises(UsageError, match="--amp fp16 needs a CUDA device"):
+        run_train("lenet5", "digits", tmp_path / "x.safetensors", config)
+    assert list(tmp_path.iterdir()) == []
