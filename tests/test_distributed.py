@@ -174,20 +174,19 @@ def test_output_paths_that_differ_between_ranks_are_one_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_more_ranks_than_images_is_one_error(checkpoint_path, tmp_path):
-    images = np.zeros((1, 8, 8), dtype=np.uint8)
-    names = np.array([str(i) for i in range(10)])
-    np.savez(tmp_path / "one.npz", images=images, labels=np.array([3]), class_names=names)
-    result = torchrun("probe", str(checkpoint_path), "--layer", "features.2", "--data",
-                      "npz:one.npz,one.npz", "--device", "cpu", "-o", "p.safetensors",
+def test_more_ranks_than_images_is_one_error(tmp_path):
+    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)  # one image of the one class
+    np.savez(tmp_path / "one.npz", images=images, labels=np.array([0]), class_names=["only"])
+    result = torchrun("train", "--arch", "lenet5", "--data", "npz:one.npz,one.npz",
+                      "--device", "cpu", "--epochs", "1", "-o", "m.safetensors",
                       cwd=tmp_path)  # fmt: skip
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: the train split of npz:one.npz,one.npz has 1 samples, fewer than the 2 processes; "
+        "error: the training split has 1 samples, fewer than the 2 processes; "
         "run torchrun with --nproc-per-node at most 1."
     ]
-    assert not (tmp_path / "p.safetensors").exists()
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_batch_that_does_not_split_over_the_ranks_is_one_error(tmp_path):
