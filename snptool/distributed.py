@@ -57,6 +57,12 @@ def setup(device: torch.device) -> torch.device:
     """
     if env_world_size() <= 1:
         return device
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing and not dist.is_initialized():
+        raise DistributedError(
+            f"WORLD_SIZE is {env_world_size()} but {', '.join(missing)} is not set; "
+            "start distributed runs with torchrun."
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():

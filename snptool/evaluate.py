@@ -14,7 +14,7 @@ from snptool import console
 from snptool.checkpoint import Checkpoint, read_checkpoint
 from snptool.config import DataConfig, EvaluateConfig, InputSpec
 from snptool.data import DataSplit, load_data, prepare_batch
-from snptool.devices import resolve_device
+from snptool.devices import resolve_device, to_device
 from snptool.errors import DataError, UsageError
 
 
@@ -67,7 +67,7 @@ def evaluate_model(
     loss_sum = 0.0
     with console.progress(description, data.num_batches(batch_size)) as task:
         for images, labels in data.batches(spec, batch_size):
-            logits = model(prepare_batch(images.to(device), spec))
+            logits = model(prepare_batch(to_device(images, device), spec))
             loss_sum += F.cross_entropy(logits, labels.to(device), reduction="sum").item()
             hits = (logits.argmax(1).cpu() == labels).long()
             correct += torch.bincount(labels, weights=hits, minlength=classes).long()

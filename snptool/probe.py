@@ -32,7 +32,7 @@ from snptool import console, distributed
 from snptool.checkpoint import Checkpoint, read_checkpoint, read_header
 from snptool.config import DataConfig, InputSpec, ProbeConfig, config_to_dict
 from snptool.data import DataSplit, prepare_batch
-from snptool.devices import resolve_device
+from snptool.devices import resolve_device, to_device
 from snptool.errors import InputFileError
 from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance, require_file
@@ -129,7 +129,7 @@ def run_split(
             rows = slice(start, start + len(labels))
             consume = functools.partial(_accumulate, sums, features, one_hot, rows)
             _, logits = recorder.run(
-                prepare_batch(images.to(device), spec), full=True, consume=consume
+                prepare_batch(to_device(images, device), spec), full=True, consume=consume
             )
             correct += int((logits.argmax(1) == on_device).sum())
             counts += torch.bincount(labels, minlength=classes)
@@ -200,7 +200,7 @@ def streamed_batches(
 ) -> Iterator[tuple[dict, torch.Tensor]]:
     for images, labels in data.images.batches(order, batch_size, spec, data.config.workers):
         with torch.no_grad():  # not around the yield: the consumer trains with gradients
-            outputs, _ = recorder.run(prepare_batch(images.to(device), spec))
+            outputs, _ = recorder.run(prepare_batch(to_device(images, device), spec))
         yield {name: t.reshape(len(labels), -1) for name, t in outputs.items()}, labels
 
 

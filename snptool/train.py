@@ -354,6 +354,7 @@ def _train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen, busy = 0, 0.0
     batches = train_data.images.batches(order, batch_size, spec, train_data.config.workers)
+    loop_started = time.perf_counter()
     for step, (images, labels) in enumerate(batches):
         started = time.perf_counter()
         for group in optimizer.param_groups:
@@ -377,12 +378,13 @@ def _train_epoch(
         loss_sum += loss.detach().double() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # so `busy` times the GPU's work
         busy += time.perf_counter() - started
         task.advance()
         if task.live:
             task.describe(f"epoch {epoch + 1}/{config.epochs} loss {float(loss_sum) / seen:.3f}")
+    if device.type == "cuda":  # steps run asynchronously: time the whole loop, synced once
+        torch.cuda.synchronize(device)
+        busy = time.perf_counter() - loop_started
     test = _evaluate_shards(model, test_data, spec, config, device)
     loss_total, correct_total, seen_total, busy_total = distributed.sum_numbers(
         float(loss_sum), float(correct), seen, busy

@@ -215,3 +215,27 @@ def test_fp16_on_cpu_is_an_error(tmp_path):
     with pytest.raises(UsageError, match="--amp fp16 needs a CUDA device"):
         run_train("lenet5", "digits", tmp_path / "x.safetensors", config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_world_size_without_torchrun_is_one_error(tmp_path):
+    env = {**_env(), "WORLD_SIZE": "2"}
+    command = [sys.executable, "-m", "snptool", "train", *EXACT_TRAIN, "-o", "x.safetensors"]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "error: WORLD_SIZE is 2 but RANK, MASTER_ADDR, MASTER_PORT is not set; "
+        "start distributed runs with torchrun."
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_cuda_training_with_autocast_and_channels_last(amp, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, device="cuda", amp=amp)
+    result = run_train("tiny_vgg", "digits", tmp_path / f"{amp}.safetensors", config)
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.final_accuracy > 0.5
+    weights = load_file(result.output)  # saved contiguous (NCHW) from the NHWC model
+    assert all(value.is_contiguous() for value in weights.values())
