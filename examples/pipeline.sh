@@ -62,7 +62,7 @@ print(f"onnx: params {exports[1]['params']}/{exports[0]['params']}, MACs {export
       f"{exports[0]['macs']} ({mac_ratio:.3f}), max |diff| {exports[1]['max_abs_diff']:.1e}; "
       f"latency p50 {latency[0]['p50_ms']:.3f} ms dense, {latency[1]['p50_ms']:.3f} ms pruned")
 print(f"pruning buys a {speedup:.2f}x faster export ({speedup * mac_ratio:.2f} of the ideal "
-      f"{1 / mac_ratio:.2f}x) for {100 * (prune['dense_accuracy'] - prune['accuracy_after']):+.2f} "
-      f"points of accuracy lost")
+      f"{1 / mac_ratio:.2f}x) for {100 * (prune['dense_accuracy'] - prune['accuracy_after']):.2f} "
+      f"points of test accuracy ({prune['dense_accuracy']:.4f} -> {prune['accuracy_after']:.4f})")
 print(f"report: open {out}/report.html in a browser")
 PY

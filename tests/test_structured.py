@@ -9,6 +9,7 @@ label); the pruned model must compute the same logits.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -321,3 +322,28 @@ def test_bad_settings_are_refused():
         PruneConfig(method="units", ranking=("labels", "loudness"))
     with pytest.raises(UsageError, match="round to"):
         PruneConfig(method="units", round_to=0)
+
+
+def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, tmp_path):
+    root = str(Path(__file__).resolve().parents[1])
+    environment = {"PYTHONPATH": root, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "-m", "snptool", "--quiet", "prune", str(resnet["dense"])]
+    command += ["--clusters", str(resnet["clusters"]), "--method", "magnitude-channels"]
+    output = tmp_path / "cli.safetensors"
+    done = subprocess.run(
+        [*command, "--target-macs", "0.5", "--device", "cpu", "-o", str(output), "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert done.returncode == 0, done.stderr
+    size = json.loads(done.stdout)["size"]
+    assert size["macs"] <= 0.5 * size["dense_macs"]
+    bad = subprocess.run(
+        [*command, "--target-macs", "1.5", "-o", str(tmp_path / "bad.safetensors")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "target MACs" in bad.stderr

@@ -134,10 +134,11 @@ def prune(
     workers: WorkersOpt = DataConfig.workers,
     json_output: JsonOpt = False,
 ) -> None:
-    """Prune connections by the labels units serve (AFCC, METHODS.md §8) and fine-tune.
+    """Prune connections by the labels units serve (AFCC, METHODS.md §8), or remove whole
+    channels (--method units), and fine-tune.
 
-    Example: snptool prune model.safetensors --clusters matrices.h5 --method afcc
-    --layers features.14,features.17 --finetune-epochs 5 -o pruned.safetensors
+    Example: snptool prune model.safetensors --clusters matrices.h5 --method units
+    --target-macs 0.5 --finetune-epochs 5 -o pruned.safetensors
     """
     from snptool import console
     from snptool.prune import run_prune
