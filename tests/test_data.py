@@ -452,8 +452,8 @@ def test_cifar_binary_batches_are_read_without_pickle(
     written = {}
     for split in ("train", "test"):
         for index, name in enumerate(layout[split]):
-            images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-            fine = [(3 * index + i + (split == "test")) % classes for i in range(4)]
+            images = rng.integers(0, 256, (classes, 32, 32, 3), dtype=np.uint8)
+            fine = [(3 * index + i + (split == "test")) % classes for i in range(classes)]
             labels = [[f] if layout["label_bytes"] == 1 else [f % 20, f] for f in fine]
             _write_cifar_binary(folder, name, images, labels)
             written.setdefault(split, []).append((images, fine))
@@ -472,7 +472,7 @@ def test_cifar_binary_batches_are_read_without_pickle(
         assert loaded.class_names == names
         assert torch.equal(_images(loaded), torch.from_numpy(images).permute(0, 3, 1, 2))
         assert loaded.labels.tolist() == labels
-    assert len(load_data(f"{kind}:{tmp_path}", "all")) == 4 * (len(layout["train"]) + 1)
+    assert len(load_data(f"{kind}:{tmp_path}", "all")) == classes * (len(layout["train"]) + 1)
 
     last = folder / layout["test"][0]
     last.write_bytes(last.read_bytes()[:-7])
