@@ -130,6 +130,13 @@ def unit_readings(module: nn.Module, shape: tuple[int, ...]) -> list[Reading]:
     return readings
 
 
+def tap_name(layer: str, unit: str, tap_input: bool = False, default_unit: bool = True) -> str:
+    """How a tap is named in every file and flag: `features.10`, `features.10@input`, and
+    `blocks.0.attn.heads:head` when the unit kind is not the first that applies."""
+    name = layer + ("@input" if tap_input else "")
+    return name if default_unit else f"{name}:{unit}"
+
+
 @dataclass(frozen=True)
 class LayerInfo:
     """One analysable reading of a module's output."""
@@ -147,7 +154,7 @@ class LayerInfo:
     @property
     def tap(self) -> str:
         """The exact string to pass as `--layer` to read these units."""
-        return self.layer if self.default_unit else f"{self.layer}:{self.unit}"
+        return tap_name(self.layer, self.unit, default_unit=self.default_unit)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -264,8 +271,7 @@ class Tap:
 
     @property
     def name(self) -> str:
-        name = self.layer + ("@input" if self.tap_input else "")
-        return name if self.default_unit else f"{name}:{self.unit}"
+        return tap_name(self.layer, self.unit, self.tap_input, self.default_unit)
 
     def view(self, tensor: torch.Tensor) -> torch.Tensor:
         return UNIT_KINDS[self.unit].view(tensor, self.units)
