@@ -152,12 +152,18 @@ class DataSplit:
         workers: int | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """uint8 image batches [B, C, H, W] and int64 labels, in order or shuffled by seed."""
-        order = np.arange(len(self))
-        if shuffle:
-            order = np.random.default_rng(seed).permutation(len(self))
         return self.images.batches(
-            order, batch_size, spec, self.config.workers if workers is None else workers
+            self.order(shuffle=shuffle, seed=seed),
+            batch_size,
+            spec,
+            self.config.workers if workers is None else workers,
         )
+
+    def order(self, *, shuffle: bool = False, seed: int = 0) -> np.ndarray:
+        """The sample order `batches` follows: as stored, or the permutation seeded by `seed`."""
+        if shuffle:
+            return np.random.default_rng(seed).permutation(len(self))
+        return np.arange(len(self))
 
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
@@ -389,36 +395,36 @@ def _read_npz(argument: str):
 def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
     """The binary batches when DIR holds them (no pickle); else torchvision's python batches,
     which torchvision unpickles: use those only from a source you trust."""
-    import torchvision.datasets as datasets
-
     kind = spec.partition(":")[0]
     root = Path(argument) if argument else Path(config.root or DEFAULT_ROOT)
     trains = [True] if split == "train" else [False] if split == "test" else [True, False]
     folder = binary_folder(kind, root)
     if folder is not None:
-        read = [read_binary_batches(kind, folder, train) for train in trains]
-        images = torch.from_numpy(np.concatenate([r[0] for r in read])).permute(0, 3, 1, 2)
-        labels = torch.from_numpy(np.concatenate([r[1] for r in read]))
-        return DataSplit(
-            spec, split, ArrayImages(images.contiguous(), labels), read[0][2], (3, 32, 32), config
-        )
-    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
-    parts = []
-    for train in trains:
-        try:
-            parts.append(dataset_class(str(root), train=train, download=config.download))
-        except RuntimeError:
-            raise DataError(
-                f"{kind.upper()} is not in {root}; pass --download to fetch it (needs network) "
-                f"or give the folder that holds it as --data {kind}:DIR."
-            ) from None
-    images = (
-        torch.from_numpy(np.concatenate([p.data for p in parts])).permute(0, 3, 1, 2).contiguous()
-    )
-    labels = torch.as_tensor(np.concatenate([p.targets for p in parts]), dtype=torch.long)
+        parts = [read_binary_batches(kind, folder, train) for train in trains]
+    else:
+        parts = [_torchvision_cifar(kind, root, train, config) for train in trains]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2)
+    labels = torch.as_tensor(np.concatenate([p[1] for p in parts]), dtype=torch.long)
     return DataSplit(
-        spec, split, ArrayImages(images, labels), list(parts[0].classes), (3, 32, 32), config
+        spec, split, ArrayImages(images.contiguous(), labels), parts[0][2], (3, 32, 32), config
     )
+
+
+def _torchvision_cifar(
+    kind: str, root: Path, train: bool, config: DataConfig
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 images [N, 32, 32, 3], labels and class names of one split, through torchvision."""
+    import torchvision.datasets as datasets
+
+    dataset_class = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    try:
+        part = dataset_class(str(root), train=train, download=config.download)
+    except RuntimeError:
+        raise DataError(
+            f"{kind.upper()} is not in {root}; pass --download to fetch it (needs network) "
+            f"or give the folder that holds it as --data {kind}:DIR."
+        ) from None
+    return part.data, np.asarray(part.targets), list(part.classes)
 
 
 def _flowers102(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:

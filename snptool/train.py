@@ -319,14 +319,14 @@ def _runtime(model: nn.Module, config: TrainConfig, device: torch.device) -> Run
     return Runtime(forward, device, AMP_DTYPES.get(config.amp), scaler, channels_last)
 
 
-def epoch_shard(samples: int, config: TrainConfig, epoch: int) -> np.ndarray:
-    """This rank's sample order for one epoch: the seeded permutation of all samples, strided
-    over the ranks (rank r takes every W-th, the last samples % W dropped), so the ranks'
-    batches together are the one-process run's global batches."""
-    order = np.random.default_rng(config.seed * 100_003 + epoch).permutation(samples)
+def epoch_shard(data: DataSplit, config: TrainConfig, epoch: int) -> np.ndarray:
+    """This rank's sample order for one epoch: the split's seeded shuffle, strided over the
+    ranks (rank r takes every W-th, the last samples % W dropped), so the ranks' batches
+    together are the one-process run's global batches."""
+    order = data.order(shuffle=True, seed=config.seed * 100_003 + epoch)
     if not distributed.is_distributed():
         return order
-    return order[distributed.shard_indices(samples, "the training split", even=True)]
+    return order[distributed.shard_indices(len(order), "the training split", even=True)]
 
 
 def _train_epoch(
@@ -342,7 +342,7 @@ def _train_epoch(
 ) -> EpochRecord:
     device, rank_seed = runtime.device, distributed.rank() * RANK_SEED_STRIDE
     batch_size = config.batch_size // distributed.world_size()
-    order = epoch_shard(len(train_data), config, epoch)
+    order = epoch_shard(train_data, config, epoch)
     steps = math.ceil(len(order) / batch_size)
     torch.manual_seed(config.seed * 100_003 + epoch + rank_seed)  # dropout etc.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + rank_seed)
