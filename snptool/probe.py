@@ -433,10 +433,8 @@ class ProbeFile:
         header = read_header(self.path)
         with safe_open(str(self.path), framework="pt") as handle:
             self.keys = set(handle.keys())  # noqa: SIM118
-            layout = {
-                k: (handle.get_slice(k).get_dtype(), handle.get_slice(k).get_shape())
-                for k in self.keys
-            }
+            slices = {key: handle.get_slice(key) for key in self.keys}
+            layout = {key: (part.get_dtype(), part.get_shape()) for key, part in slices.items()}
         try:
             self.metadata = json.loads(header["snptool"])
         except (KeyError, json.JSONDecodeError):
@@ -488,19 +486,19 @@ def probe_file_problem(metadata: dict[str, Any], layout: dict[str, tuple[str, li
     if not isinstance(taps, list) or not all(isinstance(t, dict) for t in taps):
         return "no list of 'taps'"
     fields = ("name", "layer", "unit", "units", "positions", "test_accuracy")
+    splits = list(dict.fromkeys(k.split("/")[1] for k in layout if k.startswith("mean/")))
     for tap in taps:
         missing = [f for f in fields if f not in tap]
         if missing:
             return f"tap {tap.get('name', '?')} has no {', '.join(missing)}"
         shape = [len(names), tap["units"], tap["positions"]]
-        splits = [k.split("/")[1] for k in layout if k.startswith("mean/")]
         for key in [f"probe/{tap['name']}", *(f"mean/{s}/{tap['name']}" for s in splits)]:
             if key not in layout:
                 return f"no tensor {key}"
             dtype, found = layout[key]
             if not dtype.startswith(("F", "BF")) or list(found) != shape:
                 return f"tensor {key} is {dtype} {list(found)}, not a float {shape}"
-    for split in {k.split("/")[1] for k in layout if k.startswith("mean/")}:
+    for split in splits:
         if layout.get(f"count/{split}", (None, None))[1] != [len(names)]:
             return f"no tensor count/{split} of {len(names)} class counts"
     return None
