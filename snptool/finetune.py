@@ -11,7 +11,7 @@ from torch import nn
 
 from snptool import console
 from snptool.architectures import ProbeHeadModel
-from snptool.config import PruneConfig
+from snptool.config import STRUCTURED_METHODS, PruneConfig
 from snptool.data import DataSplit, augment_batch, prepare_batch
 from snptool.devices import seed_everything
 from snptool.errors import LayerError
@@ -112,10 +112,11 @@ def trainable_modules(
 ) -> list[str]:
     """The modules to fine-tune: `config.train_layers` (named as in the original network, also
     with `--classifier probe`, whose probe is `head`; `all` for every module), else the pruned
-    modules whose parameters carry masks."""
-    if not config.train_layers:
+    modules whose parameters carry masks (every module after channel removal, which may
+    change any shape)."""
+    if not config.train_layers and config.method not in STRUCTURED_METHODS:
         return sorted({name.rpartition(".")[0] for name in masks})
-    if "all" in config.train_layers:
+    if not config.train_layers or "all" in config.train_layers:
         return [name for name, _ in model.named_children()]
     names = {name for name, _ in model.named_parameters()}
     prefix = "body." if isinstance(model, ProbeHeadModel) else ""

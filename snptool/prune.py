@@ -548,8 +548,6 @@ def run_prune(
     after = before
     if config.finetune_epochs:
         modules = trainable_modules(model, config, masks)
-        if config.method in STRUCTURED_METHODS and not config.train_layers:
-            modules = [name for name, _ in model.named_children()]  # every shape may change
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
         finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)
