@@ -9,7 +9,6 @@ interrupted sweep continues; a file trained with other settings is refused.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from dataclasses import dataclass
@@ -91,8 +90,7 @@ def run_sweep(
     config = config or SweepConfig()
     data_config = data_config or DataConfig()
     data_spec = data_spec or "digits"
-    records = _DataRecords(data_spec, data_config)
-    _ = records.value  # a bad data spec fails before the output folder is created
+    records = _DataRecords(data_spec, data_config)  # a bad data spec fails before any folder
     folder = prepare_folder(output_dir)
     runs = plan_runs(folder, data_spec, config, records)  # every file checked before training
     points = []
@@ -283,15 +281,11 @@ def _input_spec(metadata: dict[str, Any]) -> InputSpec | None:
 
 
 class _DataRecords:
-    """The train and test records a run on this data stores, loaded once when first needed."""
+    """The train and test records a run on this data stores (`value`), loaded on creation."""
 
     def __init__(self, data_spec: str, data_config: DataConfig) -> None:
-        self.data_spec, self.data_config = data_spec, data_config
-
-    @functools.cached_property
-    def value(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        splits = (load_data(self.data_spec, s, self.data_config) for s in ("train", "test"))
-        return tuple(json.loads(json.dumps(split.record())) for split in splits)
+        splits = (load_data(data_spec, s, data_config) for s in ("train", "test"))
+        self.value = tuple(json.loads(json.dumps(split.record())) for split in splits)
 
 
 def write_result(result: SweepResult, data_config: DataConfig) -> None:
