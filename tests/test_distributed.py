@@ -1,15 +1,17 @@
 """torchrun runs of train, probe and matrix: 2 gloo processes on CPU against one process.
 
 Each distributed run is a real `torch.distributed.run` (torchrun) subprocess with a time
-limit; the misconfigured ones start two ranks by hand with torchrun's environment variables,
-so each rank can be given different flags.
+limit. Three launches serve the file: `python -m snptool train` (the two-rank model), one
+launch of tests/_torchrun_steps.py that runs resume, probe, matrix and two misconfigured
+trainings one after another in one process group (each rank's exit status, stdout and stderr
+recorded per step; "{rank}" gives the ranks different flags), and a misconfigured
+`python -m snptool train` whose failure torchrun itself reports.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +22,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from snptool.checkpoint import read_metadata
+from snptool.cli import app
 from snptool.config import MatrixConfig, TrainConfig
 from snptool.errors import UsageError
 from snptool.matrix import run_matrix
@@ -29,6 +33,7 @@ from snptool.train import run_train
 from tests.conftest import PROBE_LAYERS, REPO_ROOT, TINY_PROBE
 
 TIMEOUT = 300  # seconds for one distributed command (two processes on a loaded 2-core box)
+STEPS = REPO_ROOT / "tests" / "_torchrun_steps.py"
 # lenet5 has no batch norm or dropout, so without augmentation two ranks with half batches
 # average to the one-process gradient: the weights agree up to float rounding
 EXACT_TRAIN = ["--arch", "lenet5", "--data", "digits", "--no-augment", "--device", "cpu"]
@@ -50,33 +55,32 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def two_ranks(args_of_rank, cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Start ranks 0 and 1 by hand (torchrun's variables), `args_of_rank(rank)` each."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    processes = []
-    for rank in range(2):
-        env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        command = [sys.executable, "-m", "snptool", *args_of_rank(rank)]
-        processes.append(
-            subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    results = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=TIMEOUT)
-        results.append(
-            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
-        )
-    return results
+def torchrun_steps(steps: list[dict], folder: Path) -> dict[str, list[dict]]:
+    """Run `steps` ({"name", "cwd", "args"}) in one launch; {name: [rank 0, rank 1 record]}."""
+    plan = folder / "plan.json"
+    plan.write_text(json.dumps([{**step, "cwd": str(step["cwd"])} for step in steps]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", str(STEPS), str(plan)]
+    launch = subprocess.run(
+        command, cwd=folder, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert launch.returncode == 0, launch.stderr[-3000:]
+    return {
+        step["name"]: [json.loads((folder / f"{step['name']}.rank{r}.json").read_text())
+                       for r in range(2)]
+        for step in steps
+    }  # fmt: skip
 
 
 def _ok(result: subprocess.CompletedProcess) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)  # one JSON document: rank 0 alone printed
+
+
+def _step_ok(ranks: list[dict]) -> dict:
+    assert [r["returncode"] for r in ranks] == [0, 0], ranks[0]["stderr"][-3000:]
+    assert ranks[1]["stdout"] == ""  # rank 0 alone printed
+    return json.loads(ranks[0]["stdout"])  # one JSON document
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,33 @@ def trained_two(tmp_path_factory) -> tuple[Path, dict]:
     result = torchrun("train", *EXACT_TRAIN, "--epochs", "1", "-o", "two.safetensors", "--json",
                       cwd=directory)  # fmt: skip
     return directory / "two.safetensors", _ok(result)
+
+
+@pytest.fixture(scope="module")
+def steps(trained_two, checkpoint_path, probes_path, tmp_path_factory) -> dict:
+    """One launch of every other two-rank step: {name: (its folder, [rank 0, rank 1])}."""
+    folder = tmp_path_factory.mktemp("ddp_steps")
+    layers = [part for layer in PROBE_LAYERS for part in ("--layer", layer)]
+    plan = {
+        "resume": (trained_two[0].parent, ["train", "--resume", trained_two[0].name, "--epochs",
+                   "2", "-o", "resumed.safetensors", "--device", "cpu", "--json"]),
+        "probe": (folder / "probe", ["probe", str(checkpoint_path), *layers, "--epochs",
+                  str(TINY_PROBE.epochs), "--device", "cpu", "-o", "two.probes.safetensors",
+                  "--json"]),
+        "matrix": (folder / "matrix", ["matrix", str(checkpoint_path), str(probes_path), "--data",
+                   "digits", "--device", "cpu", "-o", "two.h5", "--json"]),
+        # misconfigured last, so the successful steps above run in a fresh process group
+        "uneven_batch": (folder / "uneven_batch", ["train", *EXACT_TRAIN, "--batch-size", "33",
+                         "-o", "x.safetensors"]),
+        "outputs_differ": (folder / "outputs_differ", ["train", *EXACT_TRAIN, "--epochs", "1",
+                           "-o", "rank{rank}.safetensors"]),
+    }  # fmt: skip
+    for cwd, _ in plan.values():
+        cwd.mkdir(exist_ok=True)
+    results = torchrun_steps(
+        [{"name": name, "cwd": cwd, "args": args} for name, (cwd, args) in plan.items()], folder
+    )
+    return {name: (cwd, results[name]) for name, (cwd, _) in plan.items()}
 
 
 def test_two_rank_training_matches_one_process(trained_two, tmp_path):
@@ -106,14 +137,11 @@ def test_two_rank_training_matches_one_process(trained_two, tmp_path):
     assert training["test_data"]["samples"] == 359  # every test image, counted once
 
 
-def test_two_rank_training_resumes(trained_two):
-    two_path, _ = trained_two
-    result = torchrun("train", "--resume", two_path.name, "--epochs", "2", "-o",
-                      "resumed.safetensors", "--device", "cpu", "--json",
-                      cwd=two_path.parent)  # fmt: skip
-    summary = _ok(result)
+def test_two_rank_training_resumes(steps):
+    folder, ranks = steps["resume"]
+    summary = _step_ok(ranks)
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
-    assert read_metadata(two_path.parent / "resumed.safetensors")["training"]["epochs_done"] == 2
+    assert read_metadata(folder / "resumed.safetensors")["training"]["epochs_done"] == 2
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -121,13 +149,10 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
 
 
-def test_two_rank_probe_matches_one_process(checkpoint_path, probe_result, tmp_path):
-    layers = [part for layer in PROBE_LAYERS for part in ("--layer", layer)]
-    result = torchrun("probe", str(checkpoint_path), *layers, "--epochs", str(TINY_PROBE.epochs),
-                      "--device", "cpu", "-o", "two.probes.safetensors", "--json",
-                      cwd=tmp_path)  # fmt: skip
-    summary = _ok(result)
-    one, two = _tensors(Path(probe_result.output)), _tensors(tmp_path / "two.probes.safetensors")
+def test_two_rank_probe_matches_one_process(steps, probe_result):
+    folder, ranks = steps["probe"]
+    summary = _step_ok(ranks)
+    one, two = _tensors(Path(probe_result.output)), _tensors(folder / "two.probes.safetensors")
     assert one.keys() == two.keys()
     for split in ("train", "test"):  # exact counts: no padded duplicates
         assert torch.equal(two[f"count/{split}"], one[f"count/{split}"])
@@ -142,17 +167,16 @@ def test_two_rank_probe_matches_one_process(checkpoint_path, probe_result, tmp_p
     assert summary["model_accuracy"] == pytest.approx(probe_result.model_accuracy, abs=1e-9)
 
 
-def test_two_rank_matrix_matches_one_process(checkpoint_path, probes_path, tmp_path):
+def test_two_rank_matrix_matches_one_process(steps, checkpoint_path, probes_path, tmp_path):
+    folder, ranks = steps["matrix"]
+    summary = _step_ok(ranks)
     one = tmp_path / "one.h5"
     first_run = run_matrix(
         checkpoint_path, probes_path, one, MatrixConfig(device="cpu"), data_spec="digits"
     )
-    result = torchrun("matrix", str(checkpoint_path), str(probes_path), "--data", "digits",
-                      "--device", "cpu", "-o", "two.h5", "--json", cwd=tmp_path)  # fmt: skip
-    summary = _ok(result)
     assert {layer["source"] for layer in summary["layers"]} == {"forward pass"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.h5", "two.h5"]  # rank 1 wrote none
-    with h5py.File(one) as first, h5py.File(tmp_path / "two.h5") as second:
+    assert [p.name for p in folder.iterdir()] == ["two.h5"]  # rank 1 wrote none
+    with h5py.File(one) as first, h5py.File(folder / "two.h5") as second:
         for name in PROBE_LAYERS:
             a, b = first[f"layers/{name}/matrix"][()], second[f"layers/{name}/matrix"][()]
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
@@ -160,18 +184,15 @@ def test_two_rank_matrix_matches_one_process(checkpoint_path, probes_path, tmp_p
     assert {layer["layer"]: layer["samples"] for layer in summary["layers"]} == samples  # exact
 
 
-def test_output_paths_that_differ_between_ranks_are_one_error(tmp_path):
-    results = two_ranks(
-        lambda rank: ["train", *EXACT_TRAIN, "--epochs", "1", "-o", f"rank{rank}.safetensors"],
-        tmp_path,
-    )
-    assert [r.returncode for r in results] == [2, 2]
-    assert results[0].stderr.strip().splitlines() == [
+def test_output_paths_that_differ_between_ranks_are_one_error(steps):
+    folder, results = steps["outputs_differ"]
+    assert [r["returncode"] for r in results] == [2, 2]
+    assert results[0]["stderr"].strip().splitlines() == [
         "error: -o differs between ranks (rank 0: rank0.safetensors, rank 1: rank1.safetensors); "
         "give every rank the same -o."
     ]
-    assert results[1].stderr == "" and results[0].stdout == results[1].stdout == ""
-    assert list(tmp_path.iterdir()) == []
+    assert results[1]["stderr"] == "" and results[0]["stdout"] == results[1]["stdout"] == ""
+    assert list(folder.iterdir()) == []
 
 
 def test_more_ranks_than_images_is_one_error(tmp_path):
@@ -189,15 +210,15 @@ def test_more_ranks_than_images_is_one_error(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_batch_that_does_not_split_over_the_ranks_is_one_error(tmp_path):
-    result = torchrun("train", *EXACT_TRAIN, "--batch-size", "33", "-o", "x.safetensors",
-                      cwd=tmp_path)  # fmt: skip
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [
+def test_batch_that_does_not_split_over_the_ranks_is_one_error(steps):
+    folder, results = steps["uneven_batch"]
+    assert [r["returncode"] for r in results] == [2, 2]
+    assert results[0]["stderr"].strip().splitlines() == [
         "error: --batch-size 33 does not split evenly over 2 processes; "
         "give a multiple of the world size."
     ]
-    assert result.stdout == ""
+    assert results[1]["stderr"] == "" and results[0]["stdout"] == results[1]["stdout"] == ""
+    assert list(folder.iterdir()) == []
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
@@ -217,13 +238,14 @@ def test_fp16_on_cpu_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_world_size_without_torchrun_is_one_error(tmp_path):
-    env = {**_env(), "WORLD_SIZE": "2"}
-    command = [sys.executable, "-m", "snptool", "train", *EXACT_TRAIN, "-o", "x.safetensors"]
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT
-    )
-    assert result.returncode == 2 and result.stdout == ""
+def test_world_size_without_torchrun_is_one_error(tmp_path, monkeypatch):
+    # checked before any process group starts, so in this process (CliRunner)
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", *EXACT_TRAIN, "-o", "x.safetensors"])
+    assert result.exit_code == 2 and result.stdout == "" and list(tmp_path.iterdir()) == []
     assert result.stderr.strip().splitlines() == [
         "error: WORLD_SIZE is 2 but RANK, MASTER_ADDR, MASTER_PORT is not set; "
         "start distributed runs with torchrun."
