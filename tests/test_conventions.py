@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -86,11 +87,18 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def modules() -> dict[str, set[str]]:
-    """Each module's imports; the modules of the `cli` package count as one, `cli`."""
+@functools.cache
+def _parsed() -> dict[str, frozenset[str]]:
     found = {path.stem: imported_modules(path) for path in PACKAGE.glob("*.py")}
     found["cli"] = set().union(*(imported_modules(p) for p in (PACKAGE / "cli").glob("*.py")))
-    return found
+    return {name: frozenset(imports) for name, imports in found.items()}
+
+
+def modules() -> dict[str, frozenset[str]]:
+    """Each module's imports; the modules of the `cli` package count as one, `cli`.
+
+    The sources are parsed once per session (each test used to parse all of them again)."""
+    return dict(_parsed())
 
 
 def test_every_module_has_a_known_layer():
