@@ -132,6 +132,16 @@ def build_model_from_record(
         model = ProbeHeadModel(model, head["tap"], head["in_features"], head["num_classes"])
     if record.get("shapes"):
         resize_modules(model, record["shapes"])
+    if record.get("channel_maps"):
+        from snptool.channel_maps import restore_channel_maps
+
+        try:
+            restore_channel_maps(model, record["channel_maps"])
+        except (AttributeError, TypeError) as error:
+            raise ArchitectureError(
+                f"the checkpoint's channel maps do not fit its architecture ({error}); "
+                "rebuild it with the architecture it was pruned from."
+            ) from None
     return model
 
 

@@ -22,12 +22,14 @@ faster than 31 or 15: ResNet-56 at 0.50 of the MACs ran at 0.72 of the dense p50
 8/16/32 and at 0.82 with 8/15/31).
 
 **Decision**: a group whose coupled modules do not all carry the root's channel count is left
-dense. Torch-Pruning treats an unknown channel-changing op as element-wise: the option-A
-shortcut of CIFAR ResNets (subsample + zero-pad new channels) then couples all three stages'
-streams, which is wrong, so on those networks only the blocks' inner channels are pruned.
-Groups that reach parameters outside Conv / Linear / BatchNorm / LayerNorm are left dense too,
-since the checkpoint records only those modules' shapes (`arch.shapes`,
-architectures.resize_modules), from which `read_checkpoint` rebuilds the pruned network.
+dense. Torch-Pruning would treat an unknown channel-changing op as element-wise (the option-A
+shortcut of CIFAR ResNets, subsample + zero-pad, would couple all three stages' streams), so
+parameter-free modules that change the channel count are first wrapped as channel maps
+(snptool/channel_maps.py), whose inputs and outputs are pruned independently. Groups that reach
+parameters outside Conv / Linear / BatchNorm / LayerNorm are left dense too, since the
+checkpoint records only those modules' shapes (`arch.shapes`, architectures.resize_modules) and
+the channel maps' kept channels (`arch.channel_maps`), from which `read_checkpoint` rebuilds the
+pruned network.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import torch_pruning as tp
 from torch import nn
 
 from snptool.architectures import RESIZABLE, module_shapes
+from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchanged, wrap_channel_maps
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
 from snptool.errors import LayerError
@@ -78,6 +81,8 @@ class ChannelGroup:
 
 
 def _channels(module: nn.Module, handler: str) -> int | None:
+    if isinstance(module, ChannelMap):
+        return len(module.kept_out if handler in _OUT_HANDLERS else module.kept_in)
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return module.num_features
     if isinstance(module, nn.LayerNorm):
@@ -107,7 +112,7 @@ def _consistent(group, names: dict[nn.Module, str], channels: int) -> bool:
             if not type(module).__module__.startswith("torch_pruning"):
                 return False  # a parameter or a module outside the model's named modules
             continue
-        if not isinstance(module, RESIZABLE):
+        if not isinstance(module, (*RESIZABLE, ChannelMap)):
             return False
         size = _channels(module, handler)
         per_channel = handler in _OUT_HANDLERS or isinstance(
@@ -124,7 +129,9 @@ def build_graph(model: nn.Module, shape: tuple[int, ...]) -> tp.DependencyGraph:
     example = torch.zeros(1, *shape, device=next(model.parameters()).device)
     with warnings.catch_warnings():  # unwrapped parameters: their groups are left dense
         warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example, customized_pruners=CUSTOMIZED_PRUNERS
+        )
 
 
 def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str | None:
@@ -226,7 +233,9 @@ def remove_channels(
     round_to: int = 1,
 ) -> tuple[list[ChannelGroup], list[str]]:
     """Remove `fraction` of every tapped group's channels in place, in the order `orders`
-    (root, taps, group) gives; return what each group kept and the taps left dense."""
+    (root, taps, group) gives; return what each group kept and the taps left dense. Modules
+    that change the channel count without parameters are wrapped in ChannelMaps first."""
+    wrap_channel_maps(model, shape)
     graph = build_graph(model, shape)
     names = {module: name for name, module in model.named_modules()}
     result = []
@@ -376,9 +385,12 @@ def prune_structured(
     dense_macs, dense_params = count_macs(model, shape)
     groups, skipped = remove_channels(model, shape, names, orders, fraction, config.round_to)
     model.zero_grad(set_to_none=True)
+    channel_maps = unwrap_unchanged(model)
     macs, params = count_macs(model, shape)
     arch = dict(checkpoint.metadata["arch"])
     arch["shapes"] = {**(arch.get("shapes") or {}), **pruned_shapes(model, dense_shapes)}
+    if channel_maps:
+        arch["channel_maps"] = {**(arch.get("channel_maps") or {}), **channel_maps}
     record = {
         "channel_groups": [g.to_json() for g in groups],
         "left_dense": skipped,

@@ -36,6 +36,7 @@ FOUNDATION = {
     "console",
     "devices",
     "distributed",
+    "channel_maps",
     "architectures",
     "checkpoint",
     "data",

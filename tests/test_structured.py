@@ -24,7 +24,7 @@ from snptool.architectures import build_model, module_shapes
 from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import run_clusters
 from snptool.config import ClustersConfig, InputSpec, PruneConfig
-from snptool.errors import LayerError, UsageError
+from snptool.errors import ArchitectureError, LayerError, UsageError
 from snptool.export import run_export
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.prune import run_prune
@@ -244,20 +244,73 @@ def test_probe_classifier_is_refused(resnet, tmp_path):
 # --- option-A CIFAR ResNet: the zero-padding shortcut ----------------------------------------
 
 
-def test_option_a_stream_is_refused_and_inner_channels_are_pruned(tmp_path):
-    dense = untrained(f"{CIFAR_RESNET}:resnet20", tmp_path)
-    clusters = clusters_file(
-        tmp_path / "matrices.h5", {"layer1.0": (16, set()), "layer1.0.relu1": (16, {3})}
-    )
-    with pytest.raises(LayerError, match="channels of layer1.0 cannot be removed"):
-        prune(dense, clusters, tmp_path / "stream.safetensors", layers=["layer1.0"])
-    output = tmp_path / "inner.safetensors"
-    prune(dense, clusters, output, remove_fraction=0.25)  # both taps: the stream stays dense
-    loaded = read_checkpoint(output)
-    assert loaded.metadata["pruning"]["structured"]["left_dense"] == ["layer1.0"]
+def option_a_resnet(folder: Path) -> tuple[Path, Path]:
+    """ResNet-20 with dead stream channels: stage 1's channel 3 and stage 2's channels 0, 1,
+    stage 3's 0-3 (outside the zero-padding shortcut's reach: no shortcut feeds them) are zero
+    at every producer (the stem's and every block's last BN), so removing them is exact."""
+    dense = untrained(f"{CIFAR_RESNET}:resnet20", folder)
+    loaded = read_checkpoint(dense)
     model = loaded.model
-    assert model.conv1.out_channels == 16
-    assert model.layer1[0].conv1.out_channels == model.layer1[0].conv2.in_channels == 12
+    with torch.no_grad():
+        for stage, dead in (
+            (model.layer1, [3]),
+            (model.layer2, [0, 1]),
+            (model.layer3, [0, 1, 2, 3]),
+        ):
+            norms = [block.bn2 for block in stage] + ([model.bn1] if stage is model.layer1 else [])
+            for norm in norms:
+                norm.weight[dead] = 0
+                norm.bias[dead] = 0
+    masked_path = folder / "masked.safetensors"
+    write_checkpoint(masked_path, model, loaded.metadata)
+    return masked_path, clusters_file(
+        folder / "matrices.h5",
+        {"layer1.2": (16, {3}), "layer2.2": (32, {0, 1}), "layer3.2": (64, {0, 1, 2, 3})},
+    )
+
+
+def test_option_a_streams_are_pruned_through_the_zero_padding_shortcut(tmp_path):
+    masked_path, clusters = option_a_resnet(tmp_path)
+    output = tmp_path / "streams.safetensors"
+    prune(masked_path, clusters, output, remove_fraction=1 / 16)
+    loaded = read_checkpoint(output)  # rebuilt from the record: resized modules, channel maps
+    assert loaded.metadata["pruning"]["structured"]["left_dense"] == []
+    model = loaded.model
+    assert model.conv1.out_channels == model.layer1[2].conv2.out_channels == 15
+    assert model.layer2[0].conv1.in_channels == 15 and model.layer2[0].conv2.out_channels == 30
+    assert model.layer3[0].conv1.in_channels == 30 and model.linear.in_features == 60
+    maps = loaded.metadata["arch"]["channel_maps"]
+    assert maps["layer2.0.shortcut"]["kept_in"] == [c for c in range(16) if c != 3]
+    assert maps["layer2.0.shortcut"]["kept_out"] == list(range(2, 32))
+    assert maps["layer3.0.shortcut"]["kept_out"] == list(range(4, 64))
+    x = inputs()
+    torch.testing.assert_close(logits(output, x), logits(masked_path, x))
+    result = run_export(output, tmp_path / "streams.onnx")
+    assert result.max_abs_diff <= 1e-4
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "streams.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (onnx_logits,) = session.run(["logits"], {"input": x.numpy()})
+    assert np.abs(onnx_logits - logits(masked_path, x).numpy()).max() <= 1e-4
+
+
+def test_option_a_streams_prune_again_and_a_wrong_channel_map_is_refused(tmp_path):
+    masked_path, clusters = option_a_resnet(tmp_path)
+    once, twice = tmp_path / "once.safetensors", tmp_path / "twice.safetensors"
+    prune(masked_path, clusters, once, remove_fraction=1 / 16)
+    x = inputs()
+    prune(once, clusters, twice, target_macs=0.5)  # pruning a pruned model composes the maps
+    loaded = read_checkpoint(twice)
+    assert logits(twice, x).shape == (5, CLASSES)
+    assert len(loaded.metadata["arch"]["channel_maps"]["layer2.0.shortcut"]["kept_in"]) < 15
+    metadata = json.loads(json.dumps(loaded.metadata))
+    metadata["arch"]["channel_maps"] = {
+        "layer9.shortcut": metadata["arch"]["channel_maps"]["layer2.0.shortcut"]
+    }
+    broken = tmp_path / "broken.safetensors"
+    write_checkpoint(broken, loaded.model, metadata)
+    with pytest.raises(ArchitectureError, match="channel maps do not fit"):
+        read_checkpoint(broken)
 
 
 # --- EfficientNet (MBConv) and CCT feed-forward --------------------------------------------
