@@ -6,22 +6,25 @@
 #
 #   bash examples/benchmarks/structured_vs_torch_pruning.sh [OUT] [FINETUNE_EPOCHS]
 #
-# Environment: TARGET (MAC ratio, 0.51), ROUND_TO (every group keeps a multiple of it, 16),
+# Environment: TARGET (MAC ratio, 0.5), ROUND_TO (every group keeps a multiple of it, 16),
 # TRAIN_N / TEST_N (use the first N images of ../shared/data/cifar10_{train,test}.npz; default
-# all), PROBE_EPOCHS (20), FLAGS (the fine-tuning flags). Every criterion removes the same number
+# all), ANALYSIS_N (probes and matrices read the first N training images; default TRAIN_N),
+# PROBE_EPOCHS (20), FLAGS (the fine-tuning flags). A step whose output exists is skipped, so
+# an interrupted run resumes where it stopped (delete OUT to start afresh). Every criterion removes the same number
 # of channels from every group, so the exports have the same shapes: their latencies differ
 # only by noise, and the accuracies compare the criteria. Probes read the residual stage
 # outputs (layer{1,2,3}.8) and every block's inner channels (layerS.B.relu1); both are removed
 # (the option-A zero-padding shortcut is pruned as a channel map, snptool/channel_maps.py).
 # Widths of 16: onnxruntime's NCHWc convolutions work in blocks of 16 channels on AVX-512 (8 on
 # AVX2), so 8 of 16 kept channels cost as much as 16. At that rounding a uniform fraction reaches
-# 0.509 of the MACs (widths 16/16/32) or next 0.44, hence TARGET 0.51.
+# 0.509 of the MACs (widths 16/16/32) or next 0.448; `--target-macs` then steps the deepest
+# groups down to their next width until the MACs are at most the target (0.50).
 # Anchors: DepGraph ResNet-56 93.53 → 93.77 % at 2.13× fewer MACs,
 # HRank 93.26 → 93.17 % at 2.00× (both after long fine-tuning).
 set -euo pipefail
 OUT=${1:-runs/structured}
 FT=${2:-30}
-TARGET=${TARGET:-0.51}
+TARGET=${TARGET:-0.5}
 PROBE_EPOCHS=${PROBE_EPOCHS:-20}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SHARED=${SHARED:-$HERE/../../../shared}
@@ -29,52 +32,65 @@ read -r -a FLAGS <<< "${FLAGS:---lr 0.01 --lr-decay 0.9 --augment}"
 ROUND_TO=${ROUND_TO:-16}
 mkdir -p "$OUT"
 
-python3 - "$SHARED/data" "$OUT" "${TRAIN_N:-0}" "${TEST_N:-0}" <<'PY'
-import sys, numpy as np
-data, out, sizes = sys.argv[1], sys.argv[2], {"train": int(sys.argv[3]), "test": int(sys.argv[4])}
-for split, n in sizes.items():
-    d = np.load(f"{data}/cifar10_{split}.npz")
+# step NAME COMMAND...: run COMMAND --json unless NAME.json exists (written when it succeeded).
+step() {
+    local output=$1
+    shift
+    [[ -e $output.json ]] && return
+    "$@" --json > "$output.json.tmp" && mv "$output.json.tmp" "$output.json"
+}
+
+python3 - "$SHARED/data" "$OUT" "${TRAIN_N:-0}" "${TEST_N:-0}" "${ANALYSIS_N:-${TRAIN_N:-0}}" <<'PY'
+import os, sys, numpy as np
+data, out = sys.argv[1], sys.argv[2]
+sizes = {"train": int(sys.argv[3]), "test": int(sys.argv[4]), "analysis": int(sys.argv[5])}
+for name, n in sizes.items():
+    if os.path.exists(f"{out}/{name}.npz"):
+        continue
+    d = np.load(f"{data}/cifar10_{'test' if name == 'test' else 'train'}.npz")
     n = n or len(d["labels"])
-    np.savez(f"{out}/{split}.npz", images=d["images"][:n], labels=d["labels"][:n],
+    np.savez(f"{out}/{name}.tmp.npz", images=d["images"][:n], labels=d["labels"][:n],
              class_names=d["class_names"])
+    os.replace(f"{out}/{name}.tmp.npz", f"{out}/{name}.npz")
 PY
 DATA=npz:$OUT/train.npz,$OUT/test.npz
+ANALYSIS=npz:$OUT/analysis.npz,$OUT/test.npz
 MODEL=$OUT/resnet56.safetensors
-snptool import "$SHARED/checkpoints/akamaster_resnet56-4bfd9763.th" \
+step "$MODEL" snptool import "$SHARED/checkpoints/akamaster_resnet56-4bfd9763.th" \
     --arch "$HERE/../third_party/cifar_resnet.py:resnet56" --data "$DATA" \
-    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o "$MODEL" --json > "$OUT/import.json"
+    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o "$MODEL"
 
 INNER=$(python3 -c 'print(",".join(f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(9)))')
-snptool probe "$MODEL" --layer "layer1.8,layer2.8,layer3.8,$INNER" --epochs "$PROBE_EPOCHS" \
-    -o "$OUT/probes.safetensors" --json > "$OUT/probe.json"
-snptool matrix "$MODEL" "$OUT/probes.safetensors" --split train -o "$OUT/matrices.h5" \
-    --json > "$OUT/matrix.json"
-snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json"
+step "$OUT/probes.safetensors" snptool probe "$MODEL" --data "$ANALYSIS" \
+    --layer "layer1.8,layer2.8,layer3.8,$INNER" --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors"
+step "$OUT/matrices.h5" snptool matrix "$MODEL" "$OUT/probes.safetensors" --data "$ANALYSIS" \
+    --split train -o "$OUT/matrices.h5"
+step "$OUT/clusters" snptool clusters "$OUT/matrices.h5" --threshold 0.3
 
-snptool export "$MODEL" -o "$OUT/dense.onnx" --json > "$OUT/dense.export.json"
+step "$OUT/dense.onnx" snptool export "$MODEL" -o "$OUT/dense.onnx"
 for method in units magnitude-channels taylor; do
-    snptool prune "$MODEL" --clusters "$OUT/matrices.h5" --method "$method" \
-        --layers "layer1.8,layer2.8,layer3.8,$INNER" \
+    step "$OUT/$method.safetensors" snptool prune "$MODEL" --clusters "$OUT/matrices.h5" \
+        --method "$method" --layers "layer1.8,layer2.8,layer3.8,$INNER" \
         --target-macs "$TARGET" --round-to "$ROUND_TO" --finetune-epochs "$FT" "${FLAGS[@]}" \
-        -o "$OUT/$method.safetensors" --json > "$OUT/$method.prune.json"
-    snptool export "$OUT/$method.safetensors" -o "$OUT/$method.onnx" --json \
-        > "$OUT/$method.export.json"
+        -o "$OUT/$method.safetensors"
+    step "$OUT/$method.onnx" snptool export "$OUT/$method.safetensors" -o "$OUT/$method.onnx"
 done
-snptool latency "$OUT/dense.onnx" "$OUT/units.onnx" "$OUT/magnitude-channels.onnx" \
-    "$OUT/taylor.onnx" --batch 1 --threads 1 --warmup 20 --runs 300 --json > "$OUT/latency.json"
+step "$OUT/latency" snptool latency "$OUT/dense.onnx" "$OUT/units.onnx" \
+    "$OUT/magnitude-channels.onnx" "$OUT/taylor.onnx" --batch 1 --threads 1 --warmup 20 \
+    --runs 300
 
 python3 - "$OUT" "$FT" <<'PY'
 import json, sys
 out, epochs = sys.argv[1], sys.argv[2]
 load = lambda name: json.load(open(f"{out}/{name}"))
-dense = load("dense.export.json")
+dense = load("dense.onnx.json")
 latency = {row["path"].rsplit("/", 1)[-1][:-5]: row for row in load("latency.json")}
 print(f"ResNet-56 dense: params {dense['params']:,}, MACs {dense['macs']:,}, "
       f"p50 {latency['dense']['p50_ms']:.3f} ms; fine-tuning {epochs} epochs each")
 print(f"{'method':<20}{'acc dense':>10}{'pruned':>8}{'tuned':>8}{'params':>9}{'MACs':>7}"
       f"{'p50 ratio':>10}{'of ideal':>9}")
 for name in ("units", "magnitude-channels", "taylor"):
-    prune, export = load(f"{name}.prune.json"), load(f"{name}.export.json")
+    prune, export = load(f"{name}.safetensors.json"), load(f"{name}.onnx.json")
     macs = export["macs"] / dense["macs"]
     ratio = latency[name]["ratio"]
     print(f"{name:<20}{prune['dense_accuracy']:>10.4f}{prune['accuracy_before']:>8.4f}"
