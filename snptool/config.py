@@ -330,6 +330,7 @@ PRUNE_METHODS = (
     *STRUCTURED_METHODS,
 )
 UNIT_RANKING_KEYS = ("labels", "maximum", "noise")
+ALLOCATIONS = ("deepest-first", "uniform")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
@@ -352,7 +353,9 @@ class PruneConfig:
     the share that brings the MACs to `target_macs` × the dense MACs; `magnitude-channels`,
     `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
     Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
-    channels to a multiple (faster kernels).
+    channels to a multiple (faster kernels); `allocation` `deepest-first` steps the deepest
+    groups down to their next rounded width until the MACs meet `target_macs` where the
+    uniform share overshoots it, `uniform` keeps the uniform share.
     `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
@@ -377,6 +380,7 @@ class PruneConfig:
     ranking: tuple[str, ...] = UNIT_RANKING_KEYS
     taylor_batches: int = 4
     round_to: int = 1
+    allocation: str = "deepest-first"
     groups: int = 2
     label_grouping: str = "cooccurrence"
     finetune_epochs: int = 0
@@ -421,6 +425,10 @@ class PruneConfig:
             ),
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
             (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
+            (
+                self.allocation in ALLOCATIONS,
+                f"allocation is one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}",
+            ),
             (
                 self.andc_threshold is None or 0 <= self.andc_threshold < 1,
                 f"andc threshold must be in [0, 1), not {self.andc_threshold}",

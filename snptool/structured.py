@@ -17,9 +17,15 @@ groups at the same fraction, for a side-by-side comparison.
 
 Every group loses the same share of its channels (one always stays): `remove_fraction`, or the
 share that brings the model's MACs to `target_macs` × the dense MACs (bisection); `round_to`
-rounds every group's kept count to a multiple (onnxruntime's kernels run widths of 8, 16, 32
-faster than 31 or 15: ResNet-56 at 0.50 of the MACs ran at 0.72 of the dense p50 with widths
-8/16/32 and at 0.82 with 8/15/31).
+rounds every group's kept count to a multiple (onnxruntime's NCHWc convolutions work in blocks
+of 16 channels on AVX-512, 8 on AVX2: ResNet-56 at 0.50 of the MACs ran at 0.72 of the dense
+p50 with widths 8/16/32, at 0.82 with 8/15/31 and at 0.62 with 16/16/32).
+
+**Decision** (`allocation`): rounded widths move in jumps, so the uniform share just meeting the
+MAC target can overshoot it (ResNet-56 at widths of 16: 0.509 of the MACs, then 0.448). With
+`deepest-first` (default) the groups that differ between the uniform share just above the
+target and the one just meeting it are stepped down one by one, the deepest first (last in
+execution order), until the MACs meet the target; `uniform` keeps the uniform share.
 
 **Decision**: a group whose coupled modules do not all carry the root's channel count is left
 dense. Torch-Pruning would treat an unknown channel-changing op as element-wise (the option-A
@@ -231,10 +237,12 @@ def remove_channels(
     orders: Callable[[str, list[str], Any], np.ndarray],
     fraction: float,
     round_to: int = 1,
+    removals: dict[str, int] | None = None,
 ) -> tuple[list[ChannelGroup], list[str]]:
-    """Remove `fraction` of every tapped group's channels in place, in the order `orders`
-    (root, taps, group) gives; return what each group kept and the taps left dense. Modules
-    that change the channel count without parameters are wrapped in ChannelMaps first."""
+    """Remove `fraction` of every tapped group's channels in place (or `removals[root]` of
+    those it lists), in the order `orders` (root, taps, group) gives; return what each group
+    kept and the taps left dense. Modules that change the channel count without parameters are
+    wrapped in ChannelMaps first."""
     wrap_channel_maps(model, shape)
     graph = build_graph(model, shape)
     names = {module: name for name, module in model.named_modules()}
@@ -244,7 +252,8 @@ def remove_channels(
         module = model.get_submodule(root)
         channels = _channels(module, "prune_out_channels")
         order = orders(root, group_taps, group)
-        removed = sorted(int(c) for c in order[: removed_count(channels, fraction, round_to)])
+        count = (removals or {}).get(root, removed_count(channels, fraction, round_to))
+        removed = sorted(int(c) for c in order[:count])
         modules = sorted({n for n, _, _ in _group_members(group, names) if n})
         if removed:
             handler = graph.get_pruner_of_module(module).prune_out_channels
@@ -263,6 +272,13 @@ def copy_with_grads(model: nn.Module) -> nn.Module:
     return trial
 
 
+def trial_macs(model, shape, taps, orders, fraction, round_to, removals=None):
+    """(MACs, groups) of a pruned copy of `model`."""
+    trial = copy_with_grads(model)
+    groups, _ = remove_channels(trial, shape, taps, orders, fraction, round_to, removals)
+    return count_macs(trial, shape)[0], groups
+
+
 def fraction_for_macs(
     model: nn.Module,
     shape: tuple[int, ...],
@@ -271,20 +287,58 @@ def fraction_for_macs(
     target: float,
     round_to: int = 1,
     steps: int = 12,
-) -> float:
-    """The smallest uniform fraction whose pruned copy has at most `target` × the MACs (the
-    largest reachable when even removing all but one channel per group leaves more)."""
+) -> tuple[float, float]:
+    """(low, high): the smallest uniform fraction whose pruned copy has at most `target` × the
+    MACs (`high`; the largest reachable when even removing all but one channel per group
+    leaves more), and the largest found above the target (`low`)."""
     dense, _ = count_macs(model, shape)
     low, high = 0.0, 1.0
     for _ in range(steps):
         middle = (low + high) / 2
-        trial = copy_with_grads(model)
-        remove_channels(trial, shape, taps, orders, middle, round_to)
-        if count_macs(trial, shape)[0] <= target * dense:
+        if trial_macs(model, shape, taps, orders, middle, round_to)[0] <= target * dense:
             high = middle
         else:
             low = middle
-    return high
+    return low, high
+
+
+def step_down_deepest(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    taps: list[str],
+    orders: Callable[[str, list[str], Any], np.ndarray],
+    target: float,
+    fractions: tuple[float, float],
+    round_to: int = 1,
+) -> dict[str, int]:
+    """Removal counts that meet `target` × the dense MACs with the fewest groups moved from
+    their width at `fractions[0]` (above the target) to their width at `fractions[1]`, the
+    deepest groups first (bisection over how many move); empty when all must move (the
+    uniform share at `fractions[1]`)."""
+    low, high = fractions
+    dense, _ = count_macs(model, shape)
+    _, above = trial_macs(model, shape, taps, orders, low, round_to)
+    _, below = trial_macs(model, shape, taps, orders, high, round_to)
+    order = {name: i for i, name in enumerate(execution_order(model, shape))}
+    kept = {g.root: len(g.kept) for g in below}
+    moving = sorted(
+        (g for g in above if len(g.kept) != kept[g.root]),
+        key=lambda g: order.get(g.root, -1),
+        reverse=True,
+    )
+
+    def removals(count: int) -> dict[str, int]:
+        return {g.root: g.channels - kept[g.root] for g in moving[:count]}
+
+    fewest, most = 0, len(moving)  # `most` moved always meets the target
+    while most - fewest > 1:
+        middle = (fewest + most) // 2
+        macs, _ = trial_macs(model, shape, taps, orders, low, round_to, removals(middle))
+        if macs <= target * dense:
+            most = middle
+        else:
+            fewest = middle
+    return removals(most) if most < len(moving) else {}  # all moved: the uniform share
 
 
 def torch_pruning_importance(
@@ -377,13 +431,20 @@ def prune_structured(
     if config.method != "units":
         importance = torch_pruning_importance(config.method, model, batches or [])
     orders = criterion_orders(config.method, scores, config.ranking, importance)
-    fraction = config.remove_fraction
+    fraction, removals = config.remove_fraction, {}
     if config.target_macs is not None:
-        fraction = fraction_for_macs(
+        low, fraction = fraction_for_macs(
             model, shape, names, orders, config.target_macs, config.round_to
         )
+        if config.allocation == "deepest-first" and fraction < 1.0:
+            removals = step_down_deepest(
+                model, shape, names, orders, config.target_macs, (low, fraction), config.round_to
+            )
+            fraction = low if removals else fraction
     dense_macs, dense_params = count_macs(model, shape)
-    groups, skipped = remove_channels(model, shape, names, orders, fraction, config.round_to)
+    groups, skipped = remove_channels(
+        model, shape, names, orders, fraction, config.round_to, removals
+    )
     model.zero_grad(set_to_none=True)
     channel_maps = unwrap_unchanged(model)
     macs, params = count_macs(model, shape)
@@ -397,6 +458,8 @@ def prune_structured(
         "fraction": fraction,
         "ranking": list(config.ranking) if config.method == "units" else None,
         "target_macs": config.target_macs,
+        "allocation": config.allocation if config.target_macs is not None else "uniform",
+        "stepped_down": sorted(removals),
         "round_to": config.round_to,
         "dense_macs": dense_macs,
         "macs": macs,

@@ -368,6 +368,33 @@ def test_round_to_keeps_multiples_and_at_least_one():
     assert removed_count(8, 1.0) == 7  # one channel always stays
 
 
+@pytest.mark.parametrize("target, stepped", [(0.9, ["layer1.1.conv1"]), (0.6, [])])
+def test_deepest_groups_step_down_where_the_uniform_share_overshoots(
+    resnet, tmp_path, target, stepped
+):
+    # At widths of 4 both 8-channel groups halve together (0.51 of the MACs); a target of 0.9
+    # is met by halving only the deeper group, 0.6 needs both (the uniform share).
+    sizes = {}
+    for allocation in ("uniform", "deepest-first"):
+        output = tmp_path / f"{allocation}.safetensors"
+        result = prune(
+            resnet["dense"],
+            resnet["clusters"],
+            output,
+            target_macs=target,
+            round_to=4,
+            allocation=allocation,
+        )
+        sizes[allocation] = result.size["macs"] / result.size["dense_macs"]
+        record = read_checkpoint(output).metadata["pruning"]["structured"]
+        assert record["allocation"] == allocation
+        kept = {root: len(group["kept"]) for root, group in groups_of(output).items()}
+    assert record["stepped_down"] == stepped
+    assert kept == {"conv1": 4 if not stepped else 8, "layer1.1.conv1": 4}
+    assert sizes["uniform"] <= sizes["deepest-first"] <= target
+    assert (sizes["uniform"] < sizes["deepest-first"]) == bool(stepped)
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="target MACs"):
         PruneConfig(method="units", target_macs=1.5)
@@ -375,6 +402,8 @@ def test_bad_settings_are_refused():
         PruneConfig(method="units", ranking=("labels", "loudness"))
     with pytest.raises(UsageError, match="round to"):
         PruneConfig(method="units", round_to=0)
+    with pytest.raises(UsageError, match="allocation"):
+        PruneConfig(method="units", allocation="widest")
 
 
 def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, tmp_path):

@@ -85,6 +85,13 @@ def prune(
     round_to: Annotated[
         int, typer.Option(help="units, …: keep a multiple of this many channels per group.")
     ] = PruneConfig.round_to,
+    allocation: Annotated[
+        str,
+        typer.Option(
+            help="units, …: deepest-first (step the deepest groups down to meet --target-macs) "
+            "or uniform (every group the same share)."
+        ),
+    ] = PruneConfig.allocation,
     groups: Annotated[
         int, typer.Option(help="Label groups of afcc-grouped (divides every layer's units).")
     ] = PruneConfig.groups,
@@ -152,6 +159,7 @@ def prune(
         ranking=tuple(layer_list([ranking])),
         taylor_batches=taylor_batches,
         round_to=round_to,
+        allocation=allocation,
         groups=groups,
         label_grouping=label_grouping,
         finetune_epochs=finetune_epochs,
