@@ -329,7 +329,7 @@ PRUNE_METHODS = (
     "heads",
     *STRUCTURED_METHODS,
 )
-UNIT_RANKING_KEYS = ("labels", "maximum", "noise")
+UNIT_RANKING_KEYS = ("labels", "maximum", "noise", "magnitude")
 ALLOCATIONS = ("deepest-first", "uniform")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
@@ -349,7 +349,8 @@ class PruneConfig:
     `units` removes whole channels / nodes of the groups the listed taps read, on any
     architecture (structured.py: Torch-Pruning's DependencyGraph couples residual streams and
     MBConv hidden channels, which are scored and removed together), ranked by `ranking`
-    (fewest labels served, weakest maximum, most noise), `remove_fraction` of every group or
+    (fewest labels served, weakest maximum, most noise; `magnitude` of the weights can break
+    ties), `remove_fraction` of every group or
     the share that brings the MACs to `target_macs` × the dense MACs; `magnitude-channels`,
     `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
     Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
@@ -377,7 +378,7 @@ class PruneConfig:
     andc_threshold: float | None = None
     remove_fraction: float = 0.0
     target_macs: float | None = None
-    ranking: tuple[str, ...] = UNIT_RANKING_KEYS
+    ranking: tuple[str, ...] = ("labels", "maximum", "noise")
     taylor_batches: int = 4
     round_to: int = 1
     allocation: str = "deepest-first"

@@ -9,8 +9,9 @@ BatchNorm before it (in execution order) that has the tap's number of outputs.
 
 Scores. `units` (our criterion) ranks a group's channels by what the matrices say, in the order
 of `ranking` (default: fewest labels served, so units serving none go first; then the weakest
-matrix maximum; then the most noise entries); with several taps on one group the label sets are
-united and the maxima and noise averaged. `magnitude-channels` (L1 of the group's weights, Li et
+matrix maximum; then the most noise entries; `magnitude`, the L1 norm of the group's weights,
+can break ties); with several taps on one group the label sets are united and the maxima and
+noise averaged. `magnitude-channels` (L1 of the group's weights, Li et
 al. 2017), `taylor` (first-order Taylor, Molchanov et al. 2019, on a few training batches) and
 `lamp` (Lee et al. 2021) are Torch-Pruning's own importance estimators, applied to the same
 groups at the same fraction, for a side-by-side comparison.
@@ -194,9 +195,13 @@ def channel_groups(
     return [g for g in groups if g[1]], skipped
 
 
-def removal_order(scores: list[UnitScores], ranking: tuple[str, ...]) -> np.ndarray:
+def removal_order(
+    scores: list[UnitScores], ranking: tuple[str, ...], magnitude: np.ndarray | None = None
+) -> np.ndarray:
     """The group's channels, first to remove first: `ranking` keys in priority order
-    (`labels`: fewest served first; `maximum`: weakest first; `noise`: most noise first)."""
+    (`labels`: fewest served first; `maximum`: weakest first; `noise`: most noise first;
+    `magnitude`: smallest L1 norm of the group's weights first, a tie-breaker from the
+    weights)."""
     labels = np.zeros(len(scores[0].label_sets))
     for channel in range(len(labels)):
         labels[channel] = len(set().union(*(s.label_sets[channel] for s in scores)))
@@ -204,8 +209,15 @@ def removal_order(scores: list[UnitScores], ranking: tuple[str, ...]) -> np.ndar
         "labels": labels,
         "maximum": np.mean([s.maximum for s in scores], axis=0),
         "noise": -np.mean([s.noise for s in scores], axis=0),
+        "magnitude": magnitude,
     }
     return np.lexsort([keys[k] for k in reversed(ranking)])
+
+
+def group_magnitude(group) -> np.ndarray:
+    """L1 norm of each channel's weights over the coupled modules (Torch-Pruning's)."""
+    score = tp.importance.GroupMagnitudeImportance(p=1)(group)
+    return score.detach().cpu().numpy()
 
 
 def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:
@@ -366,7 +378,12 @@ def criterion_orders(
     """The removal order function of `method` for remove_channels."""
     if method == "units":
         assert scores is not None
-        return lambda root, taps, group: removal_order([scores[t] for t in taps], ranking)
+
+        def order(root: str, taps: list[str], group) -> np.ndarray:
+            magnitude = group_magnitude(group) if "magnitude" in ranking else None
+            return removal_order([scores[t] for t in taps], ranking, magnitude)
+
+        return order
     assert importance is not None
     return lambda root, taps, group: importance_order(group, importance)
 

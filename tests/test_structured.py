@@ -120,6 +120,9 @@ def test_removal_order_is_labels_then_maximum_then_noise_over_coupled_taps():
     assert removal_order([first], ("maximum",)).tolist() == [3, 2, 0, 1]
     noisy = UnitScores([{1}] * 3, np.ones(3), np.array([0, 5, 2]))
     assert removal_order([noisy], ("labels", "noise")).tolist() == [1, 2, 0]
+    weights = np.array([0.4, 0.1, 0.2, 0.3])
+    assert removal_order([first], ("labels", "magnitude"), weights).tolist() == [1, 3, 0, 2]
+    assert removal_order([first], ("magnitude",), weights).tolist() == [1, 2, 3, 0]
 
 
 # --- tiny ResNet: the residual stream is coupled ---------------------------------------------
@@ -223,6 +226,15 @@ def test_every_criterion_reaches_the_mac_target_on_the_same_groups(resnet, tmp_p
     assert pruning["structured"]["ranking"] == (
         ["labels", "maximum", "noise"] if method == "units" else None
     )
+
+
+def test_magnitude_ranking_key_orders_channels_as_torch_prunings_l1(resnet, tmp_path):
+    units, l1 = tmp_path / "units.safetensors", tmp_path / "l1.safetensors"
+    prune(resnet["dense"], resnet["clusters"], units, ranking=("magnitude",), remove_fraction=0.5)
+    prune(resnet["dense"], resnet["clusters"], l1, method="magnitude-channels", remove_fraction=0.5)
+    assert groups_of(units) == groups_of(l1)
+    record = read_checkpoint(units).metadata["pruning"]["structured"]
+    assert record["ranking"] == ["magnitude"]
 
 
 def test_finetuning_trains_every_module_of_the_pruned_model(resnet, tmp_path):

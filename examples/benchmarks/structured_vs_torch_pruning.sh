@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Channel removal on the third-party ResNet-56 (akamaster, published 93.39 % on CIFAR-10):
-# the SNP ranking (`prune --method units`: fewest labels served, weakest maximum, most noise)
-# against Torch-Pruning's magnitude (L1) and Taylor criteria, all to the same MAC target, on the
+# the SNP ranking (`prune --method units`: fewest labels served, weakest maximum, most noise;
+# `units-l1`: fewest labels served, then the smallest L1 norm) against Torch-Pruning's
+# magnitude (L1) and Taylor criteria, all to the same MAC target, on the
 # same channel groups, fine-tuned identically, exported, and timed in ONE `snptool latency` run.
 #
 #   bash examples/benchmarks/structured_vs_torch_pruning.sh [OUT] [FINETUNE_EPOCHS]
@@ -68,14 +69,18 @@ step "$OUT/matrices.h5" snptool matrix "$MODEL" "$OUT/probes.safetensors" --data
 step "$OUT/clusters" snptool clusters "$OUT/matrices.h5" --threshold 0.3
 
 step "$OUT/dense.onnx" snptool export "$MODEL" -o "$OUT/dense.onnx"
-for method in units magnitude-channels taylor; do
+for method in units units-l1 magnitude-channels taylor; do
+    case $method in
+        units-l1) criterion=(--method units --ranking labels,magnitude) ;;
+        *) criterion=(--method "$method") ;;
+    esac
     step "$OUT/$method.safetensors" snptool prune "$MODEL" --clusters "$OUT/matrices.h5" \
-        --method "$method" --layers "layer1.8,layer2.8,layer3.8,$INNER" \
+        "${criterion[@]}" --layers "layer1.8,layer2.8,layer3.8,$INNER" \
         --target-macs "$TARGET" --round-to "$ROUND_TO" --finetune-epochs "$FT" "${FLAGS[@]}" \
         -o "$OUT/$method.safetensors"
     step "$OUT/$method.onnx" snptool export "$OUT/$method.safetensors" -o "$OUT/$method.onnx"
 done
-step "$OUT/latency" snptool latency "$OUT/dense.onnx" "$OUT/units.onnx" \
+step "$OUT/latency" snptool latency "$OUT/dense.onnx" "$OUT/units.onnx" "$OUT/units-l1.onnx" \
     "$OUT/magnitude-channels.onnx" "$OUT/taylor.onnx" --batch 1 --threads 1 --warmup 20 \
     --runs 300
 
@@ -89,7 +94,7 @@ print(f"ResNet-56 dense: params {dense['params']:,}, MACs {dense['macs']:,}, "
       f"p50 {latency['dense']['p50_ms']:.3f} ms; fine-tuning {epochs} epochs each")
 print(f"{'method':<20}{'acc dense':>10}{'pruned':>8}{'tuned':>8}{'params':>9}{'MACs':>7}"
       f"{'p50 ratio':>10}{'of ideal':>9}")
-for name in ("units", "magnitude-channels", "taylor"):
+for name in ("units", "units-l1", "magnitude-channels", "taylor"):
     prune, export = load(f"{name}.safetensors.json"), load(f"{name}.onnx.json")
     macs = export["macs"] / dense["macs"]
     ratio = latency[name]["ratio"]

@@ -77,7 +77,9 @@ def prune(
     ] = PruneConfig.target_macs,
     ranking: Annotated[
         str,
-        typer.Option(help="units: removal order keys, first decides (labels,maximum,noise)."),
+        typer.Option(
+            help="units: removal order keys, first decides (labels, maximum, noise, magnitude)."
+        ),
     ] = ",".join(PruneConfig.ranking),
     taylor_batches: Annotated[
         int, typer.Option(help="taylor: training batches whose gradients score channels.")
