@@ -320,6 +320,7 @@ class HeadsConfig:
 
 
 STRUCTURED_METHODS = ("units", "magnitude-channels", "taylor", "lamp")
+WEIGHT_CRITERIA = STRUCTURED_METHODS[1:]  # Torch-Pruning's: they read no matrices
 PRUNE_METHODS = (
     "afcc",
     "andc",

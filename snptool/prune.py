@@ -31,7 +31,13 @@ from torch import nn
 from snptool.architectures import ProbeHeadModel
 from snptool.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import read_layer_clusters
-from snptool.config import STRUCTURED_METHODS, DataConfig, PruneConfig, config_to_dict
+from snptool.config import (
+    STRUCTURED_METHODS,
+    WEIGHT_CRITERIA,
+    DataConfig,
+    PruneConfig,
+    config_to_dict,
+)
 from snptool.connections import Connection, connections, mbconv_hidden
 from snptool.data import DataSplit, prepare_batch
 from snptool.devices import resolve_device
@@ -392,6 +398,21 @@ def read_label_sets(
         }
 
 
+def taps_without_clusters(layers: list[str] | None, config: PruneConfig) -> list[str]:
+    """The listed taps of a weight-criterion baseline, which needs no clusters file."""
+    if config.method not in WEIGHT_CRITERIA:
+        raise UsageError(
+            f"--method {config.method} reads the units' label sets; give --clusters "
+            "(the matrix file of `snptool clusters`)."
+        )
+    if not layers:
+        raise UsageError(
+            f"--method {config.method} without --clusters needs --layers (the taps whose "
+            "channel groups to prune)."
+        )
+    return layers
+
+
 def layer_chains(layers: list[str] | list[list[str]] | None) -> list[list[str]] | None:
     """`layers` as a list of chains: a flat list of names is one chain."""
     if not layers:
@@ -417,7 +438,7 @@ def chain_connections(
 
 def build_masks(
     checkpoint: Checkpoint,
-    clusters_path: str | Path,
+    clusters_path: str | Path | None,
     names: list[str],
     chains: list[list[str]],
     label_sets: dict[str, list[set[int]]],
@@ -494,7 +515,7 @@ def taylor_batches(
 
 def run_prune(
     checkpoint_path: str | Path,
-    clusters_path: str | Path,
+    clusters_path: str | Path | None,
     output: str | Path,
     config: PruneConfig | None = None,
     *,
@@ -509,7 +530,8 @@ def run_prune(
     together, e.g. the feed-forward layers of every transformer block; default: every layer
     in the clusters file, as one chain. With `config.classifier == "probe"` the network is cut
     after the last listed layer and classified by that layer's probe (from `probes_path`), as
-    in the authors' code.
+    in the authors' code. The weight criteria (`magnitude-channels`, `taylor`, `lamp`) need no
+    clusters file (`clusters_path=None`) when `layers` names the taps.
     """
     config = config or PruneConfig()
     check_output_path(output, checkpoint_path, clusters_path, probes_path)
@@ -519,7 +541,10 @@ def run_prune(
     spec = checkpoint.input_spec
     chains = layer_chains(layers)
     flat = [name for names_ in chains for name in names_] if chains else None
-    names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
+    if clusters_path is None:
+        names, label_sets = taps_without_clusters(flat, config), {}
+    else:
+        names, label_sets = read_label_sets(clusters_path, checkpoint, flat, config)
     train_data = None
     if config.finetune_epochs or config.method == "taylor":
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)

@@ -441,3 +441,25 @@ def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, 
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "target MACs" in bad.stderr
+    no_clusters = [sys.executable, "-m", "snptool", "prune", str(resnet["dense"]), "--method"]
+    bad = subprocess.run(
+        [*no_clusters, "units", "-o", str(tmp_path / "bad.safetensors")],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    assert bad.returncode == 2 and not (tmp_path / "bad.safetensors").exists()
+    assert bad.stderr.strip().count("\n") == 0 and "give --clusters" in bad.stderr
+
+
+def test_weight_criteria_need_no_clusters_when_the_taps_are_listed(resnet, tmp_path):
+    taps = ["layer1.0", "layer1.1", "layer1.1.relu1"]
+    with_clusters, without = tmp_path / "with.safetensors", tmp_path / "without.safetensors"
+    config = {"method": "magnitude-channels", "remove_fraction": 0.5}
+    prune(resnet["dense"], resnet["clusters"], with_clusters, layers=taps, **config)
+    prune(resnet["dense"], None, without, layers=taps, **config)
+    assert groups_of(without) == groups_of(with_clusters)
+    provenance = read_checkpoint(without).metadata["provenance"]["inputs"]
+    assert "clusters" not in provenance
+    with pytest.raises(UsageError, match="needs --layers"):
+        prune(resnet["dense"], None, without, **config)

@@ -37,8 +37,13 @@ def prune(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint to prune.")],
     output: OutputOpt,
     clusters_file: Annotated[
-        Path, typer.Option("--clusters", help="Matrix file with clusters (`snptool clusters`).")
-    ],
+        Path | None,
+        typer.Option(
+            "--clusters",
+            help="Matrix file with clusters (`snptool clusters`); magnitude-channels, taylor "
+            "and lamp need none when --layers names the taps.",
+        ),
+    ] = None,
     method: Annotated[
         str,
         typer.Option(
