@@ -11,10 +11,10 @@ Scores. `units` (our criterion) ranks a group's channels by what the matrices sa
 of `ranking` (default: fewest labels served, so units serving none go first; then the weakest
 matrix maximum; then the most noise entries; `magnitude`, the L1 norm of the group's weights,
 can break ties); with several taps on one group the label sets are united and the maxima and
-noise averaged. `magnitude-channels` (L1 of the group's weights, Li et
-al. 2017), `taylor` (first-order Taylor, Molchanov et al. 2019, on a few training batches) and
-`lamp` (Lee et al. 2021) are Torch-Pruning's own importance estimators, applied to the same
-groups at the same fraction, for a side-by-side comparison.
+noise averaged. `magnitude-channels` (L1 of the group's weights, Li et al. 2017), `taylor`
+(first-order Taylor, Molchanov et al. 2019, on a few training batches) and `lamp` (Lee et al.
+2021) are Torch-Pruning's own importance estimators, applied to the same groups at the same
+fraction, for a side-by-side comparison.
 
 Every group loses the same share of its channels (one always stays): `remove_fraction`, or the
 share that brings the model's MACs to `target_macs` × the dense MACs (bisection); `round_to`
