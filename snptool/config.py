@@ -351,8 +351,8 @@ class PruneConfig:
     architecture (structured.py: Torch-Pruning's DependencyGraph couples residual streams and
     MBConv hidden channels, which are scored and removed together), ranked by `ranking`
     (fewest labels served, weakest maximum, most noise; `magnitude` of the weights can break
-    ties), `remove_fraction` of every group or
-    the share that brings the MACs to `target_macs` × the dense MACs; `magnitude-channels`,
+    ties), `remove_fraction` of every group or the share that brings the MACs to
+    `target_macs` × the dense MACs; `magnitude-channels`,
     `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
     Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
     channels to a multiple (faster kernels); `allocation` `deepest-first` steps the deepest
