@@ -33,7 +33,8 @@ _state: dict = {"quiet": False, "active": None, "rank": 0}
 
 
 def set_quiet(quiet: bool) -> None:
-    _state["quiet"] = quiet
+    """Silence progress, logs and tables (ranks other than 0 stay silent regardless)."""
+    _state["quiet"] = quiet or bool(_state["rank"])
 
 
 def set_rank(rank: int) -> None:

@@ -261,3 +261,20 @@ def test_cuda_training_with_autocast_and_channels_last(amp, tmp_path):
     assert result.final_accuracy > 0.5
     weights = load_file(result.output)  # saved contiguous (NCHW) from the NHWC model
     assert all(value.is_contiguous() for value in weights.values())
+
+
+def test_quiet_off_does_not_wake_a_silent_rank(capsys):
+    from snptool import console
+
+    try:
+        console.set_rank(1)
+        console.set_quiet(False)  # a later command's --quiet default in the same process
+        console.log("rank 1 talking")
+        console.emit_json({"rank": 1})
+    finally:
+        console.set_rank(0)
+        console.set_quiet(False)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+    console.log("rank 0 talking")
+    assert "rank 0 talking" in capsys.readouterr().err
