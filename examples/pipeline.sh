@@ -4,8 +4,8 @@
 # labels × labels matrix and its clusters, remove the channels and nodes that serve the fewest
 # labels until half the MACs are left (`prune --method units`, every layer keeping a multiple of
 # ROUND_TO channels: onnxruntime's convolutions work in blocks of 16 channels on AVX-512, 8 on
-# AVX2), fine-tune, export the dense and
-# the pruned model to ONNX, time them in onnxruntime and draw it all into $OUT/report.html.
+# AVX2), fine-tune, export the dense and the pruned model to ONNX, time them in onnxruntime and
+# draw it all into $OUT/report.html.
 # Every step reads and writes files, and every --json result lands beside them in $OUT.
 #
 #   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, FINETUNE_EPOCHS, TARGET_MACS,
