@@ -214,10 +214,15 @@ def removal_order(
     return np.lexsort([keys[k] for k in reversed(ranking)])
 
 
+def l1_importance() -> tp.importance.Importance:
+    """Torch-Pruning's L1 norm of each channel's weights over the coupled modules: the
+    `magnitude-channels` criterion and the `magnitude` ranking key."""
+    return tp.importance.GroupMagnitudeImportance(p=1)
+
+
 def group_magnitude(group) -> np.ndarray:
-    """L1 norm of each channel's weights over the coupled modules (Torch-Pruning's)."""
-    score = tp.importance.GroupMagnitudeImportance(p=1)(group)
-    return score.detach().cpu().numpy()
+    """The L1 importance of the group's channels."""
+    return l1_importance()(group).detach().cpu().numpy()
 
 
 def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:
@@ -359,7 +364,7 @@ def torch_pruning_importance(
     """Torch-Pruning's estimator for a baseline method; Taylor accumulates the gradients of
     the cross-entropy on `batches` first."""
     if method == "magnitude-channels":
-        return tp.importance.GroupMagnitudeImportance(p=1)
+        return l1_importance()
     if method == "lamp":
         return tp.importance.LAMPImportance(p=2)
     model.zero_grad(set_to_none=True)
