@@ -20,7 +20,7 @@
 # in blocks of 16 channels on AVX-512 (8 on AVX2), so 8 of 16 kept channels cost as much as 16.
 # At that rounding a uniform share reaches 0.509 of the MACs (widths 16/16/32) or next 0.448;
 # the deepest-first allocation narrows the deepest groups further until the MACs meet TARGET.
-# Measured (README): ANALYSIS_N=10000 PROBE_EPOCHS=5 ... OUT 4 took 72 min on 2 cores.
+# Measured (README): ANALYSIS_N=10000 PROBE_EPOCHS=5 ... OUT 8 took 101 min on 2 cores.
 # Anchors: DepGraph ResNet-56 93.53 → 93.77 % at 2.13× fewer MACs,
 # HRank 93.26 → 93.17 % at 2.00× (both after long fine-tuning).
 set -euo pipefail
