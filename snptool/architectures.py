@@ -142,6 +142,10 @@ def build_model_from_record(
                 f"the checkpoint's channel maps do not fit its architecture ({error}); "
                 "rebuild it with the architecture it was pruned from."
             ) from None
+    if record.get("resized"):
+        from snptool.resizing import apply_resized
+
+        apply_resized(model, record["resized"])
     return model
 
 

@@ -26,7 +26,6 @@ from snptool.export import (
     FORMAT_VERSION,
     add_metadata,
     check_parity,
-    count_macs,
     count_params,
     describe_input,
     export_onnx,
@@ -35,6 +34,7 @@ from snptool.export import (
     write_onnx,
 )
 from snptool.files import check_output_path, provenance
+from snptool.macs import count_macs
 from snptool.prune import masks_of
 
 OUTPUT_NAME = "probabilities"
@@ -389,11 +389,11 @@ def export_committee(
     parity = check_parity(
         reference, graph, inputs, export_config, source=source, output_name=OUTPUT_NAME
     )
-    params, macs = count_params(graph), count_macs(graph)
+    params, macs = count_params(graph), count_macs(exported, tuple(shape))
     dense_params, dense_macs = params, macs
     if compacted:
         dense = export_onnx(reference, shape, export_config, source=source, output_name=OUTPUT_NAME)
-        dense_params, dense_macs = count_params(dense), count_macs(dense)
+        dense_params, dense_macs = count_params(dense), count_macs(reference, tuple(shape))
     result = CommitteeExport(
         output=str(output),
         opset=export_config.opset,

@@ -355,7 +355,11 @@ class PruneConfig:
     `target_macs` × the dense MACs; `magnitude-channels`,
     `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
     Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
-    channels to a multiple (faster kernels); `allocation` `deepest-first` steps the deepest
+    channels to a multiple (faster kernels) and keeps at least `min_channels` per group (a
+    target that the floor makes unreachable is refused, never chased by collapsing groups);
+    the weight criteria prune every prunable group when no taps are listed, and `units`
+    orders the groups without matrices by the weight criterion `fill` when it is given
+    (otherwise only the tapped groups are pruned); `allocation` `deepest-first` steps the deepest
     groups down to their next rounded width until the MACs meet `target_macs` where the
     uniform share overshoots it, `uniform` keeps the uniform share.
     `random` draws balanced random label sets of the same sizes (the papers'
@@ -382,6 +386,8 @@ class PruneConfig:
     ranking: tuple[str, ...] = ("labels", "maximum", "noise")
     taylor_batches: int = 4
     round_to: int = 1
+    min_channels: int = 8
+    fill: str | None = None
     allocation: str = "deepest-first"
     groups: int = 2
     label_grouping: str = "cooccurrence"
@@ -427,6 +433,11 @@ class PruneConfig:
             ),
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
             (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
+            (self.min_channels >= 1, f"min channels must be >= 1, not {self.min_channels}"),
+            (
+                self.fill is None or self.fill in WEIGHT_CRITERIA,
+                f"fill is one of {', '.join(WEIGHT_CRITERIA)}, not {self.fill!r}",
+            ),
             (
                 self.allocation in ALLOCATIONS,
                 f"allocation is one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}",
@@ -449,9 +460,14 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """ONNX export (`dynamo`: torch's dynamo exporter instead of the TorchScript one) and its
-    parity check: the first `parity_samples` test images through torch and onnxruntime on the
-    CPU, whose logits may differ by at most `parity_tolerance`."""
+    """ONNX export (`dynamo`: torch's dynamo exporter instead of the TorchScript one; with
+    `fallback` the other exporter is tried when the first cannot export the model or its graph
+    fails the check) and its parity check: the first `parity_samples` test images (random
+    normal inputs of the checkpoint's shape when it names no data set and none is given)
+    through torch and onnxruntime on the CPU, whose logits may differ by at most
+    `parity_tolerance` × max(1, the largest |logit|). **Decision**: the tolerance scales with
+    the logits because float32 rounding does: an untrained or imported network's logits in the
+    hundreds differ by 1e-4 relative, not absolute."""
 
     opset: int = 17
     parity_samples: int = 64
@@ -459,6 +475,7 @@ class ExportConfig:
     batch_size: int = 32
     device: str = "cpu"
     dynamo: bool = False
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         _require(

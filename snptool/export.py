@@ -17,7 +17,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch
 from onnx import TensorProto
 from torch import nn
 
+from snptool.architectures import build_model_from_record
 from snptool.checkpoint import Checkpoint, read_checkpoint
 from snptool.compact import compact_model
 from snptool.config import DataConfig, ExportConfig, config_to_dict
@@ -35,6 +36,7 @@ from snptool.data import DataSplit, prepare_batch
 from snptool.errors import ExportError
 from snptool.evaluate import load_checkpoint_data
 from snptool.files import atomic_path, check_output_path, provenance
+from snptool.macs import count_macs, count_parameters
 from snptool.prune import masks_of
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ SINGLE_FILE_LIMIT = 2**31 - 1  # protobuf's limit on one serialised ONNX file
 # RuntimeErrors; an opset it does not know is a ValueError).
 EXPORTER_ERRORS = (torch.onnx.errors.OnnxExporterError, RuntimeError, ValueError)
 _NOISY_LOGGERS = ("torch.onnx", "onnxscript")
+RANDOM_INPUTS = "random normal inputs (seed 0)"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -106,30 +109,32 @@ def run_export(
     """Export a checkpoint to `output` (one ONNX file) after checking it against torch.
 
     The parity images are the first `config.parity_samples` of the test split of `data_spec`
-    (default: the checkpoint's data). A failed export or parity check writes nothing.
+    (default: the checkpoint's data; random normal inputs where it names none). A failed
+    export or parity check writes nothing.
     """
     config = config or ExportConfig()
     check_output_path(output, checkpoint_path)
     checkpoint = read_checkpoint(checkpoint_path, config.device)
     data, inputs = parity_inputs(checkpoint, data_spec, config, data_config)
     model = model_for_export(checkpoint).eval()
-    graph = export_onnx(model, inputs.shape[1:], config, source=str(checkpoint_path))
     # parity against the checkpoint's own (masked) model, not the compacted copy
-    parity = check_parity(
-        checkpoint.model.eval(), graph, inputs, config, source=str(checkpoint_path)
+    graph, dynamo, parity = export_checked(
+        model, checkpoint.model.eval(), inputs, config, source=str(checkpoint_path)
     )
-    params, macs = count_params(graph), count_macs(graph)
-    if model is checkpoint.model:
+    shape = tuple(inputs.shape[1:])
+    params, macs = count_params(graph), count_macs(model, shape)
+    dense = dense_model(checkpoint)
+    if dense is model:
         dense_params, dense_macs = params, macs
     else:
-        dense = export_onnx(checkpoint.model, inputs.shape[1:], config, source=str(checkpoint_path))
-        dense_params, dense_macs = count_params(dense), count_macs(dense)
+        dense_graph = export_onnx(dense, shape, replace(config, dynamo=dynamo), source="")
+        dense_params, dense_macs = count_params(dense_graph), count_macs(dense, shape)
     result = ExportResult(
         checkpoint=str(checkpoint_path),
         output=str(output),
-        data=data.spec,
+        data=data.spec if data is not None else RANDOM_INPUTS,
         opset=config.opset,
-        dynamo=config.dynamo,
+        dynamo=dynamo,
         samples=parity.samples,
         max_abs_diff=parity.max_abs_diff,
         argmax_agreement=parity.argmax_agreement,
@@ -138,11 +143,57 @@ def run_export(
         macs=macs,
         dense_params=dense_params,
         dense_macs=dense_macs,
-        torch_params=sum(p.numel() for p in model.parameters()),
+        torch_params=count_parameters(model),
     )
     add_metadata(graph, describe_export(checkpoint, config, data, result))
     write_onnx(graph, output)
     return result
+
+
+def dense_model(checkpoint: Checkpoint) -> nn.Module:
+    """The network before any pruning: the checkpoint's own model when it is not pruned or
+    only masked (the masks keep its shapes), else its architecture rebuilt without the removed
+    channels (random weights: only its size is read)."""
+    arch = checkpoint.metadata["arch"]
+    resized = ("resized", "shapes", "channel_maps")
+    if not any(arch.get(key) for key in resized):
+        return checkpoint.model
+    dense = {key: value for key, value in arch.items() if key not in resized}
+    return build_model_from_record(dense).eval()
+
+
+def export_checked(
+    model: nn.Module,
+    reference: nn.Module,
+    inputs: torch.Tensor,
+    config: ExportConfig,
+    *,
+    source: str,
+) -> tuple[onnx.ModelProto, bool, Parity]:
+    """(graph, whether dynamo made it, parity): `model` exported and checked against
+    `reference` on `inputs`; with `config.fallback` the other exporter is tried when the first
+    fails, and the error names both reasons."""
+    exporters = [config.dynamo, not config.dynamo] if config.fallback else [config.dynamo]
+    failures = []
+    for dynamo in exporters:
+        attempt = replace(config, dynamo=dynamo)
+        try:
+            graph = export_onnx(model, inputs.shape[1:], attempt, source=source)
+            return graph, dynamo, check_parity(reference, graph, inputs, attempt, source=source)
+        except ExportError as error:
+            name = "dynamo" if dynamo else "TorchScript"
+            failures.append((name, error))
+            logger.debug("%s exporter failed: %s", name, error)
+    if len(failures) == 1:
+        raise failures[0][1]
+    prefix = f"cannot export {source} to ONNX: "
+    reasons = "; ".join(
+        f"{name}: {str(error).split('; ')[0].removeprefix(prefix)}" for name, error in failures
+    )
+    raise ExportError(
+        f"cannot export {source} to ONNX with either exporter ({reasons}); nothing was "
+        "written; try another --opset."
+    )
 
 
 def parity_inputs(
@@ -150,8 +201,14 @@ def parity_inputs(
     data_spec: str | None,
     config: ExportConfig,
     data_config: DataConfig | None,
-) -> tuple[DataSplit, torch.Tensor]:
-    """The test split and its first `parity_samples` images as model input (N, C, H, W)."""
+) -> tuple[DataSplit | None, torch.Tensor]:
+    """The test split and its first `parity_samples` images as model input (N, C, H, W); with
+    no data set named by the flag or the checkpoint, no split and seeded random normal inputs
+    of the checkpoint's input shape."""
+    if not (data_spec or checkpoint.metadata.get("data")):
+        generator = torch.Generator().manual_seed(0)
+        shape = (config.parity_samples, *checkpoint.input_spec.shape)
+        return None, torch.randn(shape, generator=generator)
     data = load_checkpoint_data(checkpoint, data_spec, "test", data_config)
     spec = checkpoint.input_spec
     batches, count = [], 0
@@ -266,7 +323,7 @@ def check_parity(
     session = onnxruntime.InferenceSession(
         graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    largest, agree = 0.0, 0
+    largest, agree, scale = 0.0, 0, 1.0
     for start in range(0, len(inputs), config.batch_size):
         x = inputs[start : start + config.batch_size]
         expected = model(x).numpy()  # (B, L)
@@ -277,13 +334,15 @@ def check_parity(
                 f"torch {list(expected.shape)}; the model's forward depends on the batch size."
             )
         largest = max(largest, float(np.abs(actual - expected).max()))
+        scale = max(scale, float(np.abs(expected).max()))
         agree += int((actual.argmax(1) == expected.argmax(1)).sum())
     parity = Parity(largest, agree / len(inputs), len(inputs))
-    if not parity.max_abs_diff <= config.parity_tolerance:  # also catches NaN
+    if not parity.max_abs_diff <= config.parity_tolerance * scale:  # also catches NaN
         raise ExportError(
             f"the ONNX graph of {source} differs from torch by up to {parity.max_abs_diff:.3g} "
-            f"on {parity.samples} test images (tolerance {config.parity_tolerance:g}); nothing "
-            "was written; try another --opset or --dynamo, or raise --parity-tolerance."
+            f"on {parity.samples} inputs (tolerance {config.parity_tolerance:g} × the largest "
+            f"|logit| {scale:.3g}); nothing was written; try another --opset, or raise "
+            "--parity-tolerance."
         )
     return parity
 
@@ -301,8 +360,10 @@ def count_params(graph: onnx.ModelProto) -> int:
     return sum(sizes.values()) + sum(sizes[name] for name in copies if name in sizes)
 
 
-def count_macs(onnx_model: onnx.ModelProto) -> int:
-    """Multiply-accumulates of one sample (batch 1) in Conv, ConvTranspose, Gemm and MatMul nodes.
+def count_graph_macs(onnx_model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one sample (batch 1) in an ONNX graph's Conv, ConvTranspose, Gemm
+    and MatMul nodes: the cross-check of the one MAC counter (macs.count_macs) that `export`
+    reports.
 
     Conv (1-, 2- or 3-d): output elements × C_in/groups × kernel size; ConvTranspose: input
     elements × C_out/groups × kernel size (every input element meets every weight of its group,
@@ -370,7 +431,7 @@ def _batch_one_shape(shapes: dict[str, tuple], name: str, node: onnx.NodeProto) 
 
 
 def describe_export(
-    checkpoint: Checkpoint, config: ExportConfig, data: DataSplit, result: ExportResult
+    checkpoint: Checkpoint, config: ExportConfig, data: DataSplit | None, result: ExportResult
 ) -> dict[str, Any]:
     """The `snptool` metadata document of an exported graph: enough to preprocess and trace."""
     meta = checkpoint.metadata
@@ -383,8 +444,9 @@ def describe_export(
         "output": {"name": OUTPUT_NAME, "shape": ["batch", checkpoint.num_classes]},
         "checkpoint": {"path": str(checkpoint.path), "sha256": checkpoint.sha256},
         "config": config_to_dict(config),
+        "dynamo": result.dynamo,
         "parity": {
-            "data": data.record(),
+            "data": data.record() if data is not None else RANDOM_INPUTS,
             "samples": result.samples,
             "max_abs_diff": result.max_abs_diff,
             "argmax_agreement": result.argmax_agreement,

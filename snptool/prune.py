@@ -399,18 +399,14 @@ def read_label_sets(
 
 
 def taps_without_clusters(layers: list[str] | None, config: PruneConfig) -> list[str]:
-    """The listed taps of a weight-criterion baseline, which needs no clusters file."""
+    """The listed taps of a weight-criterion baseline, which needs no clusters file (none:
+    every prunable group)."""
     if config.method not in WEIGHT_CRITERIA:
         raise UsageError(
             f"--method {config.method} reads the units' label sets; give --clusters "
             "(the matrix file of `snptool clusters`)."
         )
-    if not layers:
-        raise UsageError(
-            f"--method {config.method} without --clusters needs --layers (the taps whose "
-            "channel groups to prune)."
-        )
-    return layers
+    return list(layers or [])
 
 
 def layer_chains(layers: list[str] | list[list[str]] | None) -> list[list[str]] | None:
@@ -606,7 +602,7 @@ def run_prune(
     write_checkpoint(output, model, meta, extras)
     size = extra.get("structured")
     if size is not None:
-        keys = ("dense_macs", "macs", "dense_params", "params", "fraction")
+        keys = ("dense_macs", "macs", "mac_ratio", "dense_params", "params", "fraction")
         size = {key: size[key] for key in keys}
     return PruneResult(
         str(output),

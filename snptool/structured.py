@@ -44,7 +44,6 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +53,13 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from snptool.architectures import RESIZABLE, module_shapes
+from snptool import console
 from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchanged, wrap_channel_maps
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
-from snptool.errors import LayerError
+from snptool.errors import LayerError, UsageError
+from snptool.macs import count_macs, count_parameters
+from snptool.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
 from snptool.taps import resolve_taps
 
 _OUT_HANDLERS = ("prune_out_channels",)
@@ -82,27 +83,42 @@ class ChannelGroup:
     channels: int
     kept: list[int]
     modules: list[str]  # the model's modules the group resizes
+    criterion: str = ""  # what ordered the channels (the method, or the fill criterion)
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
 
 
-def _channels(module: nn.Module, handler: str) -> int | None:
+@dataclass
+class GroupPlan:
+    """A prunable group of the dense model: its channels' removal order and size rules."""
+
+    root: str
+    taps: list[str]
+    channels: int
+    modules: list[str]
+    blocks: int = 1  # removal repeats the same positions in each of this many equal blocks
+    multiple: int = 1  # the kept count stays a multiple of this (attention heads)
+    order: np.ndarray | None = None  # the channels, first to remove first
+    criterion: str = ""
+
+
+def _member_channels(graph: tp.DependencyGraph, module: Any, handler: str) -> int | None:
     if isinstance(module, ChannelMap):
         return len(module.kept_out if handler in _OUT_HANDLERS else module.kept_in)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        return module.num_features
-    if isinstance(module, nn.LayerNorm):
-        return int(module.normalized_shape[-1])
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels if handler in _OUT_HANDLERS else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if handler in _OUT_HANDLERS else module.in_features
-    return None
+    pruner = graph.get_pruner_of_module(module)
+    if pruner is None:
+        return None
+    count = (
+        pruner.get_out_channels(module)
+        if handler in _OUT_HANDLERS
+        else pruner.get_in_channels(module)
+    )
+    return None if count is None else int(count)
 
 
-def _group_members(group, names: dict[nn.Module, str]) -> list[tuple[str, str, nn.Module]]:
-    """(module name, handler, module) of a group's members that are modules of the model."""
+def _group_members(group, names: dict[Any, str]) -> list[tuple[str, str, Any]]:
+    """(module name, handler, module) of a group's members."""
     members = []
     for dep, _ in group:
         module = dep.target.module
@@ -111,30 +127,79 @@ def _group_members(group, names: dict[nn.Module, str]) -> list[tuple[str, str, n
     return members
 
 
-def _consistent(group, names: dict[nn.Module, str], channels: int) -> bool:
-    """Every member is a resizable module of the model (or a Torch-Pruning op node), producers
-    and per-channel modules carry exactly `channels`, readers at least that many."""
+def _is_per_channel(module: Any, handler: str) -> bool:
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.PReLU)
+    return handler in _OUT_HANDLERS or isinstance(module, norms)
+
+
+def group_problem(
+    group, graph: tp.DependencyGraph, names: dict[Any, str], channels: int
+) -> str | None:
+    """Why a group cannot be pruned (None when it can): a member that is neither a module of
+    the model, a bare parameter nor a Torch-Pruning operation, or a producer / per-channel
+    module whose channel count is not the root's (an operation Torch-Pruning would take for
+    element-wise although it changes the channel count)."""
     for name, handler, module in _group_members(group, names):
+        if isinstance(module, nn.Parameter):
+            continue  # a bare parameter (a layer scale, a position embedding)
         if not name:
             if not type(module).__module__.startswith("torch_pruning"):
-                return False  # a parameter or a module outside the model's named modules
+                return f"{type(module).__name__} outside the model's named modules"
             continue
-        if not isinstance(module, (*RESIZABLE, ChannelMap)):
-            return False
-        size = _channels(module, handler)
-        per_channel = handler in _OUT_HANDLERS or isinstance(
-            module, nn.modules.batchnorm._BatchNorm | nn.LayerNorm
-        )
-        if size is None or (size != channels if per_channel else size < channels):
-            return False
-        if isinstance(module, nn.Conv2d) and module.groups not in (1, module.in_channels):
-            return False
-    return True
+        size = _member_channels(graph, module, handler)
+        if size is None:
+            return f"{name} ({type(module).__name__}), whose channels Torch-Pruning cannot count"
+        if size != channels if _is_per_channel(module, handler) else size < channels:
+            return f"{name} ({type(module).__name__}) with {size} channels, not {channels}"
+    return None
+
+
+def _parent(model: nn.Module, name: str) -> nn.Module | None:
+    parent, _, _ = name.rpartition(".")
+    return model.get_submodule(parent) if name else None
+
+
+def channel_blocks(model: nn.Module, group, names: dict[Any, str]) -> tuple[int, int]:
+    """(blocks, multiple) of a group: grouped convolutions and the fused query-key-value
+    projection of an attention (3 × heads blocks) need the same positions removed in every
+    block; nn.MultiheadAttention needs an embedding a multiple of its heads."""
+    blocks, multiple = 1, 1
+    for name, handler, module in _group_members(group, names):
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            depthwise = module.groups == module.in_channels == module.out_channels
+            if not depthwise:
+                blocks = math.lcm(blocks, module.groups)
+        elif isinstance(module, nn.MultiheadAttention):
+            multiple = math.lcm(multiple, module.num_heads)
+        elif isinstance(module, nn.Linear) and name.endswith(".qkv") and handler in _OUT_HANDLERS:
+            attention = _parent(model, name)
+            heads = getattr(attention, "num_heads", None)
+            if isinstance(heads, int) and hasattr(attention, "head_dim"):
+                blocks = math.lcm(blocks, 3 * heads)
+    return blocks, multiple
+
+
+def fix_derived_sizes(model: nn.Module) -> None:
+    """Update the size attributes that a forward reads but Torch-Pruning does not know: a
+    timm Attention's head width after its fused qkv projection lost channels (it reshapes to
+    (3, heads, head_dim) and back to attn_dim), torchvision's ViT width (`hidden_dim`, read
+    when it flattens the patch embedding)."""
+    for module in model.modules():
+        qkv = getattr(module, "qkv", None)
+        heads = getattr(module, "num_heads", None)
+        if isinstance(qkv, nn.Linear) and isinstance(heads, int) and hasattr(module, "head_dim"):
+            module.head_dim = qkv.out_features // (3 * heads)
+            if hasattr(module, "attn_dim"):
+                module.attn_dim = heads * module.head_dim
+        patches = getattr(module, "conv_proj", None)
+        if isinstance(patches, nn.Conv2d) and isinstance(getattr(module, "hidden_dim", None), int):
+            module.hidden_dim = patches.out_channels
 
 
 def build_graph(model: nn.Module, shape: tuple[int, ...]) -> tp.DependencyGraph:
-    example = torch.zeros(1, *shape, device=next(model.parameters()).device)
-    with warnings.catch_warnings():  # unwrapped parameters: their groups are left dense
+    device = next(model.parameters()).device
+    example = torch.zeros(1, *shape, device=device)
+    with warnings.catch_warnings():  # bare parameters are pruned along their last dimension
         warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
         return tp.DependencyGraph().build_dependency(
             model, example_inputs=example, customized_pruners=CUSTOMIZED_PRUNERS
@@ -148,51 +213,63 @@ def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str
         return None
     for name in reversed(order[: max(inside) + 1]):
         module = model.get_submodule(name)
-        weighted = isinstance(module, nn.Conv2d | nn.Linear | nn.modules.batchnorm._BatchNorm)
-        if weighted and _channels(module, "prune_out_channels") == units:
+        if isinstance(module, nn.Conv2d) and module.out_channels == units:
+            return name
+        if isinstance(module, nn.Linear) and module.out_features == units:
+            return name
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.num_features == units:
             return name
     return None
 
 
-def channel_groups(
+def classifier_of(model: nn.Module) -> list[nn.Module]:
+    """The last Linear (or 1×1 convolution, as SqueezeNet's) in execution order: its outputs
+    are the labels and are never pruned."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    return layers[-1:]
+
+
+def plan_groups(
     model: nn.Module, shape: tuple[int, ...], taps: list[str], graph: tp.DependencyGraph
-) -> tuple[list[tuple[str, list[str], Any]], list[str]]:
-    """(root, taps, Torch-Pruning group) for every prunable group that a listed tap reads, and
-    the taps whose channels cannot be removed (coupled through an operation Torch-Pruning
-    cannot index, a bare parameter, or the classifier's outputs); raise when no tap can."""
+) -> tuple[list[GroupPlan], dict[str, str]]:
+    """The prunable groups of `model` (every group when `taps` is empty, else those the taps
+    read, with their taps) and why the others cannot be pruned (by root, or by tap)."""
     names = {module: name for name, module in model.named_modules()}
-    order = execution_order(model, shape)
-    classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
-    groups: list[tuple[str, list[str], Any]] = []
+    plans: list[GroupPlan] = []
+    refused: dict[str, str] = {}
     members: list[set[str]] = []
-    for group in graph.get_all_groups(ignored_layers=classifier):
-        root = names.get(group[0].dep.target.module)
-        channels = _channels(group[0].dep.target.module, "prune_out_channels")
-        if root is None or channels is None or not _consistent(group, names, channels):
+    for group in graph.get_all_groups(ignored_layers=classifier_of(model)):
+        module = group[0].dep.target.module
+        root = names.get(module)
+        channels = _member_channels(graph, module, "prune_out_channels")
+        if root is None or channels is None:
             continue
-        groups.append((root, [], group))
+        problem = group_problem(group, graph, names, channels)
+        if problem:
+            refused[root] = f"coupled with {problem}"
+            continue
+        blocks, multiple = channel_blocks(model, group, names)
+        modules = sorted({n for n, _, _ in _group_members(group, names) if n})
+        plans.append(GroupPlan(root, [], channels, modules, blocks, multiple))
         members.append({n for n, h, _ in _group_members(group, names) if n and h in _OUT_HANDLERS})
+    if not taps:
+        return plans, refused
+    order = execution_order(model, shape)
     spec = InputSpec(channels=shape[0], height=shape[1], width=shape[2])
-    skipped = []
+    skipped: dict[str, str] = {}
     for tap in resolve_taps(model, taps, spec):
-        if tap.unit not in ("channel", "node", "feature") or tap.tap_input:
+        if tap.unit not in ("channel", "channel-last", "node", "feature") or tap.tap_input:
             raise LayerError(
-                f"--method units removes channels and nodes; {tap.name} is read as "
+                f"channel removal removes channels and nodes; {tap.name} is read as "
                 f"{tap.unit} units."
             )
         producer = _producer(model, order, tap.layer, tap.units)
         found = [i for i, m in enumerate(members) if producer in m]
         if found:
-            groups[found[0]][1].append(tap.name)
+            plans[found[0]].taps.append(tap.name)
         else:
-            skipped.append(tap.name)
-    if len(skipped) == len(taps):
-        raise LayerError(
-            f"the channels of {', '.join(skipped)} cannot be removed (coupled through an "
-            "operation Torch-Pruning cannot index, a bare parameter, or the classifier's "
-            "outputs); list other layers with --layers."
-        )
-    return [g for g in groups if g[1]], skipped
+            skipped[tap.name] = refused.get(producer or "", "no prunable group produces it")
+    return [p for p in plans if p.taps], skipped
 
 
 def removal_order(
@@ -231,127 +308,164 @@ def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:
     return np.argsort(score.detach().cpu().numpy(), kind="stable")
 
 
-def count_macs(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
-    """(MACs, parameters) of one sample, as Torch-Pruning counts them."""
-    example = torch.zeros(1, *shape, device=next(model.parameters()).device)
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return int(macs), int(params)
-
-
-def removed_count(channels: int, fraction: float, round_to: int = 1) -> int:
+def removed_count(
+    channels: int,
+    fraction: float,
+    round_to: int = 1,
+    *,
+    step: int = 1,
+    min_channels: int = 1,
+) -> int:
     """How many of `channels` to remove at `fraction`: the kept count rounded to a multiple of
-    `round_to` (kernels run faster on such widths), at least one (or `round_to`) kept."""
+    `round_to` (kernels run faster on such widths; with `step` > 1, a multiple of `step`, and
+    of `round_to` too where the channels allow), at least `min_channels` (rounded up) and at
+    least one `step` kept."""
     kept = channels - math.floor(fraction * channels + 1e-9)
-    if round_to > 1:
-        kept = min(channels, max(round_to, round_to * round(kept / round_to)))
-    return channels - max(1, kept)
+    unit = round_to
+    if step > 1:
+        both = math.lcm(step, round_to)
+        unit = both if channels % both == 0 else step
+    if unit > 1:
+        kept = min(channels, max(unit, unit * round(kept / unit)))
+    floor = min(channels, unit * math.ceil(max(1, min_channels) / unit))
+    return channels - max(1, kept, floor)
+
+
+def blocked_positions(order: np.ndarray, channels: int, blocks: int, count: int) -> list[int]:
+    """The first `count` channels of `order`, or with `blocks` > 1 the same positions in every
+    block: those whose ranks in `order`, summed over the blocks, are lowest."""
+    if blocks == 1:
+        return sorted(int(c) for c in order[:count])
+    size = channels // blocks
+    rank = np.empty(channels)
+    rank[order] = np.arange(channels)
+    positions = np.argsort(rank.reshape(blocks, size).sum(0), kind="stable")[: count // blocks]
+    return sorted(int(b * size + p) for b in range(blocks) for p in positions)
 
 
 def remove_channels(
     model: nn.Module,
     shape: tuple[int, ...],
-    taps: list[str],
-    orders: Callable[[str, list[str], Any], np.ndarray],
-    fraction: float,
-    round_to: int = 1,
-    removals: dict[str, int] | None = None,
-) -> tuple[list[ChannelGroup], list[str]]:
-    """Remove `fraction` of every tapped group's channels in place (or `removals[root]` of
-    those it lists), in the order `orders` (root, taps, group) gives; return what each group
-    kept and the taps left dense. Modules that change the channel count without parameters are
+    plans: list[GroupPlan],
+    counts: dict[str, int],
+) -> list[ChannelGroup]:
+    """Remove `counts[root]` channels of every planned group in place, in its order; return
+    what each group kept. Modules that change the channel count without parameters are
     wrapped in ChannelMaps first."""
     wrap_channel_maps(model, shape)
     graph = build_graph(model, shape)
-    names = {module: name for name, module in model.named_modules()}
     result = []
-    groups, skipped = channel_groups(model, shape, taps, graph)
-    for root, group_taps, group in groups:
-        module = model.get_submodule(root)
-        channels = _channels(module, "prune_out_channels")
-        order = orders(root, group_taps, group)
-        count = (removals or {}).get(root, removed_count(channels, fraction, round_to))
-        removed = sorted(int(c) for c in order[:count])
-        modules = sorted({n for n, _, _ in _group_members(group, names) if n})
+    for plan in plans:
+        module = model.get_submodule(plan.root)
+        removed = blocked_positions(plan.order, plan.channels, plan.blocks, counts[plan.root])
         if removed:
             handler = graph.get_pruner_of_module(module).prune_out_channels
             graph.get_pruning_group(module, handler, idxs=removed).prune()
-        kept = [c for c in range(channels) if c not in set(removed)]
-        result.append(ChannelGroup(root, group_taps, channels, kept, modules))
-    return result, skipped
+        kept = [c for c in range(plan.channels) if c not in set(removed)]
+        result.append(
+            ChannelGroup(plan.root, plan.taps, plan.channels, kept, plan.modules, plan.criterion)
+        )
+    fix_derived_sizes(model)
+    return result
 
 
-def copy_with_grads(model: nn.Module) -> nn.Module:
-    """A deep copy that keeps the parameters' gradients (Taylor importance reads them)."""
-    trial = copy.deepcopy(model)
-    for source, target in zip(model.parameters(), trial.parameters(), strict=True):
-        if source.grad is not None:
-            target.grad = source.grad.clone()
-    return trial
+class Search:
+    """The removal counts that bring the MACs to a target: trial prunes of a shape-only
+    (meta-device) copy of the model, counted by the one MAC counter."""
+
+    def __init__(self, model, shape, plans, config, dense_macs: int) -> None:
+        self.shape, self.plans, self.config = shape, plans, config
+        self.meta = _shape_copy(model)  # each trial copies this, which holds no data
+        self.dense = dense_macs
+        self.trials = 0
+
+    def counts(self, fraction: float, overrides: dict[str, int] | None = None) -> dict[str, int]:
+        config = self.config
+        counts = {
+            p.root: removed_count(
+                p.channels,
+                fraction,
+                config.round_to,
+                step=math.lcm(p.blocks, p.multiple),
+                min_channels=config.min_channels,
+            )
+            for p in self.plans
+        }
+        return {**counts, **(overrides or {})}
+
+    def macs(self, counts: dict[str, int]) -> tuple[int, list[ChannelGroup]]:
+        """(MACs, groups) of a copy of the model with `counts` removed."""
+        self.trials += 1
+        trial = copy.deepcopy(self.meta)
+        groups = remove_channels(trial, self.shape, self.plans, counts)
+        return count_macs(trial, self.shape), groups
+
+    def ratio(self, counts: dict[str, int]) -> float:
+        return self.macs(counts)[0] / self.dense
 
 
-def trial_macs(model, shape, taps, orders, fraction, round_to, removals=None):
-    """(MACs, groups) of a pruned copy of `model`."""
-    trial = copy_with_grads(model)
-    groups, _ = remove_channels(trial, shape, taps, orders, fraction, round_to, removals)
-    return count_macs(trial, shape)[0], groups
+def _shape_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose tensors live on the meta device (no data is copied): pruning
+    and counting it moves shapes only."""
+    memo: dict[int, Any] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        meta = tensor.detach().to("meta")
+        memo[id(tensor)] = (
+            nn.Parameter(meta, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else meta
+        )
+    with torch.no_grad():
+        return copy.deepcopy(model, memo)
 
 
-def fraction_for_macs(
-    model: nn.Module,
-    shape: tuple[int, ...],
-    taps: list[str],
-    orders: Callable[[str, list[str], Any], np.ndarray],
-    target: float,
-    round_to: int = 1,
-    steps: int = 12,
-) -> tuple[float, float]:
+def fraction_for_macs(search: Search, target: float, steps: int = 12) -> tuple[float, float]:
     """(low, high): the smallest uniform fraction whose pruned copy has at most `target` × the
-    MACs (`high`; the largest reachable when even removing all but one channel per group
-    leaves more), and the largest found above the target (`low`)."""
-    dense, _ = count_macs(model, shape)
+    MACs (`high`), and the largest found above the target (`low`); raise when removing the most
+    that every group allows still leaves more."""
+    most = search.counts(1.0)
+    best = search.ratio(most)
+    if best > target:
+        floor, reachable = search.config.min_channels, math.ceil(best * 1e3) / 1e3
+        raise UsageError(
+            f"--target-macs {target:g} cannot be reached: removing the most that the "
+            f"{len(search.plans)} prunable groups allow (at least {floor} channels kept each) "
+            f"leaves {best:.3f} of the dense MACs; ask for at least {reachable:g}, "
+            "lower --min-channels, or prune more groups (list more layers, or drop --layers "
+            "with a weight criterion)."
+        )
     low, high = 0.0, 1.0
-    for _ in range(steps):
-        middle = (low + high) / 2
-        if trial_macs(model, shape, taps, orders, middle, round_to)[0] <= target * dense:
-            high = middle
-        else:
-            low = middle
+    with console.progress("prune: MAC search", steps) as task:
+        for _ in range(steps):
+            middle = (low + high) / 2
+            if search.ratio(search.counts(middle)) <= target:
+                high = middle
+            else:
+                low = middle
+            task.advance()
     return low, high
 
 
 def step_down_deepest(
-    model: nn.Module,
-    shape: tuple[int, ...],
-    taps: list[str],
-    orders: Callable[[str, list[str], Any], np.ndarray],
-    target: float,
-    fractions: tuple[float, float],
-    round_to: int = 1,
+    search: Search, execution: list[str], target: float, fractions: tuple[float, float]
 ) -> dict[str, int]:
     """Removal counts that meet `target` × the dense MACs with the fewest groups moved from
     their width at `fractions[0]` (above the target) to their width at `fractions[1]`, the
     deepest groups first (bisection over how many move); empty when all must move (the
     uniform share at `fractions[1]`)."""
-    low, high = fractions
-    dense, _ = count_macs(model, shape)
-    _, above = trial_macs(model, shape, taps, orders, low, round_to)
-    _, below = trial_macs(model, shape, taps, orders, high, round_to)
-    order = {name: i for i, name in enumerate(execution_order(model, shape))}
-    kept = {g.root: len(g.kept) for g in below}
+    above, below = (search.counts(f) for f in fractions)
+    order = {name: i for i, name in enumerate(execution)}
     moving = sorted(
-        (g for g in above if len(g.kept) != kept[g.root]),
-        key=lambda g: order.get(g.root, -1),
+        (p.root for p in search.plans if above[p.root] != below[p.root]),
+        key=lambda root: order.get(root, -1),
         reverse=True,
     )
 
     def removals(count: int) -> dict[str, int]:
-        return {g.root: g.channels - kept[g.root] for g in moving[:count]}
+        return {root: below[root] for root in moving[:count]}
 
     fewest, most = 0, len(moving)  # `most` moved always meets the target
     while most - fewest > 1:
         middle = (fewest + most) // 2
-        macs, _ = trial_macs(model, shape, taps, orders, low, round_to, removals(middle))
-        if macs <= target * dense:
+        if search.ratio(search.counts(fractions[0], removals(middle))) <= target:
             most = middle
         else:
             fewest = middle
@@ -374,28 +488,44 @@ def torch_pruning_importance(
     return tp.importance.GroupTaylorImportance()
 
 
-def criterion_orders(
-    method: str,
+def order_groups(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    plans: list[GroupPlan],
     scores: dict[str, UnitScores] | None,
-    ranking: tuple[str, ...],
-    importance: tp.importance.Importance | None,
-) -> Callable[[str, list[str], Any], np.ndarray]:
-    """The removal order function of `method` for remove_channels."""
-    if method == "units":
-        assert scores is not None
+    config,
+    batches: list | None,
+) -> None:
+    """Give every plan its removal order: by the matrices (`units`, for groups with taps), else
+    by the weight criterion (the method, or `fill` for the untapped groups of `units`)."""
+    criterion = config.method if config.method != "units" else config.fill
+    importance = None
+    if criterion is not None and any(not (scores and p.taps) for p in plans):
+        importance = torch_pruning_importance(criterion, model, batches or [])
+    trial = copy_with_grads(model)  # orders are read on the wrapped copy's groups
+    wrap_channel_maps(trial, shape)
+    graph = build_graph(trial, shape)
+    for plan in plans:
+        module = trial.get_submodule(plan.root)
+        handler = graph.get_pruner_of_module(module).prune_out_channels
+        group = graph.get_pruning_group(module, handler, idxs=list(range(plan.channels)))
+        if scores is not None and plan.taps:
+            magnitude = group_magnitude(group) if "magnitude" in config.ranking else None
+            plan.order = removal_order([scores[t] for t in plan.taps], config.ranking, magnitude)
+            plan.criterion = "units"
+        else:
+            plan.order = importance_order(group, importance)
+            plan.criterion = criterion
+    model.zero_grad(set_to_none=True)
 
-        def order(root: str, taps: list[str], group) -> np.ndarray:
-            magnitude = group_magnitude(group) if "magnitude" in ranking else None
-            return removal_order([scores[t] for t in taps], ranking, magnitude)
 
-        return order
-    assert importance is not None
-    return lambda root, taps, group: importance_order(group, importance)
-
-
-def pruned_shapes(model: nn.Module, dense: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The shapes of the modules that differ from the dense model's (`arch.shapes`)."""
-    return {name: shape for name, shape in module_shapes(model).items() if dense.get(name) != shape}
+def copy_with_grads(model: nn.Module) -> nn.Module:
+    """A deep copy that keeps the parameters' gradients (Taylor importance reads them)."""
+    trial = copy.deepcopy(model)
+    for source, target in zip(model.parameters(), trial.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.clone()
+    return trial
 
 
 __all__ = [
@@ -436,6 +566,36 @@ class StructuredPruning:
     record: dict[str, Any]
 
 
+def select_plans(model, shape, names: list[str], config) -> tuple[list[GroupPlan], dict[str, str]]:
+    """The groups to prune: those the taps `names` read, plus every other prunable group for
+    a weight criterion without taps or for `units` with `fill`; why the others are left."""
+    graph = build_graph(wrapped := _wrapped_copy(model, shape), shape)
+    every, refused = plan_groups(wrapped, shape, [], graph)
+    if not names:
+        plans, left = every, refused
+    else:
+        plans, left = plan_groups(wrapped, shape, names, graph)
+        if config.method == "units" and config.fill is not None:
+            tapped = {p.root for p in plans}
+            plans += [p for p in every if p.root not in tapped]
+    if not plans:
+        listed = "; ".join(f"{k}: {v}" for k, v in list(left.items())[:3])
+        hint = (
+            "list other layers with --layers (`snptool layers` shows them)"
+            if names
+            else "the model has no group of channels Torch-Pruning can remove"
+        )
+        what = f"the channels of {', '.join(names)}" if names else "no channel"
+        raise LayerError(f"{what} cannot be removed ({listed}); {hint}.")
+    return plans, left
+
+
+def _wrapped_copy(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
+    trial = _shape_copy(model)
+    wrap_channel_maps(trial, shape)
+    return trial
+
+
 def prune_structured(
     checkpoint,
     clusters_path,
@@ -443,50 +603,48 @@ def prune_structured(
     config,
     batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> StructuredPruning:
-    """Remove whole channels / nodes of the groups the taps `names` read (see the module
-    docstring); `batches` (prepared images, labels) feed the Taylor criterion."""
+    """Remove whole channels / nodes of the groups the taps `names` read, or of every prunable
+    group (see the module docstring); `batches` (prepared images, labels) feed Taylor."""
     shape = checkpoint.input_spec.shape
     model = copy.deepcopy(checkpoint.model).eval()
-    dense_shapes = module_shapes(model)
+    dense = (module_attributes(model), tensor_shapes(model))
+    plans, left = select_plans(model, shape, names, config)
     scores = read_unit_scores(clusters_path, names) if config.method == "units" else None
-    importance = None
-    if config.method != "units":
-        importance = torch_pruning_importance(config.method, model, batches or [])
-    orders = criterion_orders(config.method, scores, config.ranking, importance)
-    fraction, removals = config.remove_fraction, {}
+    order_groups(model, shape, plans, scores, config, batches)
+    dense_macs, dense_params = count_macs(model, shape), count_parameters(model)
+    search = Search(model, shape, plans, config, dense_macs)
+    fraction, overrides = config.remove_fraction, {}
     if config.target_macs is not None:
-        low, fraction = fraction_for_macs(
-            model, shape, names, orders, config.target_macs, config.round_to
-        )
-        if config.allocation == "deepest-first" and fraction < 1.0:
-            removals = step_down_deepest(
-                model, shape, names, orders, config.target_macs, (low, fraction), config.round_to
-            )
-            fraction = low if removals else fraction
-    dense_macs, dense_params = count_macs(model, shape)
-    groups, skipped = remove_channels(
-        model, shape, names, orders, fraction, config.round_to, removals
-    )
+        low, fraction = fraction_for_macs(search, config.target_macs)
+        if config.allocation == "deepest-first":
+            execution = execution_order(model, shape)
+            overrides = step_down_deepest(search, execution, config.target_macs, (low, fraction))
+            fraction = low if overrides else fraction
+    groups = remove_channels(model, shape, plans, search.counts(fraction, overrides))
     model.zero_grad(set_to_none=True)
     channel_maps = unwrap_unchanged(model)
-    macs, params = count_macs(model, shape)
+    macs, params = count_macs(model, shape), count_parameters(model)
     arch = dict(checkpoint.metadata["arch"])
-    arch["shapes"] = {**(arch.get("shapes") or {}), **pruned_shapes(model, dense_shapes)}
+    arch["resized"] = merge_resized(arch.get("resized"), resized_record(dense, model))
     if channel_maps:
         arch["channel_maps"] = {**(arch.get("channel_maps") or {}), **channel_maps}
     record = {
         "channel_groups": [g.to_json() for g in groups],
-        "left_dense": skipped,
+        "left_dense": left,
         "fraction": fraction,
         "ranking": list(config.ranking) if config.method == "units" else None,
+        "fill": config.fill if config.method == "units" else None,
         "target_macs": config.target_macs,
         "allocation": config.allocation if config.target_macs is not None else "uniform",
-        "stepped_down": sorted(removals),
+        "stepped_down": sorted(overrides),
         "round_to": config.round_to,
+        "min_channels": config.min_channels,
         "dense_macs": dense_macs,
         "macs": macs,
+        "mac_ratio": macs / dense_macs,
         "dense_params": dense_params,
         "params": params,
+        "mac_counter": "torch.utils.flop_counter (FLOPs / 2)",
         "engine": f"torch-pruning {tp.__version__}",
     }
     return StructuredPruning(model, arch, groups, fraction, record)

@@ -1,20 +1,22 @@
 """Taps: module outputs read as units (METHODS.md §2).
 
 A unit kind says how a tap tensor is viewed as [N, U, P] (samples, units, positions), from
-its shape and the module that produced it (a HeadOutputs module knows its number of heads).
-`discover_layers` finds, with one forward pass of a dummy input, every module whose output
-can be analysed and the unit kinds that apply to it.
+its shape, its layout and the module that produced it (a HeadOutputs module knows its number
+of heads). `trace_tensors` runs one forward pass of a dummy input and finds every module's
+output, how often it runs and whether it is channels-last; `discover_layers` lists the unit
+kinds that apply to each.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model_defs._blocks import HeadOutputs
@@ -30,17 +32,23 @@ class UnitKind:
 
     `count_units(module, shape)` is U for a tensor of `shape` (batch included) that `module`
     outputs (or reads), or None where the kind does not apply; `view(tensor, units)` is the
-    tensor as [N, U, P].
+    tensor as [N, U, P]. A `channels_last` kind reads [N, H, W, C] tensors: it is listed, as
+    the default, only for tensors found to be channels-last, and otherwise only on request.
     """
 
     name: str
     description: str
     count_units: Callable[[nn.Module, tuple[int, ...]], int | None]
     view: Callable[[torch.Tensor, int], torch.Tensor]
+    channels_last: bool = False
 
 
 def _channel_view(x: torch.Tensor, units: int) -> torch.Tensor:
     return x.reshape(x.shape[0], units, -1)  # (N, C, H·W)
+
+
+def _channel_last_view(x: torch.Tensor, units: int) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).reshape(x.shape[0], units, -1)  # (N, H, W, C) → (N, C, H·W)
 
 
 def _feature_view(x: torch.Tensor, units: int) -> torch.Tensor:
@@ -86,6 +94,15 @@ register_unit_kind(
 )
 register_unit_kind(
     UnitKind(
+        "channel-last",
+        "channel of an NHWC tensor [N, H, W, C] (Linear MLPs of ConvNeXt, Swin): U = C, P = H·W",
+        lambda module, s: s[3] if len(s) == 4 else None,
+        _channel_last_view,
+        channels_last=True,
+    )
+)
+register_unit_kind(
+    UnitKind(
         "feature",
         "node of a token tensor [N, T, D]: U = D, P = T",
         lambda module, s: s[2] if len(s) == 3 else None,
@@ -119,15 +136,24 @@ class Reading:
     positions: int
 
 
-def unit_readings(module: nn.Module, shape: tuple[int, ...]) -> list[Reading]:
-    """Every unit kind that reads a tensor of `shape` (batch included) from `module`."""
-    readings = []
-    for kind in UNIT_KINDS.values():
-        units = kind.count_units(module, shape)
-        if units:
-            positions = kind.view(torch.empty(shape, device="meta"), units).shape[2]
-            readings.append(Reading(kind.name, int(units), int(positions)))
-    return readings
+def read_as(kind: UnitKind, module: nn.Module, shape: tuple[int, ...]) -> Reading | None:
+    """A tensor of `shape` (batch included) from `module` read as `kind`, or None."""
+    units = kind.count_units(module, shape)
+    if not units:
+        return None
+    positions = kind.view(torch.empty(shape, device="meta"), units).shape[2]
+    return Reading(kind.name, int(units), int(positions))
+
+
+def unit_readings(
+    module: nn.Module, shape: tuple[int, ...], *, channels_last: bool = False
+) -> list[Reading]:
+    """Every unit kind that reads a tensor of `shape` (batch included) from `module`, the
+    default first: a channels-last tensor is read first by the channels-last kinds."""
+    kinds = [kind for kind in UNIT_KINDS.values() if channels_last or not kind.channels_last]
+    kinds.sort(key=lambda kind: not (channels_last and kind.channels_last))  # stable
+    readings = [read_as(kind, module, shape) for kind in kinds]
+    return [reading for reading in readings if reading is not None]
 
 
 def tap_name(layer: str, unit: str, tap_input: bool = False, default_unit: bool = True) -> str:
@@ -172,53 +198,121 @@ class LayerInfo:
 
 @dataclass(frozen=True)
 class LayersResult:
+    """`inferred_taps`: the model declares no probe taps, so `probe_tap` marks inferred ones."""
+
     checkpoint: str
     layers: list[LayerInfo] = field(default_factory=list)
+    inferred_taps: bool = False
 
     def to_json(self) -> list[dict[str, Any]]:
         return [layer.to_json() for layer in self.layers]
 
 
+@dataclass(frozen=True)
+class TracedTensor:
+    """A module's output (or input) in the dummy forward pass; `shape` includes the batch."""
+
+    shape: tuple[int, ...]
+    calls: int = 1
+    channels_last: bool = False
+
+
 @torch.no_grad()
-def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
-    """Every module output (in forward order) with each unit kind that applies to it."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    calls: dict[str, int] = {}
-    order: list[str] = []
+def trace_tensors(
+    model: nn.Module, spec: InputSpec, *, inputs: bool = False
+) -> dict[str, TracedTensor]:
+    """The output (or input) tensor of every module, by name, in the order the hooks fire.
+
+    One forward pass of a dummy input. A 4-d tensor is channels-last ([N, H, W, C]) when it
+    comes from a module that works on the last axis (see `_is_channels_last`), or from a
+    module that keeps the shape of a channels-last input (activations, dropout, blocks).
+    """
+    traced: dict[str, TracedTensor] = {}
+    nhwc: dict[int, torch.Tensor] = {}  # id → every channels-last tensor seen so far
+
+    def is_nhwc(tensor: Any) -> bool:
+        return isinstance(tensor, torch.Tensor) and nhwc.get(id(tensor)) is tensor
+
+    def note(name: str, tensor: Any) -> None:
+        if isinstance(tensor, torch.Tensor):
+            calls = traced[name].calls + 1 if name in traced else 1
+            traced[name] = TracedTensor(tuple(tensor.shape), calls, is_nhwc(tensor))
+
+    def after(name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if isinstance(output, torch.Tensor) and _is_channels_last(
+                module, args, output, is_nhwc
+            ):
+                nhwc[id(output)] = output
+            if not inputs:
+                note(name, output)
+
+        return hook
+
+    def before(name: str):
+        return lambda module, args: note(name, args[0] if args else None)
+
     handles = []
-
-    def hook(name: str):
-        def record(module: nn.Module, args: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor):
-                if name not in shapes:
-                    order.append(name)
-                shapes[name] = tuple(output.shape)
-                calls[name] = calls.get(name, 0) + 1
-
-        return record
-
     for name, module in model.named_modules():
         if name:
-            handles.append(module.register_forward_hook(hook(name)))
+            handles.append(module.register_forward_hook(after(name)))
+            if inputs:
+                handles.append(module.register_forward_pre_hook(before(name)))
     try:
         run_dummy_input(model, spec.shape, "the model")
     finally:
         for handle in handles:
             handle.remove()
+    return traced
+
+
+def _is_channels_last(
+    module: nn.Module, args: Any, output: torch.Tensor, is_nhwc: Callable[[Any], bool]
+) -> bool:
+    """Whether a module's output is [N, H, W, C]: a Linear's 4-d output, torchvision's
+    Permute to NHWC, a LayerNorm over the last axis, or a shape-keeping module (activation,
+    dropout, block) of a channels-last input; a container passes its last child's on."""
+    if output.ndim != 4:
+        return False
+    if type(module).__name__ == "Permute" and hasattr(module, "dims"):  # torchvision.ops
+        return list(module.dims) == [0, 2, 3, 1]
+    if is_nhwc(output) or isinstance(module, nn.Linear):
+        return True
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None or x.shape != output.shape:
+        return False
+    return is_nhwc(x) or (isinstance(module, nn.LayerNorm) and _normalises_last_axis(module, x))
+
+
+def _normalises_last_axis(norm: nn.LayerNorm, x: torch.Tensor) -> bool:
+    """Whether `norm` normalises the last axis of `x`, not the channels of an NCHW tensor
+    (timm's and torchvision's LayerNorm2d subclass nn.LayerNorm and permute inside)."""
+    if tuple(norm.normalized_shape) != (x.shape[-1],):
+        return False
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    sample = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    # the dummy input is zeros, so the module runs again on random values, without its hooks
+    expected = F.layer_norm(sample, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return torch.allclose(type(norm).forward(norm, sample), expected, rtol=1e-3, atol=1e-4)
+
+
+def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
+    """Every module output (in forward order) with each unit kind that applies to it."""
     probe_taps = set(getattr(model, "probe_taps", []) or [])
     layers = []
-    for name in order:
+    for name, traced in trace_tensors(model, spec).items():
         module = model.get_submodule(name)
-        for index, reading in enumerate(unit_readings(module, shapes[name])):
+        readings = unit_readings(module, traced.shape, channels_last=traced.channels_last)
+        for index, reading in enumerate(readings):
             layers.append(
                 LayerInfo(
                     layer=name,
                     module=type(module).__name__,
-                    shape=shapes[name][1:],
+                    shape=traced.shape[1:],
                     unit=reading.unit,
                     units=reading.units,
                     positions=reading.positions,
-                    calls=calls[name],
+                    calls=traced.calls,
                     probe_tap=name in probe_taps,
                     default_unit=index == 0,
                 )
@@ -241,16 +335,81 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 def run_layers(
     checkpoint_path: str | Path, *, names: list[str] | None = None, probe_taps_only: bool = False
 ) -> LayersResult:
-    """The analysable layers of a checkpoint's model (all, the probe taps, or those named)."""
+    """The analysable layers of a checkpoint's model (all, the probe taps, or those named).
+
+    A model without declared probe taps (torchvision, timm, imported) gets inferred ones.
+    """
     checkpoint = read_checkpoint(checkpoint_path)
     for name in names or []:
         resolve_layer(checkpoint.model, name)
     layers = discover_layers(checkpoint.model, checkpoint.input_spec)
+    inferred = not getattr(checkpoint.model, "probe_taps", None)
+    if inferred:
+        taps = set(infer_probe_taps(checkpoint.model, layers))
+        layers = [replace(layer, probe_tap=layer.layer in taps) for layer in layers]
     if probe_taps_only:
         layers = [layer for layer in layers if layer.probe_tap]
     if names:
         layers = [layer for layer in layers if layer.layer in names]
-    return LayersResult(str(checkpoint_path), layers)
+    return LayersResult(str(checkpoint_path), layers, inferred)
+
+
+_PASS_THROUGH = (nn.Identity, nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
+
+
+def infer_probe_taps(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
+    """Probe taps for a model that declares none: the outputs of its stages, then the
+    penultimate features (the last leaf output before the classifier), in forward order.
+
+    Stages are timm's `feature_info` modules where the model has them; otherwise its top-level
+    containers (torchvision ResNet's `layer1` … `layer4`), or the children of a lone container
+    (`features.0` … of VGG, ConvNeXt, Swin, EfficientNet), and of children that are all leaves
+    the last before each pooling. Only outputs that run once and that a unit kind reads count.
+    `layers`: `discover_layers(model, spec)`.
+    """
+    order = list(dict.fromkeys(layer.layer for layer in layers))
+    usable = {layer.layer for layer in layers if layer.calls == 1}
+    leaves = [name for name in order if not list(model.get_submodule(name).children())]
+    if not leaves:
+        return []
+    classifier = leaves[-1]
+    stages = [name for name in _stage_names(model, classifier) if name in usable]
+    before = leaves[: leaves.index(classifier)]
+    penultimate = next(
+        (
+            name
+            for name in reversed(before)
+            if name in usable and not isinstance(model.get_submodule(name), _PASS_THROUGH)
+        ),
+        None,
+    )
+    if penultimate and not any(_is_within(penultimate, stage) for stage in stages):
+        stages.append(penultimate)
+    return sorted(dict.fromkeys(stages), key=order.index)
+
+
+def _stage_names(model: nn.Module, classifier: str) -> list[str]:
+    """The modules whose outputs end the stages of `model` (see `infer_probe_taps`)."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and all(isinstance(i, dict) for i in info):
+        return [i["module"] for i in info if "module" in i]
+    top = [name for name, _ in model.named_children() if not _is_within(classifier, name)]
+    containers = [name for name in top if list(model.get_submodule(name).children())]
+    if len(containers) == 1:
+        parent = containers[0]
+        stages = [f"{parent}.{name}" for name, _ in model.get_submodule(parent).named_children()]
+    else:
+        stages = containers or top
+    if any(list(model.get_submodule(name).children()) for name in stages):
+        return stages
+    pools = [
+        i for i, name in enumerate(stages) if "Pool" in type(model.get_submodule(name)).__name__
+    ]
+    return [stages[i - 1] for i in pools if i > 0] + stages[-1:]
+
+
+def _is_within(name: str, ancestor: str) -> bool:
+    return name == ancestor or name.startswith(ancestor + ".")
 
 
 @dataclass(frozen=True)
@@ -363,67 +522,41 @@ def resolve_taps(
     parsed = [parse_tap_request(text) for text in requests]
     for layer, _ in parsed:
         resolve_layer(model, layer)
-    seen: dict[str, tuple[int, ...]] = {}
-    calls: dict[str, int] = {}
-    order: list[str] = []
-    handles = []
-    for layer in dict.fromkeys(layer for layer, _ in parsed):
-        module = model.get_submodule(layer)
-
-        def record(tensor: Any, layer: str = layer) -> None:
-            if isinstance(tensor, torch.Tensor):
-                if layer not in seen:
-                    order.append(layer)
-                seen[layer] = tuple(tensor.shape)
-                calls[layer] = calls.get(layer, 0) + 1
-
-        if tap_input:
-            handles.append(
-                module.register_forward_pre_hook(lambda m, a, r=record: r(a[0] if a else None))
-            )
-        else:
-            handles.append(module.register_forward_hook(lambda m, a, o, r=record: r(o)))
-    try:
-        run_dummy_input(model, spec.shape, "the model")
-    finally:
-        for handle in handles:
-            handle.remove()
-    taps = []
-    for layer, unit in parsed:
-        where = f"the {'input' if tap_input else 'output'} of {layer}"
-        if layer not in seen:
-            raise LayerError(
-                f"{where} is not a tensor or the module never runs; tap another layer."
-            )
-        if calls[layer] > 1:
-            raise LayerError(
-                f"{layer} runs {calls[layer]} times per forward pass, so its output is ambiguous; "
-                "tap a module that runs once."
-            )
-        shape = seen[layer]
-        readings = unit_readings(model.get_submodule(layer), shape)
-        if not readings:
-            raise LayerError(f"{where} has shape {list(shape)}, which no unit kind reads.")
-        reading = next((r for r in readings if r.unit == unit), None) if unit else readings[0]
-        if reading is None:
-            names = ", ".join(r.unit for r in readings)
-            raise LayerError(f"{where} has shape {list(shape)}; read it as {names}, not {unit}.")
-        taps.append(
-            Tap(
-                layer,
-                reading.unit,
-                tap_input,
-                shape[1:],
-                reading.units,
-                reading.positions,
-                reading is readings[0],
-            )
-        )
+    traced = trace_tensors(model, spec, inputs=tap_input)
+    order = list(traced)
+    taps = [_tap_of(model, layer, unit, traced.get(layer), tap_input) for layer, unit in parsed]
     names = [tap.name for tap in taps]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise LayerError(f"layer {sorted(duplicates)[0]} is requested twice; name each layer once.")
     return sorted(taps, key=lambda tap: order.index(tap.layer))
+
+
+def _tap_of(
+    model: nn.Module, layer: str, unit: str | None, traced: TracedTensor | None, tap_input: bool
+) -> Tap:
+    """The tap of `layer` read as `unit` (None: its default kind), or a LayerError."""
+    where = f"the {'input' if tap_input else 'output'} of {layer}"
+    if traced is None:
+        raise LayerError(f"{where} is not a tensor or the module never runs; tap another layer.")
+    if traced.calls > 1:
+        raise LayerError(
+            f"{layer} runs {traced.calls} times per forward pass, so its output is ambiguous; "
+            "tap a module that runs once."
+        )
+    module, shape = model.get_submodule(layer), traced.shape
+    readings = unit_readings(module, shape, channels_last=traced.channels_last)
+    if not readings:
+        raise LayerError(f"{where} has shape {list(shape)}, which no unit kind reads.")
+    reading = readings[0]
+    if unit is not None:  # a kind not listed for this layout may still read it on request
+        listed = next((r for r in readings if r.unit == unit), None)
+        reading = listed or read_as(UNIT_KINDS[unit], module, shape)
+    if reading is None:
+        names = ", ".join(r.unit for r in readings)
+        raise LayerError(f"{where} has shape {list(shape)}; read it as {names}, not {unit}.")
+    default = reading == readings[0]
+    return Tap(layer, reading.unit, tap_input, shape[1:], reading.units, reading.positions, default)
 
 
 def analysable_layers(model: nn.Module, spec: InputSpec) -> list[str]:

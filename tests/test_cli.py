@@ -184,6 +184,29 @@ def test_import(foreign_weights: Path, tmp_path: Path) -> None:
     assert metadata["input"]["std"] == [0.2, 0.2, 0.2]
     assert f"imported {payload['tensors']} tensors into {out} (10 classes)" in result.stderr
     assert "stripped the key prefix 'module.'" in result.stderr
+    assert "warning" not in result.stderr
+
+
+def test_import_without_normalisation_warns(foreign_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain.safetensors"
+    result = invoke("import", foreign_weights, "--arch", "tiny_vgg", "-o", out)
+    assert_ok(result)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: no --mean or --std given, so the checkpoint records mean 0.5,0.5,0.5 and std "
+        "0.5,0.5,0.5 (pixels scaled to [-1, 1]); if the weights were trained with another "
+        "normalisation, import again with it, e.g. --mean 0.4914,0.4822,0.4465 "
+        "--std 0.2470,0.2435,0.2616."
+    ]
+    assert read_metadata(out)["input"]["mean"] == [0.5, 0.5, 0.5]
+
+    out = tmp_path / "only_std.safetensors"
+    result = invoke("import", foreign_weights, "--arch", "tiny_vgg", "--std", "0.25", "-o", out)
+    assert_ok(result)
+    assert (
+        "warning: no --mean given, so the checkpoint records mean 0.5,0.5,0.5 and std "
+        "0.25,0.25,0.25; if the weights" in result.stderr
+    )
 
 
 def test_import_no_strict_warns(tmp_path: Path) -> None:
@@ -235,6 +258,56 @@ def test_layers(checkpoint_path: Path) -> None:
         "features.6",
         "features.10",
         "classifier.1",
+    ]
+    assert "inferred" not in taps.stderr
+
+
+def test_layers_of_an_imported_torchvision_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = build_model("torchvision:resnet18", {}, num_classes=10)
+    weights, checkpoint = tmp_path / "resnet18.pt", tmp_path / "resnet18.safetensors"
+    torch.save(model.state_dict(), weights)
+    arch = [
+        "--arch",
+        "torchvision:resnet18",
+        "--num-classes",
+        "10",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+    ]
+    assert_ok(invoke("import", weights, *arch, "-o", checkpoint))
+
+    taps = invoke("layers", checkpoint, "--taps-only", "--json")
+    assert_ok(taps)
+    rows = json.loads(taps.stdout)
+    layers = ["layer1", "layer2", "layer3", "layer4", "avgpool"]
+    assert [(x["layer"], x["calls"], x["probe_tap"]) for x in rows] == [
+        (layer, 1, True) for layer in layers
+    ]
+    assert f"{checkpoint} (probe taps inferred: the model declares none)" in taps.stderr
+
+    table = invoke("layers", checkpoint, "--layer", "layer1.0.relu", "--layer", "layer1.0.conv1")
+    assert_ok(table)
+    header, *cells = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in table.stderr.replace("┃", "│").splitlines()
+        if line.startswith("│")
+    ]
+    assert header == [
+        "tap (--layer)",
+        "module",
+        "shape",
+        "unit",
+        "units",
+        "positions",
+        "calls",
+        "probe tap",
+    ]
+    assert cells == [
+        ["layer1.0.conv1", "Conv2d", "64×8×8", "channel", "64", "64", "1", ""],
+        ["layer1.0.relu", "ReLU", "64×8×8", "channel", "64", "64", "2", ""],  # twice per block
     ]
 
 

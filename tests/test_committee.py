@@ -29,7 +29,7 @@ from snptool.connections import connections
 from snptool.data import load_data, prepare_batch
 from snptool.errors import DataError, UsageError
 from snptool.evaluate import run_evaluate
-from snptool.export import INPUT_NAME, count_macs, export_onnx
+from snptool.export import INPUT_NAME, count_graph_macs, export_onnx
 from snptool.files import sha256_file
 from snptool.prune import MASK_PREFIX, apply_masks
 from snptool.train import InputOverrides, TrainResult, run_train
@@ -142,7 +142,9 @@ def test_onnx_committee_matches_the_members_on_their_own_inputs(
     assert exported.max_abs_diff <= exported.parity_tolerance and exported.samples == 64
     assert exported.renormalised == [str(members[1])] and exported.compacted == []
     macs = [
-        count_macs(export_onnx(read_checkpoint(p).model, (3, 32, 32), ExportConfig(), source=""))
+        count_graph_macs(
+            export_onnx(read_checkpoint(p).model, (3, 32, 32), ExportConfig(), source="")
+        )
         for p in members
     ]
     assert exported.macs == exported.dense_macs == sum(macs)

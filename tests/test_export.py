@@ -26,7 +26,7 @@ from snptool.export import (
     INPUT_NAME,
     OUTPUT_NAME,
     ExportResult,
-    count_macs,
+    count_graph_macs,
     count_params,
     run_export,
 )
@@ -170,7 +170,7 @@ def test_macs_of_tiny_vgg_equal_the_hand_count(exported, checkpoint_path: Path) 
     ]
     assert TINY_VGG_MACS == 667_808
     assert result.macs == result.dense_macs == TINY_VGG_MACS
-    assert count_macs(onnx.load(str(output))) == TINY_VGG_MACS
+    assert count_graph_macs(onnx.load(str(output))) == TINY_VGG_MACS
 
 
 def test_params_are_torch_params_less_the_folded_batchnorm(exported, checkpoint_path) -> None:
@@ -223,7 +223,7 @@ def test_count_macs_of_gemm_and_matmul_nodes() -> None:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
-    assert count_macs(model) == 60 + 35
+    assert count_graph_macs(model) == 60 + 35
     assert count_params(model) == 20 + 35
 
 
@@ -266,7 +266,7 @@ def test_count_macs_of_conv1d_conv3d_and_conv_transpose_nodes() -> None:
     assert (y1.shape, y3.shape, y5.shape) == ((1, 6, 6), (1, 5, 2, 4, 4), (1, 2, 9, 9))
     # all-ones inputs and weights: the transposed conv's outputs sum its products, 48 · 18
     assert y5.sum() == 864
-    assert count_macs(model) == 216 + 5_760 + 864
+    assert count_graph_macs(model) == 216 + 5_760 + 864
 
 
 # --- failures ---------------------------------------------------------------------------------
@@ -313,11 +313,16 @@ def test_an_unexportable_operator_is_one_line_and_writes_nothing(tmp_path: Path,
     checkpoint = write_file_arch_checkpoint(tmp_path, UNEXPORTABLE, "bessel")
     output = tmp_path / "bessel.onnx"
     with pytest.raises(ExportError, match=r"cannot export .*aten::special_i0e.*--opset"):
-        run_export(checkpoint, output)
+        run_export(checkpoint, output, ExportConfig(fallback=False))
     assert capfd.readouterr().out == ""  # the exporter's graph dump stays off stdout
-    result = invoke("export", checkpoint, "-o", output, "--json")
+    result = invoke("export", checkpoint, "-o", output, "--json", "--no-fallback")
     line = assert_one_error(result, f"cannot export {checkpoint} to ONNX: ")
     assert "aten::special_i0e" in line and line.endswith("try another --opset or --dynamo.")
+    result = invoke("export", checkpoint, "-o", output, "--json")  # both exporters tried
+    line = assert_one_error(result, f"cannot export {checkpoint} to ONNX with either exporter")
+    assert (
+        "(TorchScript: Exporting the operator 'aten::special_i0e'" in line and "; dynamo: " in line
+    )
     assert leftovers(tmp_path) == []
 
 
@@ -325,7 +330,7 @@ def test_a_parity_failure_leaves_the_old_output(tmp_path: Path) -> None:
     checkpoint = write_file_arch_checkpoint(tmp_path, EXPORT_AWARE, "shifty")
     output = tmp_path / "shifty.onnx"
     output.write_bytes(b"previous")
-    with pytest.raises(ExportError, match=r"differs from torch by up to 1 on 64 test images"):
+    with pytest.raises(ExportError, match=r"differs from torch by up to 1 on 64 inputs"):
         run_export(checkpoint, output)
     assert output.read_bytes() == b"previous"
     assert leftovers(tmp_path) == ["shifty.onnx"]

@@ -16,7 +16,7 @@ from model_defs import create_model
 from model_defs.rodib import DelayedConv
 from snptool.architectures import cut_after
 from snptool.config import ExportConfig, TrainConfig
-from snptool.export import count_macs, export_onnx
+from snptool.export import count_graph_macs, export_onnx
 from snptool.train import run_train
 
 runner = CliRunner()
@@ -292,7 +292,7 @@ TINY_RODIB_MACS = (
 
 def _onnx_macs(name: str, **kwargs) -> int:
     model = create_model(name, **kwargs).eval()
-    return count_macs(export_onnx(model, (3, 32, 32), ExportConfig(), source=name))
+    return count_graph_macs(export_onnx(model, (3, 32, 32), ExportConfig(), source=name))
 
 
 def test_macs_equal_the_hand_count() -> None:

@@ -100,13 +100,15 @@ def logits(path: Path, x: torch.Tensor) -> torch.Tensor:
 def prune(
     checkpoint: Path, clusters: Path, output: Path, layers: list[str] | None = None, **config
 ):
-    config = {"method": "units", "device": "cpu", **config}
+    config = {"method": "units", "device": "cpu", "min_channels": 1, **config}
     return run_prune(checkpoint, clusters, output, PruneConfig(**config), layers=layers)
 
 
 def groups_of(path: Path) -> dict[str, dict]:
+    """The groups a pruned checkpoint records, less the criterion that ordered them."""
     record = read_checkpoint(path).metadata["pruning"]["structured"]
-    return {group["root"]: group for group in record["channel_groups"]}
+    groups = record["channel_groups"]
+    return {g["root"]: {k: v for k, v in g.items() if k != "criterion"} for g in groups}
 
 
 # --- the removal order ------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def test_option_a_streams_are_pruned_through_the_zero_padding_shortcut(tmp_path)
     output = tmp_path / "streams.safetensors"
     prune(masked_path, clusters, output, remove_fraction=1 / 16)
     loaded = read_checkpoint(output)  # rebuilt from the record: resized modules, channel maps
-    assert loaded.metadata["pruning"]["structured"]["left_dense"] == []
+    assert loaded.metadata["pruning"]["structured"]["left_dense"] == {}
     model = loaded.model
     assert model.conv1.out_channels == model.layer1[2].conv2.out_channels == 15
     assert model.layer2[0].conv1.in_channels == 15 and model.layer2[0].conv2.out_channels == 30
@@ -423,6 +425,7 @@ def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, 
     environment = {"PYTHONPATH": root, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     command = [sys.executable, "-m", "snptool", "--quiet", "prune", str(resnet["dense"])]
     command += ["--clusters", str(resnet["clusters"]), "--method", "magnitude-channels"]
+    command += ["--min-channels", "1"]
     output = tmp_path / "cli.safetensors"
     done = subprocess.run(
         [*command, "--target-macs", "0.5", "--device", "cpu", "-o", str(output), "--json"],
@@ -461,5 +464,6 @@ def test_weight_criteria_need_no_clusters_when_the_taps_are_listed(resnet, tmp_p
     assert groups_of(without) == groups_of(with_clusters)
     provenance = read_checkpoint(without).metadata["provenance"]["inputs"]
     assert "clusters" not in provenance
-    with pytest.raises(UsageError, match="needs --layers"):
-        prune(resnet["dense"], None, without, **config)
+    every = tmp_path / "every.safetensors"
+    prune(resnet["dense"], None, every, **config)  # no taps: every prunable group
+    assert set(groups_of(without)) < set(groups_of(every))

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import pytest
 import torch
 from torch import nn
 
 from snptool.architectures import build_model
-from snptool.config import InputSpec
+from snptool.checkpoint import make_metadata, write_checkpoint
+from snptool.clusters import run_clusters
+from snptool.config import InputSpec, MatrixConfig, ProbeConfig
 from snptool.errors import LayerError
-from snptool.taps import UNIT_KINDS, TapRecorder, UnitKind, analysable_layers, resolve_taps
+from snptool.matrix import run_matrix
+from snptool.probe import run_probe
+from snptool.taps import (
+    UNIT_KINDS,
+    TapRecorder,
+    UnitKind,
+    analysable_layers,
+    discover_layers,
+    resolve_taps,
+    run_layers,
+)
 
 SPEC = InputSpec()  # 3×32×32
 SMALL = InputSpec(height=8, width=8)
+TINY_CONVNEXT = str(Path(__file__).parent / "_tiny_convnext.py") + ":tiny_convnext"
 
 
 @pytest.fixture
@@ -210,3 +226,154 @@ def test_analysable_layers() -> None:
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()), nn.Flatten(), nn.Linear(256, 3)
     )
     assert analysable_layers(plain, SMALL) == ["0.0", "0.1", "1", "2"]
+
+
+# --- channels-last tensors --------------------------------------------------------------------
+
+
+def write_untrained(arch: str, path: Path) -> Path:
+    """An untrained checkpoint of `arch` for 10 digits classes at 3×32×32."""
+    torch.manual_seed(0)
+    model, record = build_model(arch, {}, num_classes=10)
+    metadata = make_metadata(
+        arch=record,
+        class_names=[str(i) for i in range(10)],
+        input_spec=SPEC,
+        data="digits",
+        provenance={},
+    )
+    write_checkpoint(path, model.eval(), metadata)
+    return path
+
+
+def test_channels_last_mlp_reads_its_last_axis_as_units() -> None:
+    model, _ = build_model(TINY_CONVNEXT, {}, num_classes=10)  # width 12, hidden 24, 8×8
+    taps = ["block.to_nhwc", "block.norm", "block.mlp.0", "block.mlp.1", "block.mlp.1:channel"]
+    recorder = TapRecorder(model.eval(), taps, SPEC)
+    readings = [(t.name, t.unit, t.units, t.positions, t.shape) for t in recorder.taps]
+    assert readings == [
+        ("block.to_nhwc", "channel-last", 12, 64, (8, 8, 12)),
+        ("block.norm", "channel-last", 12, 64, (8, 8, 12)),
+        ("block.mlp.0", "channel-last", 24, 64, (8, 8, 24)),
+        ("block.mlp.1", "channel-last", 24, 64, (8, 8, 24)),
+        ("block.mlp.1:channel", "channel", 8, 8 * 24, (8, 8, 24)),  # on request: the H axis
+    ]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    outputs, _ = recorder.run(x)
+    with torch.no_grad():
+        block = model.block
+        hidden = block.mlp[:2](block.norm(block.conv_dw(model.stem(x)).permute(0, 2, 3, 1)))
+    assert hidden.shape == (2, 8, 8, 24)  # (B, H, W, C)
+    expected = hidden.permute(0, 3, 1, 2).reshape(2, 24, 64)  # unit c holds channel c
+    torch.testing.assert_close(outputs["block.mlp.1"], expected, rtol=0, atol=0)
+    for c in (0, 5, 23):
+        torch.testing.assert_close(outputs["block.mlp.1"][:, c], hidden[..., c].reshape(2, 64))
+    after = resolve_taps(model, ["block.to_nchw", "block"], SPEC)
+    assert [(t.unit, t.units) for t in after] == [("channel", 12), ("channel", 12)]
+
+
+def test_layer_norm_2d_stays_channels_first_when_width_equals_channels() -> None:
+    timm_layers = pytest.importorskip("timm.layers")
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), timm_layers.LayerNorm2d(8), nn.GELU())  # W = C = 8
+    by_layer = {x.layer: x for x in discover_layers(model, SMALL) if x.default_unit}
+    assert [(by_layer[n].unit, by_layer[n].units) for n in ("1", "2")] == [("channel", 8)] * 2
+    nhwc = nn.Sequential(nn.Conv2d(3, 8, 1), nn.LayerNorm(8))  # normalises over W: NHWC
+    assert [x.unit for x in discover_layers(nhwc, SMALL) if x.layer == "1"] == [
+        "channel-last",
+        "channel",
+    ]
+
+
+def test_torchvision_swin_and_timm_convnext_mlps() -> None:
+    swin, _ = build_model("torchvision:swin_t", {}, num_classes=10)
+    hidden, merged = resolve_taps(swin.eval(), ["features.5.1.mlp.1", "features.6"], SPEC)
+    assert (hidden.unit, hidden.units, hidden.positions, hidden.shape) == (
+        "channel-last",
+        1536,
+        4,
+        (2, 2, 1536),
+    )
+    assert (merged.unit, merged.units) == ("channel-last", 768)
+    (pooled,) = resolve_taps(swin, ["avgpool"], SPEC)  # after the Permute back to NCHW
+    assert (pooled.unit, pooled.units) == ("channel", 768)
+
+    timm = pytest.importorskip("timm")
+    convnext = timm.create_model("convnext_atto", num_classes=10, conv_mlp=False).eval()
+    block = "stages.1.blocks.0"
+    taps = [f"{block}.norm", f"{block}.mlp.fc1", f"{block}.mlp.act", block]
+    readings = [(t.unit, t.units) for t in resolve_taps(convnext, taps, SPEC)]
+    assert readings == [
+        ("channel-last", 80),  # the LayerNorm after the block's own x.permute(0, 2, 3, 1)
+        ("channel-last", 320),
+        ("channel-last", 320),
+        ("channel", 80),  # the block's output is NCHW again
+    ]
+    conv_mlp = timm.create_model("convnext_atto", num_classes=10).eval()  # NCHW 1×1 convs
+    readings = [(t.unit, t.units) for t in resolve_taps(conv_mlp, taps, SPEC)]
+    assert readings == [("channel", 80), ("channel", 320), ("channel", 320), ("channel", 80)]
+
+
+def test_probe_matrix_clusters_on_a_channels_last_tap(tmp_path: Path) -> None:
+    checkpoint = write_untrained(TINY_CONVNEXT, tmp_path / "convnext.safetensors")
+    probes = tmp_path / "probes.safetensors"
+    config = ProbeConfig(epochs=2, device="cpu")
+    result = run_probe(checkpoint, ["stem", "block.mlp.1"], probes, config)
+    assert [(x.name, x.unit, x.units, x.positions) for x in result.taps] == [
+        ("stem", "channel", 12, 64),
+        ("block.mlp.1", "channel-last", 24, 64),
+    ]
+    matrices = tmp_path / "matrices.h5"
+    run_matrix(checkpoint, probes, matrices, MatrixConfig("test", device="cpu"))
+    forward = tmp_path / "forward.h5"
+    run_matrix(checkpoint, probes, forward, MatrixConfig("test", device="cpu"), data_spec="digits")
+    clusters = run_clusters(matrices)
+    assert [(x["layer"], x["units"]) for x in clusters.layers] == [
+        ("stem", 12),
+        ("block.mlp.1", 24),
+    ]
+    with h5py.File(matrices, "r") as stored, h5py.File(forward, "r") as computed:
+        matrix = stored["layers/block.mlp.1/matrix"]
+        assert matrix.shape == (24, 10, 10) and matrix.attrs["unit"] == "channel-last"
+        torch.testing.assert_close(
+            torch.from_numpy(computed["layers/block.mlp.1/matrix"][()]),
+            torch.from_numpy(matrix[()]),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        assert stored["layers/block.mlp.1/clusters/count"].shape == (24,)
+
+
+# --- probe taps of models that declare none ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arch", "expected"),
+    [
+        ("torchvision:resnet18", ["layer1", "layer2", "layer3", "layer4", "avgpool"]),
+        ("timm:convnext_atto", ["stages.0", "stages.1", "stages.2", "stages.3", "head.norm"]),
+    ],
+)
+def test_taps_only_infers_stage_taps(arch: str, expected: list[str], tmp_path: Path) -> None:
+    if arch.startswith("timm:"):
+        pytest.importorskip("timm")
+    checkpoint = write_untrained(arch, tmp_path / "foreign.safetensors")
+    result = run_layers(checkpoint, probe_taps_only=True)
+    assert result.inferred_taps
+    assert [x.layer for x in result.layers] == expected
+    assert all(x.probe_tap and x.calls == 1 and x.default_unit for x in result.layers)
+    model, _ = build_model(arch, {}, num_classes=10)
+    taps = resolve_taps(model.eval(), expected, SPEC)  # each resolves and runs once
+    assert [t.name for t in taps] == expected
+    full = run_layers(checkpoint)
+    assert {x.layer for x in full.layers if x.probe_tap} == set(expected)
+
+
+def test_declared_probe_taps_are_not_inferred(checkpoint_path: Path) -> None:
+    result = run_layers(checkpoint_path, probe_taps_only=True)
+    assert not result.inferred_taps
+    assert [x.layer for x in result.layers] == [
+        "features.2",
+        "features.6",
+        "features.10",
+        "classifier.1",
+    ]

@@ -32,11 +32,14 @@ def export(
     dynamo: Annotated[
         bool, typer.Option(help="Use torch's dynamo exporter, not the TorchScript one.")
     ] = ExportConfig.dynamo,
+    fallback: Annotated[
+        bool, typer.Option(help="Try the other exporter when the first fails.")
+    ] = ExportConfig.fallback,
     parity_samples: Annotated[
         int, typer.Option(help="Test images run through torch and onnxruntime.")
     ] = ExportConfig.parity_samples,
     parity_tolerance: Annotated[
-        float, typer.Option(help="Largest logit difference allowed.")
+        float, typer.Option(help="Largest logit difference allowed, × max(1, largest |logit|).")
     ] = ExportConfig.parity_tolerance,
     batch_size: Annotated[
         int, typer.Option(help="Batch size of the parity check.")
@@ -45,7 +48,11 @@ def export(
         str, typer.Option("--device", help="cpu (onnxruntime's CPU provider).")
     ] = ExportConfig.device,
     data: Annotated[
-        str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
+        str | None,
+        typer.Option(
+            "--data",
+            help="Data spec (default: the checkpoint's; none: random inputs check parity).",
+        ),
     ] = None,
     test_fraction: TestFractionOpt = None,
     split_seed: SplitSeedOpt = None,
@@ -66,6 +73,7 @@ def export(
     config = ExportConfig(
         opset=opset,
         dynamo=dynamo,
+        fallback=fallback,
         parity_samples=parity_samples,
         parity_tolerance=parity_tolerance,
         batch_size=batch_size,

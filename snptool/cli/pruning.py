@@ -41,7 +41,7 @@ def prune(
         typer.Option(
             "--clusters",
             help="Matrix file with clusters (`snptool clusters`); magnitude-channels, taylor "
-            "and lamp need none when --layers names the taps.",
+            "and lamp need none (without --layers they prune every prunable group).",
         ),
     ] = None,
     method: Annotated[
@@ -92,6 +92,20 @@ def prune(
     round_to: Annotated[
         int, typer.Option(help="units, …: keep a multiple of this many channels per group.")
     ] = PruneConfig.round_to,
+    min_channels: Annotated[
+        int,
+        typer.Option(
+            help="units, …: keep at least this many channels per group; a --target-macs "
+            "that needs fewer is refused."
+        ),
+    ] = PruneConfig.min_channels,
+    fill: Annotated[
+        str | None,
+        typer.Option(
+            help="units: also prune the groups without matrices, ordered by this weight "
+            "criterion (magnitude-channels, taylor or lamp)."
+        ),
+    ] = PruneConfig.fill,
     allocation: Annotated[
         str,
         typer.Option(
@@ -166,6 +180,8 @@ def prune(
         ranking=tuple(layer_list([ranking])),
         taylor_batches=taylor_batches,
         round_to=round_to,
+        min_channels=min_channels,
+        fill=fill,
         allocation=allocation,
         groups=groups,
         label_grouping=label_grouping,
@@ -207,7 +223,7 @@ def prune(
         size = result.size
         console.log(
             f"MACs {size['macs']:,} of {size['dense_macs']:,} "
-            f"({size['macs'] / size['dense_macs']:.3f}), parameters {size['params']:,} of "
+            f"({size['mac_ratio']:.3f}), parameters {size['params']:,} of "
             f"{size['dense_params']:,}, {size['fraction']:.3f} of each group's channels removed"
         )
     if json_output:

@@ -52,7 +52,7 @@ from snptool.cli.options import (
     floats,
     input_size_of,
 )
-from snptool.config import DataConfig, EvaluateConfig, TrainConfig
+from snptool.config import DataConfig, EvaluateConfig, InputSpec, TrainConfig
 
 
 @command()
@@ -243,8 +243,30 @@ def import_weights(
     for label, names_ in (("missing", result.missing), ("unexpected", result.unexpected)):
         if names_:
             console.log(f"warning: {len(names_)} {label} tensors: {', '.join(names_[:8])}")
+    if mean is None or std is None:
+        console.log(_normalisation_warning(mean is not None, std is not None, spec))
     if json_output:
         console.emit_json(result.to_json())
+
+
+def _normalisation_warning(mean_given: bool, std_given: bool, spec: InputSpec) -> str:
+    """The warning for `import` without --mean or --std: what was recorded, how to fix it."""
+    flags = [flag for flag, given in (("--mean", mean_given), ("--std", std_given)) if not given]
+    scaled = "" if mean_given or std_given else " (pixels scaled to [-1, 1])"
+    example = (
+        "0.1307 --std 0.3081"
+        if spec.channels == 1
+        else "0.4914,0.4822,0.4465 --std 0.2470,0.2435,0.2616"
+    )
+    return (
+        f"warning: no {' or '.join(flags)} given, so the checkpoint records mean "
+        f"{_csv(spec.mean)} and std {_csv(spec.std)}{scaled}; if the weights were trained with "
+        f"another normalisation, import again with it, e.g. --mean {example}."
+    )
+
+
+def _csv(values: tuple[float, ...]) -> str:
+    return ",".join(f"{v:g}" for v in values)
 
 
 @command()
@@ -254,7 +276,10 @@ def layers(
         list[str] | None, typer.Option("--layer", help="Only this layer (repeatable).")
     ] = None,
     taps_only: Annotated[
-        bool, typer.Option("--taps-only", help="Only the model's declared probe taps.")
+        bool,
+        typer.Option(
+            "--taps-only", help="Only the probe taps (declared, else the stages' outputs)."
+        ),
     ] = False,
     json_output: JsonOpt = False,
 ) -> None:
@@ -267,12 +292,22 @@ def layers(
 
     result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
     rows = [
-        (x.tap, x.module, x.shape, x.unit, x.units, x.positions, "yes" if x.probe_tap else "")
+        (
+            x.tap,
+            x.module,
+            x.shape,
+            x.unit,
+            x.units,
+            x.positions,
+            x.calls,
+            "yes" if x.probe_tap else "",
+        )
         for x in result.layers
     ]
+    inferred = " (probe taps inferred: the model declares none)" if result.inferred_taps else ""
     console.table(
-        str(checkpoint),
-        ["tap (--layer)", "module", "shape", "unit", "units", "positions", "probe tap"],
+        f"{checkpoint}{inferred}",
+        ["tap (--layer)", "module", "shape", "unit", "units", "positions", "calls", "probe tap"],
         rows,
     )
     if json_output:
