@@ -9,7 +9,7 @@
 # Every step reads and writes files, and every --json result lands beside them in $OUT.
 #
 #   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, FINETUNE_EPOCHS, TARGET_MACS,
-#   ROUND_TO, DATA can be set in the environment)
+#   ROUND_TO, MIN_CHANNELS, DATA can be set in the environment)
 set -euo pipefail
 OUT=${1:-runs/digits}
 ARCH=${ARCH:-vgg6}
@@ -18,6 +18,7 @@ PROBE_EPOCHS=${PROBE_EPOCHS:-50}
 FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-3}
 TARGET_MACS=${TARGET_MACS:-0.5}
 ROUND_TO=${ROUND_TO:-16}
+MIN_CHANNELS=${MIN_CHANNELS:-8}
 DATA=${DATA:-digits}
 mkdir -p "$OUT"
 
@@ -31,8 +32,8 @@ snptool matrix "$OUT/model.best.safetensors" "$OUT/probes.safetensors" --split t
     -o "$OUT/matrices.h5" --json > "$OUT/matrix.json"
 snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json"
 snptool prune "$OUT/model.best.safetensors" --clusters "$OUT/matrices.h5" --method units \
-    --target-macs "$TARGET_MACS" --round-to "$ROUND_TO" --finetune-epochs "$FINETUNE_EPOCHS" \
-    --lr 0.01 -o "$OUT/pruned.safetensors" --json > "$OUT/prune.json"
+    --target-macs "$TARGET_MACS" --round-to "$ROUND_TO" --min-channels "$MIN_CHANNELS" \
+    --finetune-epochs "$FINETUNE_EPOCHS" --lr 0.01 -o "$OUT/pruned.safetensors" --json > "$OUT/prune.json"
 snptool export "$OUT/model.best.safetensors" -o "$OUT/dense.onnx" --json > "$OUT/export-dense.json"
 snptool export "$OUT/pruned.safetensors" -o "$OUT/pruned.onnx" --json > "$OUT/export-pruned.json"
 snptool latency "$OUT/dense.onnx" "$OUT/pruned.onnx" --batch 1 --threads 1 --json > "$OUT/latency.json"

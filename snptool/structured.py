@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import math
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -57,7 +58,7 @@ from snptool import console
 from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchanged, wrap_channel_maps
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
-from snptool.errors import LayerError, UsageError
+from snptool.errors import ArchitectureError, LayerError, UsageError
 from snptool.macs import count_macs, count_parameters
 from snptool.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
 from snptool.taps import resolve_taps
@@ -201,9 +202,19 @@ def build_graph(model: nn.Module, shape: tuple[int, ...]) -> tp.DependencyGraph:
     example = torch.zeros(1, *shape, device=device)
     with warnings.catch_warnings():  # bare parameters are pruned along their last dimension
         warnings.filterwarnings("ignore", "Unwrapped parameters", UserWarning)
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example, customized_pruners=CUSTOMIZED_PRUNERS
-        )
+        try:
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example, customized_pruners=CUSTOMIZED_PRUNERS
+            )
+        except Exception as error:  # Torch-Pruning's tracer fails in many ways on such graphs
+            frames = traceback.extract_tb(error.__traceback__)
+            where = frames[-1].name if frames else "its tracer"
+            raise ArchitectureError(
+                f"Torch-Pruning cannot follow the channels of {type(model).__name__} "
+                f"({type(error).__name__} in {where}, e.g. at a channel shuffle or a reshape "
+                "it cannot index), so no channels can be removed; connection pruning "
+                "(--method afcc, andc, magnitude) still works."
+            ) from None
 
 
 def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str | None:

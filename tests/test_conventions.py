@@ -37,6 +37,8 @@ FOUNDATION = {
     "devices",
     "distributed",
     "channel_maps",
+    "resizing",
+    "macs",
     "architectures",
     "checkpoint",
     "data",

@@ -24,6 +24,7 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
         "PROBE_EPOCHS": "3",
         "FINETUNE_EPOCHS": "1",
         "ROUND_TO": "4",  # tiny_vgg's layers are 8 and 16 wide
+        "MIN_CHANNELS": "4",
     }
     completed = subprocess.run(
         ["bash", str(ROOT / "examples" / "pipeline.sh"), str(out)],

@@ -1,5 +1,5 @@
 """Every step of snptool on the torchvision and timm zoos (issue 21): layers, probe, matrix,
-clusters, prune to half the MACs with a weight criterion (every prunable group) and with
+clusters, prune to half the MACs (widths of 16) with a weight criterion (every prunable group) and with
 `units` (the inferred stage taps, the rest filled by magnitude), export with parity, latency.
 
 Untrained networks (seeded, BatchNorm statistics moved) at 32×32, analysed on scikit-learn's
@@ -68,6 +68,7 @@ MODELS = [
 ]
 DATA = "digits"
 EXPORT = "export_magnitude-channels"
+ROUND_TO = 16  # onnxruntime's convolutions work in blocks of 16 channels on AVX-512
 
 
 def untrained_checkpoint(spec: str, path: Path) -> None:
@@ -119,12 +120,12 @@ def run_model(spec: str, folder: Path) -> dict:
     taps = step("layers", stage_taps, dense)
     row["taps"] = taps
     probes, matrices = folder / f"{tag}.probes.safetensors", folder / f"{tag}.h5"
-    quick = {"epochs": 2, "device": "cpu"}
+    quick = {"epochs": 1, "device": "cpu"}
     analysed = taps and step("probe", run_probe, dense, taps, probes, ProbeConfig(**quick))
     analysed = analysed and step("matrix", run_matrix, dense, probes, matrices, MatrixConfig())
     if analysed:
         step("clusters", run_clusters, matrices)
-    prune = {"target_macs": 0.5, "device": "cpu"}
+    prune = {"target_macs": 0.5, "round_to": ROUND_TO, "device": "cpu"}
     outputs = {"dense": dense}
     for method, clusters in (("magnitude-channels", None), ("units", matrices)):
         if method == "units" and row.get("clusters") != "ok":
