@@ -19,12 +19,10 @@ import pytest
 import torch
 import torchvision
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
+from snptool.checkpoint import read_checkpoint, write_checkpoint
 from snptool.clusters import run_clusters
 from snptool.config import (
     ExportConfig,
-    InputSpec,
     LatencyConfig,
     MatrixConfig,
     ProbeConfig,
@@ -59,29 +57,20 @@ REFUSED = {
 }
 
 
-def untrained(spec: str, folder: Path) -> Path:
-    """An untrained checkpoint of a zoo model at 32×32 (BatchNorm statistics moved)."""
-    torch.manual_seed(0)
-    pytest.importorskip(spec.split(":")[0])
-    model, record = build_model(spec, SMALL.get(spec, {}), num_classes=10)
-    with torch.no_grad():
-        for _ in range(2):
-            model.train()(torch.rand(4, 3, 32, 32) * 2 - 1)
-    metadata = make_metadata(
-        arch=record,
-        class_names=[str(i) for i in range(10)],
-        input_spec=InputSpec(),
-        data="digits",
-        provenance={},
-    )
-    path = folder / f"{spec.replace(':', '_')}.safetensors"
-    write_checkpoint(path, model.eval(), metadata)
-    return path
+@pytest.fixture
+def zoo_checkpoint(untrained_checkpoint):
+    """zoo_checkpoint(spec) → an untrained checkpoint of a zoo model at 32×32."""
+
+    def write(spec: str) -> Path:
+        pytest.importorskip(spec.split(":")[0])
+        return untrained_checkpoint(spec, **SMALL.get(spec, {}))
+
+    return write
 
 
-def prune_export_check(spec: str, folder: Path) -> dict:
+def prune_export_check(dense: Path, folder: Path) -> dict:
     """Prune to half the MACs by magnitude, reload, export; check every agreement."""
-    dense = untrained(spec, folder)
+    spec = read_checkpoint(dense).metadata["arch"]["spec"]
     pruned, graph_path = folder / "pruned.safetensors", folder / "pruned.onnx"
     config = PruneConfig(method="magnitude-channels", target_macs=0.5, device="cpu")
     result = run_prune(dense, None, pruned, config)
@@ -105,12 +94,12 @@ def prune_export_check(spec: str, folder: Path) -> dict:
 
 
 @pytest.mark.parametrize("spec", QUICK)
-def test_zoo_model_prunes_to_half_its_macs_and_exports(spec, tmp_path):
-    prune_export_check(spec, tmp_path)
+def test_zoo_model_prunes_to_half_its_macs_and_exports(spec, zoo_checkpoint, tmp_path):
+    prune_export_check(zoo_checkpoint(spec), tmp_path)
 
 
-def test_torchvision_vit_counts_its_attention_projections(tmp_path):
-    dense = untrained("torchvision:vit_b_16", tmp_path)
+def test_torchvision_vit_counts_its_attention_projections(zoo_checkpoint, tmp_path):
+    dense = zoo_checkpoint("torchvision:vit_b_16")
     model = read_checkpoint(dense).model
     graph_path = tmp_path / "dense.onnx"
     exported = run_export(dense, graph_path, ExportConfig(parity_samples=2))
@@ -119,8 +108,8 @@ def test_torchvision_vit_counts_its_attention_projections(tmp_path):
     assert abs(graph / exported.macs - 1) < 0.01  # in/out projections of every block counted
 
 
-def test_units_ranks_the_analysed_groups_and_fills_the_rest(tmp_path):
-    dense = untrained("torchvision:regnet_x_400mf", tmp_path)
+def test_units_ranks_the_analysed_groups_and_fills_the_rest(zoo_checkpoint, tmp_path):
+    dense = zoo_checkpoint("torchvision:regnet_x_400mf")
     layers = run_layers(dense, probe_taps_only=True)
     assert layers.inferred_taps and layers.layers  # a foreign model gets stage taps
     taps = ["trunk_output.block2", "trunk_output.block3"]
@@ -143,8 +132,8 @@ def test_units_ranks_the_analysed_groups_and_fills_the_rest(tmp_path):
     assert len(tapped) < len(groups) and all(g["taps"] for g in tapped)
 
 
-def test_an_unreachable_target_is_refused_and_writes_nothing(tmp_path):
-    dense = untrained("torchvision:squeezenet1_1", tmp_path)
+def test_an_unreachable_target_is_refused_and_writes_nothing(zoo_checkpoint, tmp_path):
+    dense = zoo_checkpoint("torchvision:squeezenet1_1")
     output = tmp_path / "pruned.safetensors"
     config = PruneConfig(method="magnitude-channels", target_macs=0.1, min_channels=48)
     with pytest.raises(UsageError, match=r"--target-macs 0.1 cannot be reached: .* leaves 0\.\d+"):
@@ -155,8 +144,8 @@ def test_an_unreachable_target_is_refused_and_writes_nothing(tmp_path):
     assert read_checkpoint(output).metadata["pruning"]["structured"]["mac_ratio"] <= 0.1
 
 
-def test_channel_shuffle_is_refused_in_one_line(tmp_path):
-    dense = untrained("torchvision:shufflenet_v2_x0_5", tmp_path)
+def test_channel_shuffle_is_refused_in_one_line(zoo_checkpoint, tmp_path):
+    dense = zoo_checkpoint("torchvision:shufflenet_v2_x0_5")
     output = tmp_path / "pruned.safetensors"
     config = PruneConfig(method="magnitude-channels", target_macs=0.5, device="cpu")
     with pytest.raises(ArchitectureError, match="Torch-Pruning cannot follow the channels of"):
@@ -166,8 +155,8 @@ def test_channel_shuffle_is_refused_in_one_line(tmp_path):
     assert exported.macs == count_macs(read_checkpoint(dense).model, (3, 32, 32))
 
 
-def test_export_needs_no_data_set_and_latency_drops(tmp_path):
-    checked = prune_export_check("torchvision:mobilenet_v3_small", tmp_path)
+def test_export_needs_no_data_set_and_latency_runs(zoo_checkpoint, tmp_path):
+    checked = prune_export_check(zoo_checkpoint("torchvision:mobilenet_v3_small"), tmp_path)
     for name in ("dense", "pruned"):
         checkpoint = read_checkpoint(checked[name])
         metadata = {**checkpoint.metadata, "data": None}  # as an imported checkpoint has
@@ -187,12 +176,12 @@ def _torchvision_models() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _torchvision_models())
-def test_every_torchvision_model(name, tmp_path):
+def test_every_torchvision_model(name, zoo_checkpoint, tmp_path):
     reason = next((why for prefix, why in REFUSED.items() if name.startswith(prefix)), None)
     if reason is not None and name.startswith(("shufflenet", "inception")):
         with pytest.raises((ArchitectureError, UsageError)):
-            prune_export_check(f"torchvision:{name}", tmp_path)
+            prune_export_check(zoo_checkpoint(f"torchvision:{name}"), tmp_path)
         return
     if reason is not None:
         pytest.skip(reason)
-    prune_export_check(f"torchvision:{name}", tmp_path)
+    prune_export_check(zoo_checkpoint(f"torchvision:{name}"), tmp_path)
