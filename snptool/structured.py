@@ -29,14 +29,15 @@ target and the one just meeting it are stepped down one by one, the deepest firs
 execution order), until the MACs meet the target; `uniform` keeps the uniform share.
 
 **Decision**: a group whose coupled modules do not all carry the root's channel count is left
-dense. Torch-Pruning would treat an unknown channel-changing op as element-wise (the option-A
-shortcut of CIFAR ResNets, subsample + zero-pad, would couple all three stages' streams), so
-parameter-free modules that change the channel count are first wrapped as channel maps
-(snptool/channel_maps.py), whose inputs and outputs are pruned independently. Groups that reach
-parameters outside Conv / Linear / BatchNorm / LayerNorm are left dense too, since the
-checkpoint records only those modules' shapes (`arch.shapes`, architectures.resize_modules) and
-the channel maps' kept channels (`arch.channel_maps`), from which `read_checkpoint` rebuilds the
-pruned network.
+dense (recorded with the reason in `left_dense`). Torch-Pruning would treat an unknown
+channel-changing op as element-wise (the option-A shortcut of CIFAR ResNets, subsample +
+zero-pad, would couple all three stages' streams), so parameter-free modules that change the
+channel count are first wrapped as channel maps (snptool/channel_maps.py), whose inputs and
+outputs are pruned independently. Without taps, every prunable group is pruned (the weight
+criteria, and `units` with `fill`); at least `min_channels` stay in each group, and a MAC target
+that floor makes unreachable is refused. The checkpoint records what changed (`arch.resized`,
+snptool/resizing.py: module attributes and tensor shapes, any module type) and the channel
+maps' kept channels (`arch.channel_maps`), from which `read_checkpoint` rebuilds the network.
 """
 
 from __future__ import annotations
