@@ -149,32 +149,10 @@ def build_model_from_record(
     return model
 
 
-RESIZABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
-
-
-def module_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """The channel counts of every Conv2d / Linear / BatchNorm / LayerNorm (`arch.shapes` of a
-    checkpoint whose channels were removed, `prune --method units`)."""
-    shapes: dict[str, dict[str, Any]] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            shapes[name] = {
-                "in": module.in_channels,
-                "out": module.out_channels,
-                "groups": module.groups,
-            }
-        elif isinstance(module, nn.Linear):
-            shapes[name] = {"in": module.in_features, "out": module.out_features}
-        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-            shapes[name] = {"features": module.num_features}
-        elif isinstance(module, nn.LayerNorm):
-            shapes[name] = {"features": int(module.normalized_shape[-1])}
-    return shapes
-
-
 def resize_modules(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> None:
     """Replace the named modules by fresh ones of the recorded channel counts (weights follow
-    from the state dict); other settings (kernel, stride, eps, ...) stay the dense model's."""
+    from the state dict); other settings (kernel, stride, eps, ...) stay the dense model's.
+    Reads the `arch.shapes` of checkpoints pruned before `arch.resized` (resizing.py)."""
     for name, shape in shapes.items():
         try:
             module = model.get_submodule(name)

@@ -135,13 +135,13 @@ def _is_per_channel(module: Any, handler: str) -> bool:
 
 
 def group_problem(
-    group, graph: tp.DependencyGraph, names: dict[Any, str], channels: int
+    members: list[tuple[str, str, Any]], graph: tp.DependencyGraph, channels: int
 ) -> str | None:
     """Why a group cannot be pruned (None when it can): a member that is neither a module of
     the model, a bare parameter nor a Torch-Pruning operation, or a producer / per-channel
     module whose channel count is not the root's (an operation Torch-Pruning would take for
-    element-wise although it changes the channel count)."""
-    for name, handler, module in _group_members(group, names):
+    element-wise although it changes the channel count). `members`: _group_members."""
+    for name, handler, module in members:
         if isinstance(module, nn.Parameter):
             continue  # a bare parameter (a layer scale, a position embedding)
         if not name:
@@ -161,12 +161,12 @@ def _parent(model: nn.Module, name: str) -> nn.Module | None:
     return model.get_submodule(parent) if name else None
 
 
-def channel_blocks(model: nn.Module, group, names: dict[Any, str]) -> tuple[int, int]:
+def channel_blocks(model: nn.Module, members: list[tuple[str, str, Any]]) -> tuple[int, int]:
     """(blocks, multiple) of a group: grouped convolutions and the fused query-key-value
     projection of an attention (3 × heads blocks) need the same positions removed in every
     block; nn.MultiheadAttention needs an embedding a multiple of its heads."""
     blocks, multiple = 1, 1
-    for name, handler, module in _group_members(group, names):
+    for name, handler, module in members:
         if isinstance(module, nn.Conv2d) and module.groups > 1:
             depthwise = module.groups == module.in_channels == module.out_channels
             if not depthwise:
@@ -235,40 +235,42 @@ def _producer(model: nn.Module, order: list[str], layer: str, units: int) -> str
 
 
 def classifier_of(model: nn.Module) -> list[nn.Module]:
-    """The last Linear (or 1×1 convolution, as SqueezeNet's) in execution order: its outputs
-    are the labels and are never pruned."""
+    """The last Linear or convolution the model defines (SqueezeNet classifies with a 1×1
+    convolution): its outputs are the labels and are never pruned."""
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
     return layers[-1:]
 
 
 def plan_groups(
     model: nn.Module, shape: tuple[int, ...], taps: list[str], graph: tp.DependencyGraph
-) -> tuple[list[GroupPlan], dict[str, str]]:
-    """The prunable groups of `model` (every group when `taps` is empty, else those the taps
-    read, with their taps) and why the others cannot be pruned (by root, or by tap)."""
+) -> tuple[list[GroupPlan], dict[str, str], dict[str, str]]:
+    """Every prunable group of `model`, each with the listed taps that read it; why the other
+    groups cannot be pruned (by root module) and why the taps without a group are left (by
+    tap)."""
     names = {module: name for name, module in model.named_modules()}
     plans: list[GroupPlan] = []
     refused: dict[str, str] = {}
-    members: list[set[str]] = []
+    producers: list[set[str]] = []  # each plan's modules whose outputs it prunes
     for group in graph.get_all_groups(ignored_layers=classifier_of(model)):
         module = group[0].dep.target.module
         root = names.get(module)
         channels = _member_channels(graph, module, "prune_out_channels")
         if root is None or channels is None:
             continue
-        problem = group_problem(group, graph, names, channels)
+        members = _group_members(group, names)
+        problem = group_problem(members, graph, channels)
         if problem:
             refused[root] = f"coupled with {problem}"
             continue
-        blocks, multiple = channel_blocks(model, group, names)
-        modules = sorted({n for n, _, _ in _group_members(group, names) if n})
+        blocks, multiple = channel_blocks(model, members)
+        modules = sorted({n for n, _, _ in members if n})
         plans.append(GroupPlan(root, [], channels, modules, blocks, multiple))
-        members.append({n for n, h, _ in _group_members(group, names) if n and h in _OUT_HANDLERS})
+        producers.append({n for n, h, _ in members if n and h in _OUT_HANDLERS})
+    skipped: dict[str, str] = {}
     if not taps:
-        return plans, refused
+        return plans, refused, skipped
     order = execution_order(model, shape)
     spec = InputSpec(channels=shape[0], height=shape[1], width=shape[2])
-    skipped: dict[str, str] = {}
     for tap in resolve_taps(model, taps, spec):
         if tap.unit not in ("channel", "channel-last", "node", "feature") or tap.tap_input:
             raise LayerError(
@@ -276,12 +278,12 @@ def plan_groups(
                 f"{tap.unit} units."
             )
         producer = _producer(model, order, tap.layer, tap.units)
-        found = [i for i, m in enumerate(members) if producer in m]
+        found = [i for i, m in enumerate(producers) if producer in m]
         if found:
             plans[found[0]].taps.append(tap.name)
         else:
             skipped[tap.name] = refused.get(producer or "", "no prunable group produces it")
-    return [p for p in plans if p.taps], skipped
+    return plans, refused, skipped
 
 
 def removal_order(
@@ -389,7 +391,6 @@ class Search:
         self.shape, self.plans, self.config = shape, plans, config
         self.meta = _shape_copy(model)  # each trial copies this, which holds no data
         self.dense = dense_macs
-        self.trials = 0
 
     def counts(self, fraction: float, overrides: dict[str, int] | None = None) -> dict[str, int]:
         config = self.config
@@ -405,15 +406,11 @@ class Search:
         }
         return {**counts, **(overrides or {})}
 
-    def macs(self, counts: dict[str, int]) -> tuple[int, list[ChannelGroup]]:
-        """(MACs, groups) of a copy of the model with `counts` removed."""
-        self.trials += 1
-        trial = copy.deepcopy(self.meta)
-        groups = remove_channels(trial, self.shape, self.plans, counts)
-        return count_macs(trial, self.shape), groups
-
     def ratio(self, counts: dict[str, int]) -> float:
-        return self.macs(counts)[0] / self.dense
+        """The MACs of a copy of the model with `counts` removed, over the dense MACs."""
+        trial = copy.deepcopy(self.meta)
+        remove_channels(trial, self.shape, self.plans, counts)
+        return count_macs(trial, self.shape) / self.dense
 
 
 def _shape_copy(model: nn.Module) -> nn.Module:
@@ -514,11 +511,10 @@ def order_groups(
     importance = None
     if criterion is not None and any(not (scores and p.taps) for p in plans):
         importance = torch_pruning_importance(criterion, model, batches or [])
-    trial = copy_with_grads(model)  # orders are read on the wrapped copy's groups
-    wrap_channel_maps(trial, shape)
-    graph = build_graph(trial, shape)
+    wrap_channel_maps(model, shape)  # as remove_channels will: the groups then match
+    graph = build_graph(model, shape)
     for plan in plans:
-        module = trial.get_submodule(plan.root)
+        module = model.get_submodule(plan.root)
         handler = graph.get_pruner_of_module(module).prune_out_channels
         group = graph.get_pruning_group(module, handler, idxs=list(range(plan.channels)))
         if scores is not None and plan.taps:
@@ -529,15 +525,6 @@ def order_groups(
             plan.order = importance_order(group, importance)
             plan.criterion = criterion
     model.zero_grad(set_to_none=True)
-
-
-def copy_with_grads(model: nn.Module) -> nn.Module:
-    """A deep copy that keeps the parameters' gradients (Taylor importance reads them)."""
-    trial = copy.deepcopy(model)
-    for source, target in zip(model.parameters(), trial.parameters(), strict=True):
-        if source.grad is not None:
-            target.grad = source.grad.clone()
-    return trial
 
 
 __all__ = [
@@ -581,15 +568,14 @@ class StructuredPruning:
 def select_plans(model, shape, names: list[str], config) -> tuple[list[GroupPlan], dict[str, str]]:
     """The groups to prune: those the taps `names` read, plus every other prunable group for
     a weight criterion without taps or for `units` with `fill`; why the others are left."""
-    graph = build_graph(wrapped := _wrapped_copy(model, shape), shape)
-    every, refused = plan_groups(wrapped, shape, [], graph)
+    wrapped = _wrapped_copy(model, shape)
+    every, refused, skipped = plan_groups(wrapped, shape, names, build_graph(wrapped, shape))
     if not names:
         plans, left = every, refused
+    elif config.method == "units" and config.fill is not None:
+        plans, left = every, {**refused, **skipped}
     else:
-        plans, left = plan_groups(wrapped, shape, names, graph)
-        if config.method == "units" and config.fill is not None:
-            tapped = {p.root for p in plans}
-            plans += [p for p in every if p.root not in tapped]
+        plans, left = [p for p in every if p.taps], skipped
     if not plans:
         listed = "; ".join(f"{k}: {v}" for k, v in list(left.items())[:3])
         hint = (

@@ -20,7 +20,7 @@ import onnxruntime
 import pytest
 import torch
 
-from snptool.architectures import build_model, module_shapes
+from snptool.architectures import build_model
 from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
 from snptool.clusters import run_clusters
 from snptool.config import ClustersConfig, InputSpec, PruneConfig
@@ -28,6 +28,7 @@ from snptool.errors import ArchitectureError, LayerError, UsageError
 from snptool.export import run_export
 from snptool.matrix_file import create_layer, create_matrix_file
 from snptool.prune import run_prune
+from snptool.resizing import tensor_shapes
 from snptool.structured import UnitScores, removal_order, removed_count
 
 TINY_RESNET = str(Path(__file__).parent / "_tiny_resnet.py") + ":tiny_resnet"
@@ -244,7 +245,7 @@ def test_finetuning_trains_every_module_of_the_pruned_model(resnet, tmp_path):
     prune(resnet["dense"], resnet["clusters"], plain, target_macs=0.6)
     result = prune(resnet["dense"], resnet["clusters"], tuned, target_macs=0.6, finetune_epochs=1)
     before, after = read_checkpoint(plain).model, read_checkpoint(tuned).model
-    assert module_shapes(before) == module_shapes(after)
+    assert tensor_shapes(before) == tensor_shapes(after)
     for name in ("conv1.weight", "layer1.1.conv1.weight", "layer2.0.conv2.weight", "linear.bias"):
         assert not torch.equal(before.state_dict()[name], after.state_dict()[name]), name
     assert 0.0 <= result.accuracy_after <= 1.0
