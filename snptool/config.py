@@ -359,9 +359,12 @@ class PruneConfig:
     target that the floor makes unreachable is refused, never chased by collapsing groups);
     the weight criteria prune every prunable group when no taps are listed, and `units`
     orders the groups without matrices by the weight criterion `fill` when it is given
-    (otherwise only the tapped groups are pruned); `allocation` `deepest-first` steps the deepest
-    groups down to their next rounded width until the MACs meet `target_macs` where the
-    uniform share overshoots it, `uniform` keeps the uniform share.
+    (otherwise only the tapped groups are pruned); Torch-Pruning's grouping may use at most
+    `grouping_seconds` of CPU time (0: no limit; **Decision**: 120 s, it never took more than
+    a few seconds on a network it could prune, and runs without end on Swin); `allocation`
+    `deepest-first` steps the deepest groups down to their next rounded width until the MACs
+    meet `target_macs` where the uniform share overshoots it, `uniform` keeps the uniform
+    share.
     `random` draws balanced random label sets of the same sizes (the papers'
     control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
     `classifier="probe"` replaces the network's classifier by the last listed layer's probe
@@ -388,6 +391,7 @@ class PruneConfig:
     round_to: int = 1
     min_channels: int = 8
     fill: str | None = None
+    grouping_seconds: float = 120.0
     allocation: str = "deepest-first"
     groups: int = 2
     label_grouping: str = "cooccurrence"
@@ -434,6 +438,10 @@ class PruneConfig:
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
             (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
             (self.min_channels >= 1, f"min channels must be >= 1, not {self.min_channels}"),
+            (
+                self.grouping_seconds >= 0,
+                f"grouping seconds must be >= 0, not {self.grouping_seconds}",
+            ),
             (
                 self.fill is None or self.fill in WEIGHT_CRITERIA,
                 f"fill is one of {', '.join(WEIGHT_CRITERIA)}, not {self.fill!r}",

@@ -3,7 +3,8 @@
 The CLI turns SIGINT and SIGTERM into KeyboardInterrupt / Terminated raised where the program
 is, so `files.atomic_path` unwinds; inside `held_interrupts()` one is postponed to the block's
 end. Python ignores an exception raised in a __del__ or a callback, so an interrupt is raised
-again every REPEAT_SECONDS until the CLI reports it (`interrupt_reported`).
+again every REPEAT_SECONDS until the CLI reports it (`interrupt_reported`). `cpu_time_limit`
+bounds a step that may not finish (a third-party graph search) on its own timer, SIGVTALRM.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,3 +73,26 @@ def _interrupt(signum: int, frame: Any) -> None:
 def _interrupt_again(signum: int, frame: Any) -> None:
     if _interrupts["received"] is not None:
         _interrupt(_interrupts["received"], frame)
+
+
+@contextlib.contextmanager
+def cpu_time_limit(seconds: float, error: Exception) -> Iterator[None]:
+    """Raise `error` where the program is once the block has used `seconds` of CPU time.
+
+    Uses the virtual timer (SIGVTALRM), which the interrupt handlers leave alone; no limit off
+    the main thread, where the platform lacks the timer, or for `seconds` <= 0."""
+    usable = hasattr(signal, "SIGVTALRM") and threading.current_thread() is threading.main_thread()
+    if seconds <= 0 or not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise error
+
+    previous = signal.signal(signal.SIGVTALRM, expire)
+    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+        signal.signal(signal.SIGVTALRM, previous)

@@ -60,6 +60,7 @@ from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchange
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
 from snptool.errors import ArchitectureError, LayerError, UsageError
+from snptool.interrupts import cpu_time_limit
 from snptool.macs import count_macs, count_parameters
 from snptool.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
 from snptool.taps import resolve_taps
@@ -241,17 +242,34 @@ def classifier_of(model: nn.Module) -> list[nn.Module]:
     return layers[-1:]
 
 
+def _all_groups(model: nn.Module, graph: tp.DependencyGraph, seconds: float) -> list:
+    """Torch-Pruning's groups of `model` (the classifier's outputs left out), within `seconds`
+    of CPU time: its index mappings can grow without end (Swin's window reshapes)."""
+    error = ArchitectureError(
+        f"Torch-Pruning did not finish grouping the channels of {type(model).__name__} within "
+        f"{seconds:g} CPU seconds (its index mappings grow through reshapes it cannot follow, "
+        "as in window attention); no channels can be removed; raise --grouping-seconds to wait "
+        "longer, or use connection pruning (--method afcc, andc, magnitude)."
+    )
+    with cpu_time_limit(seconds, error):
+        return list(graph.get_all_groups(ignored_layers=classifier_of(model)))
+
+
 def plan_groups(
-    model: nn.Module, shape: tuple[int, ...], taps: list[str], graph: tp.DependencyGraph
+    model: nn.Module,
+    shape: tuple[int, ...],
+    taps: list[str],
+    graph: tp.DependencyGraph,
+    grouping_seconds: float = 0,
 ) -> tuple[list[GroupPlan], dict[str, str], dict[str, str]]:
     """Every prunable group of `model`, each with the listed taps that read it; why the other
     groups cannot be pruned (by root module) and why the taps without a group are left (by
-    tap)."""
+    tap). Grouping stops with an error after `grouping_seconds` of CPU time (0: no limit)."""
     names = {module: name for name, module in model.named_modules()}
     plans: list[GroupPlan] = []
     refused: dict[str, str] = {}
     producers: list[set[str]] = []  # each plan's modules whose outputs it prunes
-    for group in graph.get_all_groups(ignored_layers=classifier_of(model)):
+    for group in _all_groups(model, graph, grouping_seconds):
         module = group[0].dep.target.module
         root = names.get(module)
         channels = _member_channels(graph, module, "prune_out_channels")
@@ -569,7 +587,8 @@ def select_plans(model, shape, names: list[str], config) -> tuple[list[GroupPlan
     """The groups to prune: those the taps `names` read, plus every other prunable group for
     a weight criterion without taps or for `units` with `fill`; why the others are left."""
     wrapped = _wrapped_copy(model, shape)
-    every, refused, skipped = plan_groups(wrapped, shape, names, build_graph(wrapped, shape))
+    graph = build_graph(wrapped, shape)
+    every, refused, skipped = plan_groups(wrapped, shape, names, graph, config.grouping_seconds)
     if not names:
         plans, left = every, refused
     elif config.method == "units" and config.fill is not None:

@@ -106,6 +106,12 @@ def prune(
             "criterion (magnitude-channels, taylor or lamp)."
         ),
     ] = PruneConfig.fill,
+    grouping_seconds: Annotated[
+        float,
+        typer.Option(
+            help="units, …: CPU seconds Torch-Pruning may take to group the channels (0: no limit)."
+        ),
+    ] = PruneConfig.grouping_seconds,
     allocation: Annotated[
         str,
         typer.Option(
@@ -182,6 +188,7 @@ def prune(
         round_to=round_to,
         min_channels=min_channels,
         fill=fill,
+        grouping_seconds=grouping_seconds,
         allocation=allocation,
         groups=groups,
         label_grouping=label_grouping,
