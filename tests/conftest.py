@@ -229,20 +229,21 @@ def head_matrices(make_matrix_file: Callable[..., Path]) -> Path:
 
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """Write an untrained checkpoint of a registered arch for digits (10 classes, 3×32×32):
-    untrained_checkpoint("tiny_cct", conv_blocks=1) → path. BatchNorm statistics are first
-    moved by two train-mode passes of random images, so they are not the trivial 0 and 1."""
+    """Write an untrained checkpoint of a registered arch for digits (10 classes, 3×32×32, or
+    3×input_size²): untrained_checkpoint("tiny_cct", conv_blocks=1) → path. BatchNorm
+    statistics are first moved by two train-mode passes of random images, so they are not the
+    trivial 0 and 1."""
 
-    def write(arch: str, **arch_kwargs) -> Path:
+    def write(arch: str, *, input_size: int = 32, **arch_kwargs) -> Path:
         torch.manual_seed(0)
         model, record = build_model(arch, arch_kwargs, num_classes=10)
         with torch.no_grad():
             for _ in range(2):
-                model.train()(torch.rand(8, 3, 32, 32) * 2 - 1)
+                model.train()(torch.rand(8, 3, input_size, input_size) * 2 - 1)
         metadata = make_metadata(
             arch=record,
             class_names=[str(i) for i in range(10)],
-            input_spec=InputSpec(),
+            input_spec=InputSpec(height=input_size, width=input_size),
             data="digits",
             provenance={},
         )
