@@ -4,6 +4,7 @@ and its probe file."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,8 @@ def untrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[.
             data="digits",
             provenance={},
         )
-        path = tmp_path_factory.mktemp("untrained") / f"{arch}.safetensors"
+        stem = re.sub(r"[^\w.-]+", "_", arch)  # a file spec holds slashes
+        path = tmp_path_factory.mktemp("untrained") / f"{stem}.safetensors"
         write_checkpoint(path, model.eval(), metadata)
         return path
 

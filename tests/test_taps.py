@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, write_checkpoint
 from snptool.clusters import run_clusters
 from snptool.config import InputSpec, MatrixConfig, ProbeConfig
 from snptool.errors import LayerError
@@ -231,21 +230,6 @@ def test_analysable_layers() -> None:
 # --- channels-last tensors --------------------------------------------------------------------
 
 
-def write_untrained(arch: str, path: Path) -> Path:
-    """An untrained checkpoint of `arch` for 10 digits classes at 3×32×32."""
-    torch.manual_seed(0)
-    model, record = build_model(arch, {}, num_classes=10)
-    metadata = make_metadata(
-        arch=record,
-        class_names=[str(i) for i in range(10)],
-        input_spec=SPEC,
-        data="digits",
-        provenance={},
-    )
-    write_checkpoint(path, model.eval(), metadata)
-    return path
-
-
 def test_channels_last_mlp_reads_its_last_axis_as_units() -> None:
     model, _ = build_model(TINY_CONVNEXT, {}, num_classes=10)  # width 12, hidden 24, 8×8
     taps = ["block.to_nhwc", "block.norm", "block.mlp.0", "block.mlp.1", "block.mlp.1:channel"]
@@ -313,8 +297,8 @@ def test_torchvision_swin_and_timm_convnext_mlps() -> None:
     assert readings == [("channel", 80), ("channel", 320), ("channel", 320), ("channel", 80)]
 
 
-def test_probe_matrix_clusters_on_a_channels_last_tap(tmp_path: Path) -> None:
-    checkpoint = write_untrained(TINY_CONVNEXT, tmp_path / "convnext.safetensors")
+def test_probe_matrix_clusters_on_a_channels_last_tap(untrained_checkpoint, tmp_path: Path) -> None:
+    checkpoint = untrained_checkpoint(TINY_CONVNEXT)
     probes = tmp_path / "probes.safetensors"
     config = ProbeConfig(epochs=2, device="cpu")
     result = run_probe(checkpoint, ["stem", "block.mlp.1"], probes, config)
@@ -353,10 +337,10 @@ def test_probe_matrix_clusters_on_a_channels_last_tap(tmp_path: Path) -> None:
         ("timm:convnext_atto", ["stages.0", "stages.1", "stages.2", "stages.3", "head.norm"]),
     ],
 )
-def test_taps_only_infers_stage_taps(arch: str, expected: list[str], tmp_path: Path) -> None:
+def test_taps_only_infers_stage_taps(arch: str, expected: list[str], untrained_checkpoint) -> None:
     if arch.startswith("timm:"):
         pytest.importorskip("timm")
-    checkpoint = write_untrained(arch, tmp_path / "foreign.safetensors")
+    checkpoint = untrained_checkpoint(arch)
     result = run_layers(checkpoint, probe_taps_only=True)
     assert result.inferred_taps
     assert [x.layer for x in result.layers] == expected
