@@ -8,6 +8,7 @@ their state_dict names, which never contain "/".
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,16 @@ def load_weights(
             "check --arch and --arch-kwargs."
         )
     check_weight_values(model, weights, source)
-    model.load_state_dict(weights, strict=False)
+    load_state(model, weights)
+
+
+def load_state(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """`model.load_state_dict(weights, strict=False)` with the modules' state-dict versions of
+    the model itself: safetensors keeps none, and a module that checks its version (MNASNet)
+    refuses a state without one."""
+    state = OrderedDict(weights)
+    state._metadata = model.state_dict()._metadata  # type: ignore[attr-defined]
+    model.load_state_dict(state, strict=False)
 
 
 def check_weight_values(model: nn.Module, weights: dict[str, torch.Tensor], source: str) -> None:

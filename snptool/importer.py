@@ -20,6 +20,7 @@ from snptool.architectures import build_model, run_dummy_input
 from snptool.checkpoint import (
     EXTRA_SEPARATOR,
     check_weight_values,
+    load_state,
     make_metadata,
     match_weights,
     read_tensors,
@@ -139,9 +140,7 @@ def run_import(weights_path: str | Path, output: str | Path, config: ImportConfi
             + ("." if match.mismatched else ", or pass --no-strict to import what matches.")
         )
     check_weight_values(model, weights, str(weights_path))
-    model.load_state_dict(
-        {k: v for k, v in weights.items() if k in model.state_dict()}, strict=False
-    )
+    load_state(model, {k: v for k, v in weights.items() if k in model.state_dict()})
     model.eval()
     outputs = _output_width(model, config)
     if class_names and len(class_names) != outputs:

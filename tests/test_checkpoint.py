@@ -115,6 +115,14 @@ def test_round_trip_is_bit_exact_and_keeps_metadata(tmp_path: Path) -> None:
         torch.testing.assert_close(checkpoint.model(x), model(x), rtol=0, atol=0)
 
 
+def test_a_module_that_checks_its_state_version_reloads(untrained_checkpoint) -> None:
+    path = untrained_checkpoint("torchvision:mnasnet0_5")  # MNASNet refuses a state without
+    model = read_checkpoint(path).model  # its version, which safetensors does not keep
+    with safe_open(str(path), framework="pt") as handle:
+        for name, tensor in model.state_dict().items():
+            torch.testing.assert_close(tensor, handle.get_tensor(name), rtol=0, atol=0)
+
+
 def test_read_metadata_needs_no_tensors(tmp_path: Path) -> None:
     model, record = _tiny_vgg()
     path = tmp_path / "model.safetensors"
