@@ -47,6 +47,7 @@ import math
 import traceback
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,7 +60,7 @@ from snptool import console
 from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchanged, wrap_channel_maps
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
-from snptool.errors import ArchitectureError, LayerError, UsageError
+from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
 from snptool.interrupts import cpu_time_limit
 from snptool.macs import count_macs, count_parameters
 from snptool.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
@@ -197,6 +198,18 @@ def fix_derived_sizes(model: nn.Module) -> None:
         patches = getattr(module, "conv_proj", None)
         if isinstance(patches, nn.Conv2d) and isinstance(getattr(module, "hidden_dim", None), int):
             module.hidden_dim = patches.out_channels
+        _fix_broadcast_shape(module)
+
+
+def _fix_broadcast_shape(module: nn.Module) -> None:
+    """A `shape` (C, 1, 1) that views a module's own 1-D parameter of C elements for
+    broadcasting (timm's Scale in MetaFormers) follows the parameter's new length."""
+    shape = getattr(module, "shape", None)
+    own = [p for p in module.parameters(recurse=False) if p.dim() == 1]
+    if not (isinstance(shape, tuple) and shape and own and all(d == 1 for d in shape[1:])):
+        return
+    if isinstance(shape[0], int) and shape[0] != own[0].numel():
+        module.shape = (own[0].numel(), *shape[1:])
 
 
 def build_graph(model: nn.Module, shape: tuple[int, ...]) -> tp.DependencyGraph:
@@ -428,7 +441,24 @@ class Search:
         """The MACs of a copy of the model with `counts` removed, over the dense MACs."""
         trial = copy.deepcopy(self.meta)
         remove_channels(trial, self.shape, self.plans, counts)
-        return count_macs(trial, self.shape) / self.dense
+        return count_pruned_macs(trial, self.shape) / self.dense
+
+
+def count_pruned_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """The MACs of a pruned model, or an ArchitectureError naming where it no longer runs (a
+    size the network keeps outside its parameters, which Torch-Pruning did not update)."""
+    try:
+        return count_macs(model, shape)
+    except RuntimeError as error:
+        frames = traceback.extract_tb(error.__traceback__)
+        ours = [f for f in frames if "/torch/" not in f.filename and "snptool" not in f.filename]
+        where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+        raise ArchitectureError(
+            f"{type(model).__name__} no longer runs once its channels are removed{where} "
+            f"({first_line(error)}): it keeps a size outside its parameters that Torch-Pruning "
+            "does not update; list other layers with --layers, or prune connections instead "
+            "(--method afcc, andc, magnitude)."
+        ) from None
 
 
 def _shape_copy(model: nn.Module) -> nn.Module:
@@ -640,7 +670,7 @@ def prune_structured(
     groups = remove_channels(model, shape, plans, search.counts(fraction, overrides))
     model.zero_grad(set_to_none=True)
     channel_maps = unwrap_unchanged(model)
-    macs, params = count_macs(model, shape), count_parameters(model)
+    macs, params = count_pruned_macs(model, shape), count_parameters(model)
     arch = dict(checkpoint.metadata["arch"])
     arch["resized"] = merge_resized(arch.get("resized"), resized_record(dense, model))
     if channel_maps:

@@ -52,6 +52,7 @@ QUICK = [
     "torchvision:squeezenet1_1",
     "timm:convnext_atto",
     "timm:vit_tiny_patch16_224",
+    "timm:poolformer_s12",  # MetaFormer: its Scale keeps a (C, 1, 1) shape
 ]
 # Models whose channels Torch-Pruning 1.6 cannot follow: snptool refuses them in one line.
 REFUSED = {
@@ -168,6 +169,15 @@ def test_a_grouping_that_does_not_finish_is_refused_in_one_line(zoo_checkpoint, 
     output = tmp_path / "pruned.safetensors"
     config = PruneConfig(method="magnitude-channels", target_macs=0.5, grouping_seconds=3)
     with pytest.raises(ArchitectureError, match="did not finish grouping the channels of Swin"):
+        run_prune(dense, None, output, config)
+    assert not output.exists()
+
+
+def test_a_network_that_no_longer_runs_is_refused_in_one_line(untrained_checkpoint, tmp_path):
+    dense = untrained_checkpoint(str(Path(__file__).parent / "_fixed_width.py") + ":fixed_width")
+    output = tmp_path / "pruned.safetensors"
+    config = PruneConfig(method="magnitude-channels", target_macs=0.5, min_channels=1)
+    with pytest.raises(ArchitectureError, match=r"FixedWidth no longer runs .* _fixed_width.py:"):
         run_prune(dense, None, output, config)
     assert not output.exists()
 
