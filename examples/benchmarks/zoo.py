@@ -1,6 +1,7 @@
 """Every step of snptool on the torchvision and timm zoos (issue 21): layers, probe, matrix,
-clusters, prune to half the MACs (widths of 16) with a weight criterion (every prunable group) and with
-`units` (the inferred stage taps, the rest filled by magnitude), export with parity, latency.
+clusters, prune to half the MACs (widths of 16) with a weight criterion (every prunable group)
+and with `units` (the inferred stage taps, the rest filled by magnitude), export with parity,
+latency.
 
 Untrained networks (seeded, BatchNorm statistics moved) at 32×32, analysed on scikit-learn's
 digits, so the figures are about reach and speed, not accuracy. One row per model, as JSON
