@@ -3,8 +3,8 @@
 The CLI turns SIGINT and SIGTERM into KeyboardInterrupt / Terminated raised where the program
 is, so `files.atomic_path` unwinds; inside `held_interrupts()` one is postponed to the block's
 end. Python ignores an exception raised in a __del__ or a callback, so an interrupt is raised
-again every REPEAT_SECONDS until the CLI reports it (`interrupt_reported`). `cpu_time_limit`
-bounds a step that may not finish (a third-party graph search) on its own timer, SIGVTALRM.
+again every REPEAT_SECONDS until the CLI reports it (`interrupt_reported`). `work_limit`
+bounds a step that may not finish (a third-party graph search) on its own timer, SIGPROF.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,23 +77,34 @@ def _interrupt_again(signum: int, frame: Any) -> None:
 
 
 @contextlib.contextmanager
-def cpu_time_limit(seconds: float, error: Exception) -> Iterator[None]:
-    """Raise `error` where the program is once the block has used `seconds` of CPU time.
-
-    Uses the virtual timer (SIGVTALRM), which the interrupt handlers leave alone; no limit off
-    the main thread, where the platform lacks the timer, or for `seconds` <= 0."""
-    usable = hasattr(signal, "SIGVTALRM") and threading.current_thread() is threading.main_thread()
+def work_limit(seconds: float, memory: int, error: Exception) -> Iterator[None]:
+    """Raise `error` where the program is once the block has used `seconds` of CPU time or its
+    peak memory has grown by `memory` bytes: checked four times a CPU second on the profiling
+    timer (SIGPROF), which the interrupt handlers leave alone. No limit off the main thread,
+    where the platform lacks the timer, or for `seconds` <= 0."""
+    usable = hasattr(signal, "SIGPROF") and threading.current_thread() is threading.main_thread()
     if seconds <= 0 or not usable:
         yield
         return
+    started, peak = time.process_time(), _peak_memory()
 
-    def expire(signum: int, frame: Any) -> None:
-        raise error
+    def check(signum: int, frame: Any) -> None:
+        if time.process_time() - started >= seconds or _peak_memory() - peak >= memory:
+            signal.setitimer(signal.ITIMER_PROF, 0)
+            raise error
 
-    previous = signal.signal(signal.SIGVTALRM, expire)
-    signal.setitimer(signal.ITIMER_VIRTUAL, seconds)
+    previous = signal.signal(signal.SIGPROF, check)
+    signal.setitimer(signal.ITIMER_PROF, 0.25, 0.25)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-        signal.signal(signal.SIGVTALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+
+
+def _peak_memory() -> int:
+    """The process's peak resident memory in bytes (Linux reports kilobytes, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -61,7 +61,7 @@ from snptool.channel_maps import CUSTOMIZED_PRUNERS, ChannelMap, unwrap_unchange
 from snptool.config import STRUCTURED_METHODS, InputSpec
 from snptool.connections import execution_order
 from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
-from snptool.interrupts import cpu_time_limit
+from snptool.interrupts import work_limit
 from snptool.macs import count_macs, count_parameters
 from snptool.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
 from snptool.taps import resolve_taps
@@ -255,16 +255,21 @@ def classifier_of(model: nn.Module) -> list[nn.Module]:
     return layers[-1:]
 
 
+GROUPING_MEMORY = 4 << 30  # bytes of growth: Torch-Pruning's endless index lists grow fast
+
+
 def _all_groups(model: nn.Module, graph: tp.DependencyGraph, seconds: float) -> list:
     """Torch-Pruning's groups of `model` (the classifier's outputs left out), within `seconds`
-    of CPU time: its index mappings can grow without end (Swin's window reshapes)."""
+    of CPU time and 4 GiB of memory: its index mappings can grow without end (Swin's window
+    reshapes, about 0.1 GiB a CPU second)."""
     error = ArchitectureError(
         f"Torch-Pruning did not finish grouping the channels of {type(model).__name__} within "
-        f"{seconds:g} CPU seconds (its index mappings grow through reshapes it cannot follow, "
-        "as in window attention); no channels can be removed; raise --grouping-seconds to wait "
-        "longer, or use connection pruning (--method afcc, andc, magnitude)."
+        f"{seconds:g} CPU seconds and 4 GiB (its index mappings grow through reshapes it "
+        "cannot follow, as in window attention); no channels can be removed; raise "
+        "--grouping-seconds to wait longer, or use connection pruning (--method afcc, andc, "
+        "magnitude)."
     )
-    with cpu_time_limit(seconds, error):
+    with work_limit(seconds, GROUPING_MEMORY, error):
         return list(graph.get_all_groups(ignored_layers=classifier_of(model)))
 
 
