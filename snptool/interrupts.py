@@ -76,12 +76,17 @@ def _interrupt_again(signum: int, frame: Any) -> None:
         _interrupt(_interrupts["received"], frame)
 
 
+class _LimitReached(BaseException):
+    """Raised by the work-limit timer: a BaseException, so `except Exception` in third-party
+    code does not swallow it."""
+
+
 @contextlib.contextmanager
 def work_limit(seconds: float, memory: int, error: Exception) -> Iterator[None]:
-    """Raise `error` where the program is once the block has used `seconds` of CPU time or its
-    peak memory has grown by `memory` bytes: checked four times a CPU second on the profiling
-    timer (SIGPROF), which the interrupt handlers leave alone. No limit off the main thread,
-    where the platform lacks the timer, or for `seconds` <= 0."""
+    """Raise `error` once the block has used `seconds` of CPU time or its peak memory has grown
+    by `memory` bytes: checked four times a CPU second on the profiling timer (SIGPROF), which
+    the interrupt handlers leave alone. No limit off the main thread, where the platform lacks
+    the timer, or for `seconds` <= 0."""
     usable = hasattr(signal, "SIGPROF") and threading.current_thread() is threading.main_thread()
     if seconds <= 0 or not usable:
         yield
@@ -90,13 +95,14 @@ def work_limit(seconds: float, memory: int, error: Exception) -> Iterator[None]:
 
     def check(signum: int, frame: Any) -> None:
         if time.process_time() - started >= seconds or _peak_memory() - peak >= memory:
-            signal.setitimer(signal.ITIMER_PROF, 0)
-            raise error
+            raise _LimitReached  # again at every tick, until it leaves the block
 
     previous = signal.signal(signal.SIGPROF, check)
     signal.setitimer(signal.ITIMER_PROF, 0.25, 0.25)
     try:
         yield
+    except _LimitReached:
+        raise error from None
     finally:
         signal.setitimer(signal.ITIMER_PROF, 0)
         signal.signal(signal.SIGPROF, previous)

@@ -27,9 +27,14 @@ from safetensors.torch import save_file
 
 from snptool.checkpoint import read_checkpoint
 from snptool.clusters import run_clusters
-from snptool.errors import Terminated
+from snptool.errors import Terminated, UsageError
 from snptool.files import sha256_file
-from snptool.interrupts import held_interrupts, install_interrupt_handlers, interrupt_reported
+from snptool.interrupts import (
+    held_interrupts,
+    install_interrupt_handlers,
+    interrupt_reported,
+    work_limit,
+)
 from snptool.matrix import run_matrix
 from snptool.matrix_file import create_layer, create_matrix_file, layer_names, open_matrix_file
 from snptool.probe import run_probe
@@ -296,3 +301,25 @@ def test_an_interrupt_swallowed_in_del_is_raised_again(handlers) -> None:
     with pytest.raises(KeyboardInterrupt):
         del victim
         time.sleep(5)  # raised again within REPEAT_SECONDS
+
+
+def test_work_limit_stops_code_that_swallows_exceptions() -> None:
+    started = time.process_time()
+    limit = work_limit(0.5, 1 << 40, UsageError("limit"))
+    with pytest.raises(UsageError, match="limit"), limit:
+        while True:
+            try:  # noqa: SIM105 - as a third-party search that catches errors
+                sum(range(10_000))
+            except Exception:
+                pass
+    assert 0.5 <= time.process_time() - started < 5
+
+
+def test_work_limit_stops_growing_memory() -> None:
+    grown = []
+    limit = work_limit(60, 64 << 20, UsageError("memory"))
+    with pytest.raises(UsageError, match="memory"), limit:
+        while len(grown) < 4096:  # 4 GiB: the limit must come first
+            grown.append(bytearray(1 << 20))
+            sum(range(20_000))
+    assert len(grown) < 4096
