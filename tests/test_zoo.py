@@ -107,8 +107,19 @@ def test_zoo_model_prunes_to_half_its_macs_and_exports(spec, zoo_checkpoint, tmp
     prune_export_check(zoo_checkpoint(spec), tmp_path)
 
 
-def test_torchvision_vit_counts_its_attention_projections(zoo_checkpoint, tmp_path):
-    dense = zoo_checkpoint("torchvision:vit_b_16")
+TINY_TORCHVISION_VIT = {  # torchvision's ViT code (nn.MultiheadAttention) at a tiny width
+    "image_size": 32,
+    "patch_size": 8,
+    "num_layers": 2,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "mlp_dim": 64,
+}
+
+
+def test_torchvision_vit_counts_its_attention_projections(untrained_checkpoint, tmp_path):
+    spec = "torchvision.models.vision_transformer:VisionTransformer"
+    dense = untrained_checkpoint(spec, **TINY_TORCHVISION_VIT)
     model = read_checkpoint(dense).model
     graph_path = tmp_path / "dense.onnx"
     exported = run_export(dense, graph_path, ExportConfig(parity_samples=2))
