@@ -115,7 +115,10 @@ class Attention(nn.Module):
 
     Reshapes read only B and T from the input (no data-dependent branches): it traces with
     torch.fx, and ONNX shape inference (snptool's MAC count) follows it through the export.
+    It sizes itself from `num_heads` and `head_dim` alone, so heads can be cut out of it.
     """
+
+    removable_heads = True  # qkv rows [q | k | v] × heads, `heads`, `proj`: see remove_heads
 
     def __init__(
         self, dim: int, num_heads: int, *, attention_dropout: float, projection_dropout: float

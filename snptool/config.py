@@ -530,6 +530,7 @@ class CommitteeConfig:
             batch_size=self.batch_size,
             device="cpu",
             dynamo=self.dynamo,
+            fallback=False,  # the committee exports with the exporter it is told to use
         )
 
 

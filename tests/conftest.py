@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, write_checkpoint
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.probe import ProbeResult, run_probe
 from snptool.config import ClustersConfig, InputSpec, ProbeConfig, TrainConfig
-from snptool.matrix_file import create_layer, create_matrix_file
-from snptool.probe import ProbeResult, run_probe
-from snptool.train import InputOverrides, TrainResult, run_train
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import make_metadata, write_checkpoint
+from snptool.core.matrix_file import create_layer, create_matrix_file
+from snptool.training.train import InputOverrides, TrainResult, run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -15,15 +15,16 @@ from torch import nn
 from typer.testing import CliRunner
 
 from model_defs._blocks import HeadOutputs
-from snptool.architectures import build_model, cut_after
-from snptool.attention import HeadedMultiheadAttention, expose_heads
-from snptool.checkpoint import read_checkpoint
+from snptool.analysis.layers import discover_layers
 from snptool.cli import app
 from snptool.config import ExportConfig, ImportConfig, InputSpec
-from snptool.export import run_export
-from snptool.importer import run_import
-from snptool.taps import TapRecorder, discover_layers, resolve_taps
-from snptool.train import TrainResult
+from snptool.core.architectures import build_model, cut_after
+from snptool.core.attention import HeadedMultiheadAttention, expose_heads
+from snptool.core.checkpoint import read_checkpoint
+from snptool.core.taps import TapRecorder, resolve_taps
+from snptool.deploy.export import run_export
+from snptool.training.importer import run_import
+from snptool.training.train import TrainResult
 
 Arch = tuple[str, dict]
 SPEC = InputSpec()  # 3×32×32

@@ -25,11 +25,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from snptool.architectures import build_model
-from snptool.checkpoint import METADATA_KEY
+from snptool.analysis.matrix import run_matrix
 from snptool.cli import app
 from snptool.config import MatrixConfig
-from snptool.matrix import run_matrix
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import METADATA_KEY
 
 runner = CliRunner()
 

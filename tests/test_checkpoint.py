@@ -16,22 +16,22 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snptool import __version__
-from snptool.architectures import build_model, build_model_from_record, parse_arch_kwargs
-from snptool.checkpoint import (
+from snptool.config import InputSpec
+from snptool.core.architectures import build_model, build_model_from_record, parse_arch_kwargs
+from snptool.core.checkpoint import (
     METADATA_KEY,
     make_metadata,
     read_checkpoint,
     read_metadata,
     write_checkpoint,
 )
-from snptool.config import InputSpec
+from snptool.core.files import provenance, sha256_file
 from snptool.errors import (
     ArchitectureError,
     CheckpointMismatchError,
     InputFileError,
     UsageError,
 )
-from snptool.files import provenance, sha256_file
 
 CLASSES = [f"class{i}" for i in range(10)]
 HISTORY = [

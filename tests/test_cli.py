@@ -17,13 +17,13 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner, Result
 
 from snptool import __version__
-from snptool.architectures import build_model
-from snptool.checkpoint import METADATA_KEY, read_metadata
 from snptool.cli import app
-from snptool.data import load_data
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import METADATA_KEY, read_metadata
+from snptool.core.files import atomic_path, sha256_file, write_bytes_atomic
+from snptool.data.datasets import load_data
 from snptool.errors import InputFileError
-from snptool.files import atomic_path, sha256_file, write_bytes_atomic
-from snptool.train import TrainResult
+from snptool.training.train import TrainResult
 
 runner = CliRunner()  # typer's runner keeps stdout and stderr apart (result.stdout/.stderr)
 

@@ -12,19 +12,18 @@ import h5py
 import numpy as np
 import pytest
 
-from snptool.clusters import (
-    LayerClusters,
+from snptool.analysis.clusters import (
     UnitClusters,
     find_clusters,
     layer_statistics,
-    read_layer_clusters,
     run_clusters,
     run_unit_report,
     unit_clusters,
 )
 from snptool.config import ClustersConfig
+from snptool.core.files import sha256_file
+from snptool.core.matrix_file import LayerClusters, read_layer_clusters
 from snptool.errors import LayerError, UsageError
-from snptool.files import sha256_file
 
 FIELDS = (
     "count",

@@ -13,10 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner, Result
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
 from snptool.cli import app
-from snptool.committee import OUTPUT_NAME, run_committee
 from snptool.config import (
     CommitteeConfig,
     DataConfig,
@@ -25,14 +22,17 @@ from snptool.config import (
     InputSpec,
     TrainConfig,
 )
-from snptool.connections import connections
-from snptool.data import load_data, prepare_batch
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import MASK_PREFIX, make_metadata, read_checkpoint, write_checkpoint
+from snptool.core.files import sha256_file
+from snptool.data.datasets import load_data, prepare_batch
+from snptool.deploy.checked_export import INPUT_NAME, count_graph_macs, export_onnx
+from snptool.deploy.committee import OUTPUT_NAME, run_committee
 from snptool.errors import DataError, UsageError
-from snptool.evaluate import run_evaluate
-from snptool.export import INPUT_NAME, count_graph_macs, export_onnx
-from snptool.files import sha256_file
-from snptool.prune import MASK_PREFIX, apply_masks
-from snptool.train import InputOverrides, TrainResult, run_train
+from snptool.pruning.connections import connections
+from snptool.pruning.prune import apply_masks
+from snptool.training.evaluate import run_evaluate
+from snptool.training.train import InputOverrides, TrainResult, run_train
 
 runner = CliRunner()
 CPU = CommitteeConfig(device="cpu")

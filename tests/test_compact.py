@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-from snptool.checkpoint import read_checkpoint, write_checkpoint
-from snptool.compact import compact_model
-from snptool.connections import connections
-from snptool.finetune import apply_masks
-from snptool.prune import MASK_PREFIX
+from snptool.core.checkpoint import MASK_PREFIX, read_checkpoint, write_checkpoint
+from snptool.pruning.compact import compact_model
+from snptool.pruning.connections import connections
+from snptool.pruning.finetune import apply_masks
 
 LAYERS = ["features.6", "features.10", "classifier.1"]
 
@@ -99,7 +98,7 @@ def test_an_unpruned_checkpoint_is_left_as_it_is(checkpoint_path: Path):
 
 
 def test_export_of_a_pruned_checkpoint_is_smaller_and_equal(checkpoint_path: Path, tmp_path: Path):
-    from snptool.export import run_export
+    from snptool.deploy.export import run_export
 
     path = pruned_by_hand(checkpoint_path, tmp_path)
     result = run_export(path, tmp_path / "pruned.onnx")
@@ -110,12 +109,12 @@ def test_export_of_a_pruned_checkpoint_is_smaller_and_equal(checkpoint_path: Pat
 def test_afcc_grouped_exports_grouped_convolutions(checkpoint_path: Path, tmp_path: Path):
     import onnx
 
-    from snptool.clusters import run_clusters
+    from snptool.analysis.clusters import run_clusters
+    from snptool.analysis.matrix import run_matrix
+    from snptool.analysis.probe import run_probe
     from snptool.config import ProbeConfig, PruneConfig
-    from snptool.export import run_export
-    from snptool.matrix import run_matrix
-    from snptool.probe import run_probe
-    from snptool.prune import run_prune
+    from snptool.deploy.export import run_export
+    from snptool.pruning.prune import run_prune
 
     layers = ["features.2", "features.6", "features.10", "classifier.1"]
     run_probe(checkpoint_path, layers, tmp_path / "p.safetensors", ProbeConfig(epochs=3))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,59 +30,25 @@ from snptool.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "snptool"
-FOUNDATION = {
-    "errors",
-    "attention",
-    "config",
-    "files",
-    "interrupts",
-    "console",
-    "devices",
-    "distributed",
-    "channel_maps",
-    "resizing",
-    "macs",
-    "architectures",
-    "checkpoint",
-    "data",
-    "taps",
-    "matrix_file",
-    "mixing",
-    "cifar_binary",
-}
-STEPS = [
-    "evaluate",
-    "importer",
-    "train",
-    "probe",
-    "matrix",
-    "clusters",
-    "heads",
-    "connections",
-    "unit_removal",
-    "structured",
-    "finetune",
-    "prune",
-    "compact",
-    "export",
-    "committee",
-    "latency",
-    "power_law",
-    "sweep",
-    "figures",
-    "report",
-]
-ENTRY = {"cli", "__main__", "__init__"}
-ONLY_IN = {
+# The pipeline's layers, lowest first: a module imports its own layer or lower ones only.
+# `analysis` and `training` are peers that do not import each other; `report` sits on `core`.
+LAYERS = ["config", "core", "data", ("analysis", "training"), "pruning", "deploy", "cli"]
+CONFIG_MODULES = {"errors", "config", "lazy"}  # top-level, torch-free
+ENTRY = {"__init__", "__main__"}
+REPORT_MAY_IMPORT = {"config", "core", "report"}
+ONLY_IN = {  # third-party packages and the only modules (or packages) that import them
     "typer": {"cli"},
-    "rich": {"console"},
-    "onnxruntime": {"export", "latency"},
-    "click": {"cli"},
-    "matplotlib": {"figures"},
+    "click": set(),  # typer vendors it: `import click` fails where only typer is installed
+    "rich": {"core.console"},
+    "onnxruntime": {"deploy"},
+    "matplotlib": {"report.figures"},
+    "torch_pruning": {"pruning", "core.channel_maps"},
+    "sklearn": {"data.datasets", "pruning"},
 }
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every absolute import of a file, function-level (lazy) imports included."""
     tree = ast.parse(path.read_text())
     names = set()
     for node in ast.walk(tree):
@@ -87,48 +56,125 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def dotted(path: Path) -> str:
+    """`core.checkpoint` for snptool/core/checkpoint.py, `deploy` for its __init__."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
 @functools.cache
 def _parsed() -> dict[str, frozenset[str]]:
-    found = {path.stem: imported_modules(path) for path in PACKAGE.glob("*.py")}
-    found["cli"] = set().union(*(imported_modules(p) for p in (PACKAGE / "cli").glob("*.py")))
-    return {name: frozenset(imports) for name, imports in found.items()}
+    return {dotted(p): frozenset(imported_modules(p)) for p in PACKAGE.rglob("*.py")}
 
 
 def modules() -> dict[str, frozenset[str]]:
-    """Each module's imports; the modules of the `cli` package count as one, `cli`.
-
-    The sources are parsed once per session (each test used to parse all of them again)."""
+    """Each module's imports, by its name inside snptool; parsed once per session."""
     return dict(_parsed())
 
 
+def layer_of(module: str) -> str | None:
+    """The layer a module (`core.taps`) or an import of it (`snptool.core.taps.Tap`) is in."""
+    parts = module.removeprefix("snptool.").split(".")
+    if parts[0] in CONFIG_MODULES:
+        return "config"
+    if parts[0] == "report" or parts[0] in ENTRY:
+        return parts[0]
+    flat = [name for layer in LAYERS for name in ([layer] if isinstance(layer, str) else layer)]
+    return parts[0] if parts[0] in flat else None
+
+
+def rank(layer: str) -> int:
+    return next(i for i, level in enumerate(LAYERS) if layer == level or layer in level)
+
+
+def own_imports(name: str) -> set[str]:
+    """The snptool modules `name` imports (`from snptool.core import console` names both)."""
+    imports = {i for i in modules()[name] if i.startswith("snptool.")}
+    known = {f"snptool.{m}" for m in modules()}
+    return {i for i in imports if i in known or i.rpartition(".")[0] in known}
+
+
 def test_every_module_has_a_known_layer():
-    unknown = set(modules()) - FOUNDATION - set(STEPS) - ENTRY
-    assert not unknown, f"place these modules in the layering of test_conventions.py: {unknown}"
+    unknown = {name for name in modules() if layer_of(name) is None}
+    assert not unknown, f"place these modules in a package of test_conventions.LAYERS: {unknown}"
 
 
-@pytest.mark.parametrize("name", sorted(FOUNDATION | set(STEPS) & set(modules())))
+@pytest.mark.parametrize("name", sorted(modules()))
 def test_imports_point_downward(name):
-    imports = modules()[name]
-    own = {i.split(".")[1] for i in imports if i.startswith("snptool.")}
-    assert not own & ENTRY - {"__init__"}, f"{name} imports the CLI"
-    if name in FOUNDATION:
-        assert not own & set(STEPS), f"foundation module {name} imports a step: {own & set(STEPS)}"
-    else:
-        later = set(STEPS[STEPS.index(name) + 1 :])
-        assert not own & later, f"step {name} imports a later step: {own & later}"
+    layer = layer_of(name)
+    if layer in ENTRY:
+        return
+    for target in own_imports(name):
+        target_layer = layer_of(target)
+        if target_layer in ENTRY:
+            assert target == "snptool.__version__" or layer == "cli", f"{name} imports {target}"
+            continue
+        if layer == "report":
+            assert target_layer in REPORT_MAY_IMPORT, f"report module {name} imports {target}"
+        elif target_layer == "report":
+            assert layer == "cli", f"{name} imports the report package ({target})"
+        else:
+            assert rank(target_layer) <= rank(layer), f"{name} ({layer}) imports {target}"
+            peers = next(level for level in LAYERS if layer == level or layer in level)
+            assert not (
+                isinstance(peers, tuple)
+                and target_layer != layer
+                and rank(target_layer) == rank(layer)
+            ), f"{name} imports its peer {target}"
 
 
 @pytest.mark.parametrize("package, allowed", sorted(ONLY_IN.items()))
 def test_third_party_imports_stay_in_their_module(package, allowed):
+    def is_allowed(name: str) -> bool:
+        return any(name == a or name.startswith(a + ".") for a in allowed)
+
     offenders = {
         name
         for name, imports in modules().items()
-        if any(i.split(".")[0] == package for i in imports)
+        if any(i.split(".")[0] == package for i in imports) and not is_allowed(name)
     }
-    assert offenders <= allowed, f"{package} imported outside {allowed}: {offenders - allowed}"
+    assert not offenders, f"{package} imported outside {allowed}: {offenders}"
+
+
+def test_package_init_files_import_nothing_eagerly():
+    """A package's public surface is lazy, so `import snptool.deploy.export` loads only what
+    export needs."""
+    for path in PACKAGE.glob("*/__init__.py"):
+        if path.parent.name == "cli":
+            continue
+        imports = imported_modules(path)
+        assert imports <= {"snptool.lazy", "snptool.lazy.lazy_exports"}, path
+
+
+@pytest.mark.parametrize(
+    "module, absent",
+    [
+        ("snptool.deploy.export", ("torch_pruning", "sklearn", "typer", "matplotlib")),
+        ("snptool.deploy.latency", ("torch", "torch_pruning", "sklearn")),
+        ("snptool.analysis.probe", ("torch_pruning", "onnxruntime", "sklearn")),
+        ("snptool.cli", ("torch", "onnxruntime", "torch_pruning")),
+    ],
+)
+def test_importing_a_stage_loads_only_what_it_needs(module, absent):
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], f"import {module} loads {done.stdout.strip()}"
+
+
+def test_every_run_function_is_in_its_package_surface():
+    """`snptool.<package>` exposes each `run_*` of the Python API that lives in it."""
+    for name in snptool.__all__:
+        if not name.startswith("run_"):
+            continue
+        module = getattr(snptool, name).__module__
+        package = importlib.import_module(module.rpartition(".")[0])
+        assert name in package.__all__, f"{package.__name__} does not expose {name}"
+        assert getattr(package, name) is getattr(snptool, name)
 
 
 def test_model_defs_import_nothing_from_snptool():
@@ -137,7 +183,7 @@ def test_model_defs_import_nothing_from_snptool():
 
 
 def test_no_pickle_loading():
-    for path in [*PACKAGE.glob("*.py"), *(ROOT / "model_defs").glob("*.py")]:
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "model_defs").glob("*.py")]:
         text = path.read_text()
         assert "import pickle\n" not in text or "pickle.load" not in text, path
         for line in text.splitlines():

@@ -11,9 +11,15 @@ import torch
 from PIL import Image
 
 from snptool.config import DataConfig, InputSpec
-from snptool.data import SPEC_KINDS, augment_batch, load_data, prepare_batch, stratified_split
+from snptool.core.files import sha256_file
+from snptool.data.datasets import (
+    SPEC_KINDS,
+    augment_batch,
+    load_data,
+    prepare_batch,
+    stratified_split,
+)
 from snptool.errors import DataError, InputFileError, UsageError
-from snptool.files import sha256_file
 
 CIFAR_CLASSES = [
     "airplane",
@@ -442,7 +448,7 @@ def test_cifar_binary_batches_are_read_without_pickle(
 ) -> None:
     import pickle
 
-    from snptool.cifar_binary import LAYOUT
+    from snptool.data.cifar_binary import LAYOUT
 
     layout = LAYOUT[kind]
     folder = tmp_path / layout["folder"]

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import ClustersConfig, MatrixConfig, ProbeConfig, PruneConfig, TrainConfig
-from snptool.matrix import run_matrix
-from snptool.probe import run_probe
-from snptool.prune import run_prune
-from snptool.train import run_train
+from snptool.pruning.prune import run_prune
+from snptool.training.train import run_train
 
 # Leaves that may differ between two identical runs: wall-clock time and speeds.
 VOLATILE = {"time", "seconds", "images_per_second", "timings"}

@@ -24,12 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from snptool.checkpoint import read_metadata
+from snptool.analysis.matrix import run_matrix
 from snptool.cli import app
 from snptool.config import MatrixConfig, TrainConfig
+from snptool.core.checkpoint import read_metadata
 from snptool.errors import UsageError
-from snptool.matrix import run_matrix
-from snptool.train import run_train
+from snptool.training.train import run_train
 from tests.conftest import PROBE_LAYERS, REPO_ROOT, TINY_PROBE
 
 TIMEOUT = 300  # seconds for one distributed command (two processes on a loaded 2-core box)
@@ -264,7 +264,7 @@ def test_cuda_training_with_autocast_and_channels_last(amp, tmp_path):
 
 
 def test_quiet_off_does_not_wake_a_silent_rank(capsys):
-    from snptool import console
+    from snptool.core import console
 
     try:
         console.set_rank(1)

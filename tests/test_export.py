@@ -17,21 +17,15 @@ from onnx import TensorProto, helper
 from torch import nn
 from typer.testing import CliRunner, Result
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
 from snptool.cli import app
 from snptool.config import ExportConfig, ImportConfig, InputSpec
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import make_metadata, read_checkpoint, write_checkpoint
+from snptool.core.files import sha256_file
+from snptool.deploy.checked_export import INPUT_NAME, OUTPUT_NAME, count_graph_macs, count_params
+from snptool.deploy.export import ExportResult, run_export
 from snptool.errors import ExportError, UsageError
-from snptool.export import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ExportResult,
-    count_graph_macs,
-    count_params,
-    run_export,
-)
-from snptool.files import sha256_file
-from snptool.importer import run_import
+from snptool.training.importer import run_import
 
 runner = CliRunner()
 REPO_ROOT = Path(__file__).resolve().parents[1]

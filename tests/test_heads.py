@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from snptool.analysis.heads import label_overlap, mean_overlap, overlap_matrix, run_heads
 from snptool.config import HeadsConfig
 from snptool.errors import LayerError, UsageError
-from snptool.heads import label_overlap, mean_overlap, overlap_matrix, run_heads
 
 HEAD_LAYER = "blocks.0.attn.heads:head"  # as in conftest's head_matrices
 

@@ -11,13 +11,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from snptool.architectures import build_model
-from snptool.checkpoint import read_checkpoint
 from snptool.config import EvaluateConfig, ImportConfig, InputSpec
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import read_checkpoint
+from snptool.core.files import sha256_file
 from snptool.errors import CheckpointMismatchError, InputFileError, UsageError
-from snptool.evaluate import run_evaluate
-from snptool.files import sha256_file
-from snptool.importer import read_foreign_weights, run_import, strip_prefix, unwrap_state_dict
+from snptool.training.evaluate import run_evaluate
+from snptool.training.importer import (
+    read_foreign_weights,
+    run_import,
+    strip_prefix,
+    unwrap_state_dict,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 THIRD_PARTY = REPO_ROOT / "examples" / "third_party"

@@ -25,19 +25,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from snptool.checkpoint import read_checkpoint
-from snptool.clusters import run_clusters
-from snptool.errors import Terminated, UsageError
-from snptool.files import sha256_file
-from snptool.interrupts import (
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
+from snptool.core.checkpoint import read_checkpoint
+from snptool.core.files import sha256_file
+from snptool.core.interrupts import (
     held_interrupts,
     install_interrupt_handlers,
     interrupt_reported,
     work_limit,
 )
-from snptool.matrix import run_matrix
-from snptool.matrix_file import create_layer, create_matrix_file, layer_names, open_matrix_file
-from snptool.probe import run_probe
+from snptool.core.matrix_file import create_layer, create_matrix_file, layer_names, open_matrix_file
+from snptool.errors import Terminated, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PRUNE_LAYERS = ["features.2", "features.6", "features.10", "classifier.1"]

@@ -14,8 +14,8 @@ from typer.testing import CliRunner, Result
 
 from snptool.cli import app
 from snptool.config import LatencyConfig
+from snptool.deploy.latency import MIN_BUDGET_RUNS, round_order, run_latency
 from snptool.errors import InputFileError, UsageError
-from snptool.latency import MIN_BUDGET_RUNS, round_order, run_latency
 
 runner = CliRunner()
 FAST = LatencyConfig(warmup=2, runs=10)

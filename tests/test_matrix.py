@@ -14,12 +14,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from snptool.analysis.matrix import run_matrix, unit_matrices
+from snptool.analysis.probe import ProbeResult, run_probe
 from snptool.config import MatrixConfig, ProbeConfig
+from snptool.core.files import sha256_file
+from snptool.core.taps import UNIT_KINDS, UnitKind
 from snptool.errors import InputFileError
-from snptool.files import sha256_file
-from snptool.matrix import run_matrix, unit_matrices
-from snptool.probe import ProbeResult, run_probe
-from snptool.taps import UNIT_KINDS, UnitKind
 
 CPU = MatrixConfig(device="cpu")
 

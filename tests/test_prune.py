@@ -10,23 +10,22 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from snptool.checkpoint import read_checkpoint, read_tensors
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.cli import app
-from snptool.clusters import read_layer_clusters, run_clusters
 from snptool.config import PruneConfig
-from snptool.connections import connections
-from snptool.data import prepare_batch
+from snptool.core.checkpoint import masks_of, read_checkpoint, read_tensors
+from snptool.core.matrix_file import layer_group, open_matrix_file, read_layer_clusters
+from snptool.data.checkpoint_data import load_checkpoint_data
+from snptool.data.datasets import prepare_batch
 from snptool.errors import InputFileError, LayerError, UsageError
-from snptool.evaluate import load_checkpoint_data
-from snptool.finetune import finetune_loss
-from snptool.matrix import run_matrix
-from snptool.matrix_file import layer_group, open_matrix_file
-from snptool.probe import run_probe
-from snptool.prune import (
+from snptool.pruning.connections import connections
+from snptool.pruning.finetune import finetune_loss
+from snptool.pruning.prune import (
     balanced_random_sets,
     diagonal_label_sets,
     expand,
-    masks_of,
     output_mask,
     run_prune,
     unit_mask,
@@ -195,7 +194,7 @@ def test_cli_prune_unknown_method_is_one_line(checkpoint_path, clusters_path, tm
 
 
 def test_groups_are_equal_and_follow_the_labels():
-    from snptool.prune import assign_groups, label_groups
+    from snptool.pruning.prune import assign_groups, label_groups
 
     groups = label_groups(10, 2)
     assert groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
@@ -263,7 +262,7 @@ def test_probe_classifier_needs_the_probe_file(checkpoint_path, clusters_path, t
 
 
 def test_cooccurrence_groups_put_labels_served_together_in_one_group():
-    from snptool.prune import cooccurrence_groups
+    from snptool.pruning.prune import cooccurrence_groups
 
     sets = {"a": [{0, 3}, {0, 3}, {1, 2}, {1, 2}, {0}, {2}, {3, 0}, {2, 1}]}
     assert cooccurrence_groups(sets, classes=4, groups=2, seed=0) == [[0, 3], [1, 2]]

@@ -23,17 +23,23 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from snptool.checkpoint import read_checkpoint, write_checkpoint
+from snptool.analysis.clusters import run_clusters
 from snptool.cli import app
-from snptool.clusters import read_layer_clusters, run_clusters
-from snptool.compact import compact_model
 from snptool.config import ClustersConfig, PruneConfig
-from snptool.connections import Connection, connections
+from snptool.core.checkpoint import MASK_PREFIX, masks_of, read_checkpoint, write_checkpoint
+from snptool.core.matrix_file import (
+    create_layer,
+    create_matrix_file,
+    layer_group,
+    open_matrix_file,
+    read_layer_clusters,
+)
+from snptool.deploy.export import run_export
 from snptool.errors import LayerError
-from snptool.export import run_export
-from snptool.finetune import apply_masks
-from snptool.matrix_file import create_layer, create_matrix_file, layer_group, open_matrix_file
-from snptool.prune import MASK_PREFIX, masks_of, run_prune, squeeze_masks
+from snptool.pruning.compact import compact_model
+from snptool.pruning.connections import Connection, connections
+from snptool.pruning.finetune import apply_masks
+from snptool.pruning.prune import run_prune, squeeze_masks
 
 CLASSES = 10
 EXPAND = ["features.2", "features.3.0.block.0"]  # stage 3's expand conv, 8 → 16

@@ -21,20 +21,20 @@ import onnxruntime
 import pytest
 import torch
 
-from snptool.checkpoint import read_checkpoint, write_checkpoint
-from snptool.clusters import read_layer_clusters, run_clusters
-from snptool.compact import compact_model
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import ImportConfig, InputSpec, ProbeConfig, PruneConfig, TrainConfig
-from snptool.connections import Connection, connections
+from snptool.core.checkpoint import MASK_PREFIX, masks_of, read_checkpoint, write_checkpoint
+from snptool.core.matrix_file import layer_group, open_matrix_file, read_layer_clusters
+from snptool.deploy.export import run_export
 from snptool.errors import LayerError
-from snptool.export import run_export
-from snptool.finetune import apply_masks
-from snptool.importer import run_import
-from snptool.matrix import run_matrix
-from snptool.matrix_file import layer_group, open_matrix_file
-from snptool.probe import run_probe
-from snptool.prune import MASK_PREFIX, masks_of, run_prune
-from snptool.train import run_train
+from snptool.pruning.compact import compact_model
+from snptool.pruning.connections import Connection, connections
+from snptool.pruning.finetune import apply_masks
+from snptool.pruning.prune import run_prune
+from snptool.training.importer import run_import
+from snptool.training.train import run_train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

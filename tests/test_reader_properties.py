@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_bad_inputs import Inputs, valid  # noqa: F401 (a fixture)
 
-from snptool.checkpoint import read_checkpoint
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
 from snptool.config import DataConfig, LatencyConfig
-from snptool.data import load_data
+from snptool.core.checkpoint import read_checkpoint
+from snptool.core.probe_file import ProbeFile
+from snptool.data.datasets import load_data
+from snptool.deploy.latency import open_model
 from snptool.errors import SnpError
-from snptool.importer import read_foreign_weights
-from snptool.latency import open_model
-from snptool.probe import ProbeFile
+from snptool.training.importer import read_foreign_weights
 
 PROPERTY = settings(
     max_examples=50,

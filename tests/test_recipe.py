@@ -13,12 +13,12 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
-from snptool.checkpoint import read_checkpoint, read_metadata
 from snptool.cli import app
 from snptool.config import TrainConfig
+from snptool.core.checkpoint import read_checkpoint, read_metadata
+from snptool.data.mixing import MixDraw, apply_mix, cutmix_box, draw_mix, mixing_rng
 from snptool.errors import UsageError
-from snptool.mixing import MixDraw, apply_mix, cutmix_box, draw_mix, mixing_rng
-from snptool.train import (
+from snptool.training.train import (
     LEGACY_MOMENTUM_PREFIX,
     OPTIMIZER_PREFIX,
     InputOverrides,

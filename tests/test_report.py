@@ -16,18 +16,18 @@ from matplotlib import colormaps
 from PIL import Image
 from typer.testing import CliRunner
 
-from snptool import figures
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.heads import run_heads
+from snptool.analysis.matrix import run_matrix
 from snptool.cli import app
-from snptool.clusters import run_clusters
-from snptool.committee import run_committee
 from snptool.config import ExportConfig, LatencyConfig, PruneConfig, ReportConfig
+from snptool.deploy.committee import run_committee
+from snptool.deploy.export import run_export
+from snptool.deploy.latency import run_latency
 from snptool.errors import InputFileError, UsageError
-from snptool.export import run_export
-from snptool.heads import run_heads
-from snptool.latency import run_latency
-from snptool.matrix import run_matrix
-from snptool.prune import run_prune
-from snptool.report import read_input, run_report
+from snptool.pruning.prune import run_prune
+from snptool.report import figures
+from snptool.report.report import read_input, run_report
 
 runner = CliRunner()
 

@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 from model_defs import create_model
 from model_defs.rodib import DelayedConv
-from snptool.architectures import cut_after
 from snptool.config import ExportConfig, TrainConfig
-from snptool.export import count_graph_macs, export_onnx
-from snptool.train import run_train
+from snptool.core.architectures import cut_after
+from snptool.deploy.checked_export import count_graph_macs, export_onnx
+from snptool.training.train import run_train
 
 runner = CliRunner()
 TAPS = ["features.2", "features.6", "features.10", "features.14", "head_input"]

@@ -20,16 +20,16 @@ import onnxruntime
 import pytest
 import torch
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, read_checkpoint, write_checkpoint
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
 from snptool.config import ClustersConfig, InputSpec, PruneConfig
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import make_metadata, read_checkpoint, write_checkpoint
+from snptool.core.matrix_file import create_layer, create_matrix_file
+from snptool.core.resizing import tensor_shapes
+from snptool.deploy.export import run_export
 from snptool.errors import ArchitectureError, LayerError, UsageError
-from snptool.export import run_export
-from snptool.matrix_file import create_layer, create_matrix_file
-from snptool.prune import run_prune
-from snptool.resizing import tensor_shapes
-from snptool.structured import UnitScores, removal_order, removed_count
+from snptool.pruning.prune import run_prune
+from snptool.pruning.structured import UnitScores, removal_order, removed_count
 
 TINY_RESNET = str(Path(__file__).parent / "_tiny_resnet.py") + ":tiny_resnet"
 CIFAR_RESNET = Path(__file__).resolve().parents[1] / "examples" / "third_party" / "cifar_resnet.py"
@@ -179,7 +179,7 @@ def test_pruned_resnet_reloads_in_a_fresh_process(resnet, tmp_path):
     torch.save(x, tmp_path / "x.pt")
     script = (
         "import sys, torch\n"
-        "from snptool.checkpoint import read_checkpoint\n"
+        "from snptool.core.checkpoint import read_checkpoint\n"
         "x = torch.load(sys.argv[2], weights_only=True)\n"
         "with torch.no_grad():\n"
         "    y = read_checkpoint(sys.argv[1]).model(x)\n"

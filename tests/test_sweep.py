@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
-from snptool.checkpoint import read_metadata
 from snptool.cli import app
 from snptool.config import SweepConfig, TrainConfig, second_depth
+from snptool.core.checkpoint import read_metadata
+from snptool.core.files import command_line, sha256_file
 from snptool.errors import DataError, UsageError
-from snptool.files import command_line, sha256_file
-from snptool.power_law import fit_power_law
-from snptool.train import run_train
+from snptool.training.power_law import fit_power_law
+from snptool.training.train import run_train
 
 runner = CliRunner()
 TINY = ["--data", "digits", "--d1", "2,4", "--seeds", "0,1", "--epochs", "1", "--device", "cpu"]
@@ -242,7 +242,7 @@ def test_sweep_refuses_a_file_as_output_folder(tmp_path):
 
 def test_sweep_compares_the_transformer_recipe_and_takes_older_files_as_defaults(swept, tmp_path):
     from snptool.config import DataConfig
-    from snptool.sweep import _DataRecords, run_difference
+    from snptool.training.sweep import _DataRecords, run_difference
 
     folder = shutil.copytree(swept[0], tmp_path / "runs")
     line = one_error_line(invoke("sweep", *TINY, "--optimizer", "adamw", "-o", folder))

@@ -9,21 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from snptool.architectures import build_model
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.layers import analysable_layers, discover_layers, run_layers
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import InputSpec, MatrixConfig, ProbeConfig
+from snptool.core.architectures import build_model
+from snptool.core.taps import UNIT_KINDS, TapRecorder, UnitKind, resolve_taps
 from snptool.errors import LayerError
-from snptool.matrix import run_matrix
-from snptool.probe import run_probe
-from snptool.taps import (
-    UNIT_KINDS,
-    TapRecorder,
-    UnitKind,
-    analysable_layers,
-    discover_layers,
-    resolve_taps,
-    run_layers,
-)
 
 SPEC = InputSpec()  # 3×32×32
 SMALL = InputSpec(height=8, width=8)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from snptool.checkpoint import read_checkpoint, read_metadata
 from snptool.config import DataConfig, EvaluateConfig, InputSpec, TrainConfig
-from snptool.data import load_data
+from snptool.core.checkpoint import read_checkpoint, read_metadata
+from snptool.data.datasets import load_data
 from snptool.errors import DataError, UsageError
-from snptool.evaluate import run_evaluate
-from snptool.train import (
+from snptool.training.evaluate import run_evaluate
+from snptool.training.train import (
     OPTIMIZER_PREFIX,
     InputOverrides,
     TrainResult,

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 
 from model_defs import create_model, get_model_entry
 from model_defs.tree import TreeLayer
-from snptool.architectures import cut_after
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.cli import app
-from snptool.clusters import run_clusters
 from snptool.config import ClustersConfig, MatrixConfig, ProbeConfig, TrainConfig
-from snptool.matrix import run_matrix
-from snptool.probe import run_probe
-from snptool.train import run_train
+from snptool.core.architectures import cut_after
+from snptool.training.train import run_train
 
 runner = CliRunner()
 TAPS = ["features.1", "tree.nodes"]

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from snptool.checkpoint import read_checkpoint
-from snptool.clusters import read_layer_clusters, run_clusters
-from snptool.compact import compact_model
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import ClustersConfig, ProbeConfig, PruneConfig, TrainConfig
+from snptool.core.checkpoint import masks_of, read_checkpoint
+from snptool.core.matrix_file import layer_group, open_matrix_file, read_layer_clusters
+from snptool.deploy.export import run_export
 from snptool.errors import LayerError, UsageError
-from snptool.export import run_export
-from snptool.matrix import run_matrix
-from snptool.matrix_file import layer_group, open_matrix_file
-from snptool.probe import run_probe
-from snptool.prune import masks_of, run_prune
-from snptool.train import run_train
-from snptool.unit_removal import units_to_remove
+from snptool.pruning.compact import compact_model
+from snptool.pruning.prune import run_prune
+from snptool.pruning.unit_removal import units_to_remove
+from snptool.training.train import run_train
 
 HEADS = [f"classifier.blocks.{i}.self_attn.heads:head" for i in (0, 1)]
 NODES = [f"classifier.blocks.{i}.activation" for i in (0, 1)]

@@ -19,8 +19,10 @@ import pytest
 import torch
 import torchvision
 
-from snptool.checkpoint import read_checkpoint, write_checkpoint
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.layers import run_layers
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import (
     ExportConfig,
     LatencyConfig,
@@ -28,14 +30,13 @@ from snptool.config import (
     ProbeConfig,
     PruneConfig,
 )
+from snptool.core.checkpoint import read_checkpoint, write_checkpoint
+from snptool.core.macs import count_macs
+from snptool.deploy.checked_export import count_graph_macs
+from snptool.deploy.export import run_export
+from snptool.deploy.latency import run_latency
 from snptool.errors import ArchitectureError, UsageError
-from snptool.export import count_graph_macs, run_export
-from snptool.latency import run_latency
-from snptool.macs import count_macs
-from snptool.matrix import run_matrix
-from snptool.probe import run_probe
-from snptool.prune import run_prune
-from snptool.taps import run_layers
+from snptool.pruning.prune import run_prune
 
 SMALL = {  # kwargs that keep a model small at 32×32 (ViTs are built for their input size)
     "torchvision:vit_b_16": {"image_size": 32},

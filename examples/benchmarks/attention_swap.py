@@ -16,7 +16,7 @@ import torch
 import torchvision
 from _common import interleaved, machine
 
-from snptool.attention import expose_heads
+from snptool.core.attention import expose_heads
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from _common import interleaved, machine
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, write_checkpoint
 from snptool.config import InputSpec, LatencyConfig
-from snptool.export import run_export
-from snptool.latency import run_latency
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import make_metadata, write_checkpoint
+from snptool.deploy.export import run_export
+from snptool.deploy.latency import run_latency
 
 
 def write_untrained(path: Path, arch: str, kwargs: dict) -> torch.nn.Module:

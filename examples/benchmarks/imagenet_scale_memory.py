@@ -24,8 +24,8 @@ import torch
 from _common import machine
 from safetensors.torch import save_file
 
-from snptool.checkpoint import make_metadata, write_checkpoint
 from snptool.config import InputSpec
+from snptool.core.checkpoint import make_metadata, write_checkpoint
 
 
 def write_inputs(folder: Path, units: int, classes: int, positions: int) -> tuple[Path, Path]:
@@ -54,7 +54,7 @@ def write_inputs(folder: Path, units: int, classes: int, positions: int) -> tupl
         "mean/train/fc": torch.rand(shape, generator=generator),
         "count/train": torch.full((classes,), 1300),
     }
-    from snptool.files import sha256_file
+    from snptool.core.files import sha256_file
 
     metadata = {
         "kind": "probes",

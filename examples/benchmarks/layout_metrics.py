@@ -25,8 +25,21 @@ SIDE = {"report": "core", "cli": None, "entry": None}  # report sits on core; cl
 FLAT_PLACE = {
     **dict.fromkeys(["errors", "config"], "config"),
     **dict.fromkeys(
-        "files interrupts console devices distributed checkpoint architectures attention taps "
-        "matrix_file macs resizing channel_maps".split(),
+        [
+            "files",
+            "interrupts",
+            "console",
+            "devices",
+            "distributed",
+            "checkpoint",
+            "architectures",
+            "attention",
+            "taps",
+            "matrix_file",
+            "macs",
+            "resizing",
+            "channel_maps",
+        ],
         "core",
     ),
     **dict.fromkeys(["data", "cifar_binary"], "data"),
@@ -67,7 +80,7 @@ def place(module: str) -> str | None:
         return "model_defs"
     if len(parts) == 1:
         return "entry"
-    if parts[1] in ("errors", "config"):
+    if parts[1] in ("errors", "config", "lazy"):
         return "config"
     if parts[1] == "cli":
         return "cli"
@@ -243,7 +256,8 @@ def main() -> None:
         f"README lines {result['readme_lines']}"
     )
     print(
-        f"importing the export module loads: {result['export_loads'] or 'none of torch_pruning, sklearn, typer'}"
+        "importing the export module loads: "
+        + (", ".join(result["export_loads"]) or "none of torch_pruning, sklearn, typer")
     )
 
 

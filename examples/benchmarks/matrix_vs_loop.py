@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved, machine
 
-from snptool.matrix import unit_matrices
+from snptool.analysis.matrix import unit_matrices
 
 
 def class_means(activations: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from _common import interleaved, machine
 
-from snptool import console
+from snptool.analysis.probe import run_probe
 from snptool.config import ProbeConfig
-from snptool.probe import run_probe
+from snptool.core import console
 
 
 def main() -> None:

@@ -16,12 +16,13 @@ import json
 import torch
 from _common import interleaved, machine
 
-from snptool.checkpoint import read_checkpoint
+from snptool.analysis.features import run_split
+from snptool.analysis.layers import analysable_layers
+from snptool.analysis.matrix import unit_matrices
 from snptool.config import DataConfig
-from snptool.data import load_data, prepare_batch
-from snptool.matrix import unit_matrices
-from snptool.probe import run_split
-from snptool.taps import TapRecorder, analysable_layers
+from snptool.core.checkpoint import read_checkpoint
+from snptool.core.taps import TapRecorder
+from snptool.data.datasets import load_data, prepare_batch
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import model_defs
 from snptool.config import InputSpec, TrainConfig
-from snptool.data import augment_batch, prepare_batch
+from snptool.data.datasets import augment_batch, prepare_batch
 
 CIFAR = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10_test.npz"
 

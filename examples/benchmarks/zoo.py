@@ -22,9 +22,10 @@ from pathlib import Path
 import onnx
 import torch
 
-from snptool.architectures import build_model
-from snptool.checkpoint import make_metadata, write_checkpoint
-from snptool.clusters import run_clusters
+from snptool.analysis.clusters import run_clusters
+from snptool.analysis.layers import run_layers
+from snptool.analysis.matrix import run_matrix
+from snptool.analysis.probe import run_probe
 from snptool.config import (
     ExportConfig,
     InputSpec,
@@ -33,13 +34,13 @@ from snptool.config import (
     ProbeConfig,
     PruneConfig,
 )
+from snptool.core.architectures import build_model
+from snptool.core.checkpoint import make_metadata, write_checkpoint
+from snptool.deploy.checked_export import count_graph_macs
+from snptool.deploy.export import run_export
+from snptool.deploy.latency import run_latency
 from snptool.errors import SnpError
-from snptool.export import count_graph_macs, run_export
-from snptool.latency import run_latency
-from snptool.matrix import run_matrix
-from snptool.probe import run_probe
-from snptool.prune import run_prune
-from snptool.taps import run_layers
+from snptool.pruning.prune import run_prune
 
 SMALL_INPUT = {  # kwargs that build a model for 32×32 inputs
     "torchvision:vit_b_16": {"image_size": 32},

@@ -82,8 +82,8 @@ def probe(
     Example: snptool probe model.safetensors --layer features.10 --layer features.20
     -o probes.safetensors
     """
-    from snptool import console
-    from snptool.probe import run_probe
+    from snptool.analysis.probe import run_probe
+    from snptool.core import console
 
     layers = layer_list(layer)
     if all_layers == bool(layers):
@@ -160,8 +160,8 @@ def matrix(
 
     Example: snptool matrix model.safetensors probes.safetensors --split train -o matrices.h5
     """
-    from snptool import console
-    from snptool.matrix import run_matrix
+    from snptool.analysis.matrix import run_matrix
+    from snptool.core import console
 
     config = MatrixConfig(
         split=split,
@@ -214,8 +214,8 @@ def clusters(
 
     Example: snptool clusters matrices.h5 --threshold 0.3 --json > summary.json
     """
-    from snptool import console
-    from snptool.clusters import run_clusters, run_unit_report
+    from snptool.analysis.clusters import run_clusters, run_unit_report
+    from snptool.core import console
 
     config = ClustersConfig(threshold=threshold)
     if unit is not None or layer is not None:
@@ -281,8 +281,8 @@ def heads(
 
     Example: snptool heads matrices.h5 --layer blocks.0.attn.heads:head --json
     """
-    from snptool import console
-    from snptool.heads import run_heads
+    from snptool.analysis.heads import run_heads
+    from snptool.core import console
 
     result = run_heads(matrices, HeadsConfig(overlap=overlap), layers=layer)
     for report in result.layers:
@@ -293,7 +293,7 @@ def heads(
 
 def _show_heads(row: dict[str, Any]) -> None:
     """One head layer's table (head, label count, label set, overlaps) and label lines."""
-    from snptool import console
+    from snptool.core import console
 
     def cell(value: float | None) -> Any:
         return "-" if value is None else value
@@ -351,8 +351,8 @@ def committee(
 
     Example: snptool committee a.safetensors b.safetensors c.safetensors --json -o committee.onnx
     """
-    from snptool import console
-    from snptool.committee import run_committee
+    from snptool.core import console
+    from snptool.deploy.committee import run_committee
 
     config = CommitteeConfig(
         split=split,

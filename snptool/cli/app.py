@@ -12,8 +12,8 @@ import typer
 from typer.core import TyperGroup
 
 from snptool import __version__
+from snptool.core.interrupts import install_interrupt_handlers, interrupt_reported
 from snptool.errors import SnpError, Terminated
-from snptool.interrupts import install_interrupt_handlers, interrupt_reported
 
 # click's exception classes, wherever this typer takes click from (0.2x vendors it privately).
 _CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
@@ -84,7 +84,7 @@ def _main(
     ] = False,
 ) -> None:
     """Explain and prune trained image classifiers by the labels every single unit serves."""
-    from snptool import console
+    from snptool.core import console
 
     _state["debug"] = debug or bool(os.environ.get("SNPTOOL_DEBUG"))
     console.set_quiet(quiet)
@@ -95,7 +95,7 @@ def _reports_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from snptool import console
+        from snptool.core import console
 
         try:
             return command(*args, **kwargs)

@@ -67,8 +67,8 @@ def export(
 
     Example: snptool export pruned.safetensors -o pruned.onnx
     """
-    from snptool import console
-    from snptool.export import run_export
+    from snptool.core import console
+    from snptool.deploy.export import run_export
 
     config = ExportConfig(
         opset=opset,
@@ -132,8 +132,8 @@ def latency(
 
     Example: snptool latency dense.onnx pruned.onnx --batch 1 --threads 1 --json
     """
-    from snptool import console
-    from snptool.latency import run_latency
+    from snptool.core import console
+    from snptool.deploy.latency import run_latency
 
     config = LatencyConfig(
         warmup=warmup,

@@ -174,8 +174,8 @@ def prune(
     Example: snptool prune model.safetensors --clusters matrices.h5 --method units
     --target-macs 0.5 --finetune-epochs 5 -o pruned.safetensors
     """
-    from snptool import console
-    from snptool.prune import run_prune
+    from snptool.core import console
+    from snptool.pruning.prune import run_prune
 
     config = PruneConfig(
         method=method,

@@ -42,8 +42,8 @@ def report(
 
     Example: snptool report matrices.h5 probes.safetensors prune.json latency.json -o report.html
     """
-    from snptool import console
-    from snptool.report import run_report
+    from snptool.core import console
+    from snptool.report.report import run_report
 
     units = tuple(u for value in unit or [] for u in value.split(",") if u)
     result = run_report(inputs, output, ReportConfig(title=title, units=units), png_dir=png_dir)

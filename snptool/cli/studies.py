@@ -122,8 +122,8 @@ def sweep(
 
     Example: snptool sweep --data digits --d1 2,4,8 --seeds 0,1 --epochs 5 -o runs/sweep --json
     """
-    from snptool import console
-    from snptool.sweep import run_sweep
+    from snptool.core import console
+    from snptool.training.sweep import run_sweep
 
     train_config = TrainConfig(
         epochs=epochs,
@@ -173,7 +173,7 @@ def sweep(
 
 
 def _show_sweep(result: Any) -> None:
-    from snptool import console
+    from snptool.core import console
 
     rows = [(r["d1"], r["d2"], r["runs"], r["mean"], r["std"]) for r in result.per_d1()]
     console.table(

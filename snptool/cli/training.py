@@ -120,9 +120,9 @@ def train(
 
     Example: snptool train --arch vgg11 --data cifar10 --epochs 300 -o vgg11.safetensors
     """
-    from snptool import console
-    from snptool.architectures import parse_arch_kwargs
-    from snptool.train import InputOverrides, run_train
+    from snptool.core import console
+    from snptool.core.architectures import parse_arch_kwargs
+    from snptool.training.train import InputOverrides, run_train
 
     config = TrainConfig(
         epochs=epochs,
@@ -211,11 +211,11 @@ def import_weights(
     Example: snptool import resnet20.th --arch resnet.py:resnet20 --data cifar10
     --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o resnet20.safetensors
     """
-    from snptool import console
-    from snptool.architectures import default_input_size, parse_arch_kwargs
     from snptool.config import ImportConfig
-    from snptool.importer import run_import
-    from snptool.train import InputOverrides
+    from snptool.core import console
+    from snptool.core.architectures import default_input_size, parse_arch_kwargs
+    from snptool.training.importer import run_import
+    from snptool.training.train import InputOverrides
 
     spec = InputOverrides(
         channels=channels,
@@ -287,8 +287,8 @@ def layers(
 
     Example: snptool layers vgg11.safetensors --json
     """
-    from snptool import console
-    from snptool.taps import run_layers
+    from snptool.analysis.layers import run_layers
+    from snptool.core import console
 
     result = run_layers(checkpoint, names=layer, probe_taps_only=taps_only)
     rows = [
@@ -338,8 +338,8 @@ def evaluate(
 
     Example: snptool evaluate vgg11.safetensors --data cifar10 --json
     """
-    from snptool import console
-    from snptool.evaluate import run_evaluate
+    from snptool.core import console
+    from snptool.training.evaluate import run_evaluate
 
     result = run_evaluate(
         checkpoint,
@@ -362,8 +362,8 @@ def models(json_output: JsonOpt = False) -> None:
 
     Example: snptool models --json
     """
-    from snptool import console
-    from snptool.architectures import list_architectures
+    from snptool.core import console
+    from snptool.core.architectures import list_architectures
 
     rows = list_architectures()
     console.table(

@@ -1,0 +1,93 @@
+"""The probe file `snptool probe` writes, opened lazily by the steps that read it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from snptool.core.checkpoint import read_header
+from snptool.core.files import require_file
+from snptool.errors import InputFileError
+
+
+class ProbeFile:
+    """A probe file opened lazily: metadata, weights and means by tap name."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = require_file(path, "probe file")
+        header = read_header(self.path)
+        with safe_open(str(self.path), framework="pt") as handle:
+            self.keys = set(handle.keys())  # noqa: SIM118
+            slices = {key: handle.get_slice(key) for key in self.keys}
+            layout = {key: (part.get_dtype(), part.get_shape()) for key, part in slices.items()}
+        try:
+            self.metadata = json.loads(header["snptool"])
+        except (KeyError, json.JSONDecodeError):
+            raise InputFileError(
+                f"{self.path} is not an snptool probe file; make one with `snptool probe`."
+            ) from None
+        if not isinstance(self.metadata, dict) or self.metadata.get("kind") != "probes":
+            kind = (
+                self.metadata.get("kind", "checkpoint") if isinstance(self.metadata, dict) else ""
+            )
+            raise InputFileError(
+                f"{self.path} is not a probe file but a {kind or 'corrupt file'}; "
+                "make one with `snptool probe`."
+            )
+        problem = probe_file_problem(self.metadata, layout)
+        if problem:
+            raise InputFileError(
+                f"{self.path} is an incomplete probe file ({problem}); probe the checkpoint again."
+            )
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [tap["name"] for tap in self.metadata["taps"]]
+
+    def tap(self, name: str) -> dict[str, Any]:
+        return next(tap for tap in self.metadata["taps"] if tap["name"] == name)
+
+    def has_means(self, split: str) -> bool:
+        return all(f"mean/{split}/{name}" in self.keys for name in self.tap_names)
+
+    def tensor(self, key: str, units: slice | None = None) -> torch.Tensor:
+        """A whole tensor, or the unit range `units` of a [C, U, P] tensor (read lazily)."""
+        with safe_open(str(self.path), framework="pt") as handle:
+            value = handle.get_tensor(key) if units is None else handle.get_slice(key)[:, units, :]
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise InputFileError(
+                f"tensor {key} in {self.path} holds NaN or infinite values; "
+                "probe the checkpoint again (with a lower --lr if training diverged)."
+            )
+        return value
+
+
+def probe_file_problem(metadata: dict[str, Any], layout: dict[str, tuple[str, list[int]]]):
+    """What is missing or wrongly shaped in a probe file (metadata, {key: (dtype, shape)}),
+    else None."""
+    names, taps = metadata.get("class_names"), metadata.get("taps")
+    if not isinstance(names, list) or not isinstance(metadata.get("checkpoint"), dict):
+        return "no 'class_names' or 'checkpoint' record"
+    if not isinstance(taps, list) or not all(isinstance(t, dict) for t in taps):
+        return "no list of 'taps'"
+    fields = ("name", "layer", "unit", "units", "positions", "test_accuracy")
+    splits = list(dict.fromkeys(k.split("/")[1] for k in layout if k.startswith("mean/")))
+    for tap in taps:
+        missing = [f for f in fields if f not in tap]
+        if missing:
+            return f"tap {tap.get('name', '?')} has no {', '.join(missing)}"
+        shape = [len(names), tap["units"], tap["positions"]]
+        for key in [f"probe/{tap['name']}", *(f"mean/{s}/{tap['name']}" for s in splits)]:
+            if key not in layout:
+                return f"no tensor {key}"
+            dtype, found = layout[key]
+            if not dtype.startswith(("F", "BF")) or list(found) != shape:
+                return f"tensor {key} is {dtype} {list(found)}, not a float {shape}"
+    for split in splits:
+        if layout.get(f"count/{split}", (None, None))[1] != [len(names)]:
+            return f"no tensor count/{split} of {len(names)} class counts"
+    return None
