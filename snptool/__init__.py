@@ -42,6 +42,8 @@ _EXPORTS = {
     "run_latency": "snptool.deploy.latency",
     "LatencyResult": "snptool.deploy.latency",
     "run_sweep": "snptool.training.sweep",
+    "run_report": "snptool.report.report",
+    "ReportResult": "snptool.report.report",
     "SweepResult": "snptool.training.sweep",
     "fit_power_law": "snptool.training.power_law",
     "PowerLawFit": "snptool.training.power_law",

@@ -30,7 +30,7 @@ from snptool.deploy.checked_export import INPUT_NAME, count_graph_macs, export_o
 from snptool.deploy.committee import OUTPUT_NAME, run_committee
 from snptool.errors import DataError, UsageError
 from snptool.pruning.connections import connections
-from snptool.pruning.prune import apply_masks
+from snptool.pruning.finetune import apply_masks
 from snptool.training.evaluate import run_evaluate
 from snptool.training.train import InputOverrides, TrainResult, run_train
 

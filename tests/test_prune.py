@@ -22,14 +22,9 @@ from snptool.data.datasets import prepare_batch
 from snptool.errors import InputFileError, LayerError, UsageError
 from snptool.pruning.connections import connections
 from snptool.pruning.finetune import finetune_loss
-from snptool.pruning.prune import (
-    balanced_random_sets,
-    diagonal_label_sets,
-    expand,
-    output_mask,
-    run_prune,
-    unit_mask,
-)
+from snptool.pruning.masks import balanced_random_sets, expand, output_mask, unit_mask
+from snptool.pruning.methods import diagonal_label_sets
+from snptool.pruning.prune import run_prune
 
 LAYERS = ["features.2", "features.6", "features.10", "classifier.1"]
 
@@ -194,7 +189,7 @@ def test_cli_prune_unknown_method_is_one_line(checkpoint_path, clusters_path, tm
 
 
 def test_groups_are_equal_and_follow_the_labels():
-    from snptool.pruning.prune import assign_groups, label_groups
+    from snptool.pruning.masks import assign_groups, label_groups
 
     groups = label_groups(10, 2)
     assert groups == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
@@ -262,7 +257,7 @@ def test_probe_classifier_needs_the_probe_file(checkpoint_path, clusters_path, t
 
 
 def test_cooccurrence_groups_put_labels_served_together_in_one_group():
-    from snptool.pruning.prune import cooccurrence_groups
+    from snptool.pruning.masks import cooccurrence_groups
 
     sets = {"a": [{0, 3}, {0, 3}, {1, 2}, {1, 2}, {0}, {2}, {3, 0}, {2, 1}]}
     assert cooccurrence_groups(sets, classes=4, groups=2, seed=0) == [[0, 3], [1, 2]]

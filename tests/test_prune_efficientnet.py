@@ -39,7 +39,8 @@ from snptool.errors import LayerError
 from snptool.pruning.compact import compact_model
 from snptool.pruning.connections import Connection, connections
 from snptool.pruning.finetune import apply_masks
-from snptool.pruning.prune import run_prune, squeeze_masks
+from snptool.pruning.masks import squeeze_masks
+from snptool.pruning.prune import run_prune
 
 CLASSES = 10
 EXPAND = ["features.2", "features.3.0.block.0"]  # stage 3's expand conv, 8 → 16

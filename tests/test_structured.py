@@ -28,8 +28,9 @@ from snptool.core.matrix_file import create_layer, create_matrix_file
 from snptool.core.resizing import tensor_shapes
 from snptool.deploy.export import run_export
 from snptool.errors import ArchitectureError, LayerError, UsageError
+from snptool.pruning.importance import UnitScores, removal_order
 from snptool.pruning.prune import run_prune
-from snptool.pruning.structured import UnitScores, removal_order, removed_count
+from snptool.pruning.structured import removed_count
 
 TINY_RESNET = str(Path(__file__).parent / "_tiny_resnet.py") + ":tiny_resnet"
 CIFAR_RESNET = Path(__file__).resolve().parents[1] / "examples" / "third_party" / "cifar_resnet.py"

@@ -62,7 +62,7 @@ def make_metadata(
     training: dict[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The metadata document of a checkpoint (see the README's file formats)."""
+    """The metadata document of a checkpoint (see docs/file-formats.md)."""
     return {
         "format_version": FORMAT_VERSION,
         "arch": arch,

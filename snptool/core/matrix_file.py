@@ -1,4 +1,4 @@
-"""The HDF5 file of single-unit matrices and clusters (schema in the README).
+"""The HDF5 file of single-unit matrices and clusters (schema in docs/file-formats.md).
 
     /                         attrs: snptool (JSON: provenance, checkpoint, data, split),
                               class_names, format_version

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snptool.config import STRUCTURED_METHODS, PruneConfig
+from snptool.config import PruneConfig
 from snptool.core import console
 from snptool.core.architectures import ProbeHeadModel
 from snptool.core.devices import seed_everything
@@ -108,13 +108,17 @@ def finetune(
 
 
 def trainable_modules(
-    model: nn.Module, config: PruneConfig, masks: dict[str, torch.Tensor]
+    model: nn.Module,
+    config: PruneConfig,
+    masks: dict[str, torch.Tensor],
+    *,
+    every_module: bool = False,
 ) -> list[str]:
     """The modules to fine-tune: `config.train_layers` (named as in the original network, also
     with `--classifier probe`, whose probe is `head`; `all` for every module), else the pruned
-    modules whose parameters carry masks (every module after channel removal, which may
-    change any shape)."""
-    if not config.train_layers and config.method not in STRUCTURED_METHODS:
+    modules whose parameters carry masks, or every module (`every_module`: after channel
+    removal, which may change any shape)."""
+    if not config.train_layers and not every_module:
         return sorted({name.rpartition(".")[0] for name in masks})
     if not config.train_layers or "all" in config.train_layers:
         return [name for name, _ in model.named_children()]

@@ -52,11 +52,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from snptool.config import STRUCTURED_METHODS, InputSpec
+from snptool.config import InputSpec
 from snptool.core import console
 from snptool.core.channel_maps import (
     CUSTOMIZED_PRUNERS,
@@ -70,17 +69,15 @@ from snptool.core.resizing import merge_resized, module_attributes, resized_reco
 from snptool.core.taps import resolve_taps
 from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
 from snptool.pruning.connections import execution_order
+from snptool.pruning.importance import (
+    Batches,
+    UnitScores,
+    UnitsImportance,
+    importance_order,
+    weight_importance,
+)
 
 _OUT_HANDLERS = ("prune_out_channels",)
-
-
-@dataclass(frozen=True)
-class UnitScores:
-    """What the matrices say about one tap's units (from `clusters`)."""
-
-    label_sets: list[set[int]]
-    maximum: np.ndarray
-    noise: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -327,42 +324,6 @@ def plan_groups(
     return plans, refused, skipped
 
 
-def removal_order(
-    scores: list[UnitScores], ranking: tuple[str, ...], magnitude: np.ndarray | None = None
-) -> np.ndarray:
-    """The group's channels, first to remove first: `ranking` keys in priority order
-    (`labels`: fewest served first; `maximum`: weakest first; `noise`: most noise first;
-    `magnitude`: smallest L1 norm of the group's weights first, a tie-breaker from the
-    weights)."""
-    labels = np.zeros(len(scores[0].label_sets))
-    for channel in range(len(labels)):
-        labels[channel] = len(set().union(*(s.label_sets[channel] for s in scores)))
-    keys = {
-        "labels": labels,
-        "maximum": np.mean([s.maximum for s in scores], axis=0),
-        "noise": -np.mean([s.noise for s in scores], axis=0),
-        "magnitude": magnitude,
-    }
-    return np.lexsort([keys[k] for k in reversed(ranking)])
-
-
-def l1_importance() -> tp.importance.Importance:
-    """Torch-Pruning's L1 norm of each channel's weights over the coupled modules: the
-    `magnitude-channels` criterion and the `magnitude` ranking key."""
-    return tp.importance.GroupMagnitudeImportance(p=1)
-
-
-def group_magnitude(group) -> np.ndarray:
-    """The L1 importance of the group's channels."""
-    return l1_importance()(group).detach().cpu().numpy()
-
-
-def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:
-    """Torch-Pruning's importance of the group's channels, least important first."""
-    score = importance(group)
-    return np.argsort(score.detach().cpu().numpy(), kind="stable")
-
-
 def removed_count(
     channels: int,
     fraction: float,
@@ -539,63 +500,39 @@ def step_down_deepest(
     return removals(most) if most < len(moving) else {}  # all moved: the uniform share
 
 
-def torch_pruning_importance(
-    method: str, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]
-) -> tp.importance.Importance:
-    """Torch-Pruning's estimator for a baseline method; Taylor accumulates the gradients of
-    the cross-entropy on `batches` first."""
-    if method == "magnitude-channels":
-        return l1_importance()
-    if method == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    model.zero_grad(set_to_none=True)
-    model.eval()
-    for x, y in batches:
-        F.cross_entropy(model(x), y).backward()
-    return tp.importance.GroupTaylorImportance()
-
-
 def order_groups(
     model: nn.Module,
     shape: tuple[int, ...],
     plans: list[GroupPlan],
-    scores: dict[str, UnitScores] | None,
-    config,
-    batches: list | None,
+    units: UnitsImportance | None,
+    weight_criterion: str | None,
+    batches: Batches | None,
 ) -> None:
-    """Give every plan its removal order: by the matrices (`units`, for groups with taps), else
-    by the weight criterion (the method, or `fill` for the untapped groups of `units`)."""
-    criterion = config.method if config.method != "units" else config.fill
-    importance = None
-    if criterion is not None and any(not (scores and p.taps) for p in plans):
-        importance = torch_pruning_importance(criterion, model, batches or [])
+    """Give every plan its removal order, each through a Torch-Pruning `Importance`: the
+    matrices' (`units`) for the groups a tap reads, else the weight criterion's."""
+    weights = None
+    if weight_criterion is not None and any(units is None or not p.taps for p in plans):
+        weights = weight_importance(weight_criterion, model, batches or [])
     wrap_channel_maps(model, shape)  # as remove_channels will: the groups then match
     graph = build_graph(model, shape)
     for plan in plans:
         module = model.get_submodule(plan.root)
         handler = graph.get_pruner_of_module(module).prune_out_channels
         group = graph.get_pruning_group(module, handler, idxs=list(range(plan.channels)))
-        if scores is not None and plan.taps:
-            magnitude = group_magnitude(group) if "magnitude" in config.ranking else None
-            plan.order = removal_order([scores[t] for t in plan.taps], config.ranking, magnitude)
-            plan.criterion = "units"
-        else:
-            plan.order = importance_order(group, importance)
-            plan.criterion = criterion
+        by_units = units is not None and bool(plan.taps)
+        plan.order = importance_order(group, units if by_units else weights)
+        plan.criterion = "units" if by_units else weight_criterion
     model.zero_grad(set_to_none=True)
 
 
 __all__ = [
-    "STRUCTURED_METHODS",
     "StructuredPruning",
     "prune_structured",
     "read_unit_scores",
     "ChannelGroup",
-    "UnitScores",
     "count_macs",
     "fraction_for_macs",
     "remove_channels",
-    "removal_order",
 ]
 
 
@@ -622,15 +559,18 @@ class StructuredPruning:
     record: dict[str, Any]
 
 
-def select_plans(model, shape, names: list[str], config) -> tuple[list[GroupPlan], dict[str, str]]:
+def select_plans(
+    model, shape, names: list[str], config, *, fill: bool
+) -> tuple[list[GroupPlan], dict[str, str]]:
     """The groups to prune: those the taps `names` read, plus every other prunable group for
-    a weight criterion without taps or for `units` with `fill`; why the others are left."""
+    a weight criterion without taps or where the matrices' ranking is `fill`ed by a weight
+    criterion; why the others are left."""
     wrapped = _wrapped_copy(model, shape)
     graph = build_graph(wrapped, shape)
     every, refused, skipped = plan_groups(wrapped, shape, names, graph, config.grouping_seconds)
     if not names:
         plans, left = every, refused
-    elif config.method == "units" and config.fill is not None:
+    elif fill:
         plans, left = every, {**refused, **skipped}
     else:
         plans, left = [p for p in every if p.taps], skipped
@@ -657,16 +597,25 @@ def prune_structured(
     clusters_path,
     names: list[str],
     config,
-    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    batches: Batches | None = None,
+    *,
+    by_units: bool,
+    weight_criterion: str | None,
 ) -> StructuredPruning:
     """Remove whole channels / nodes of the groups the taps `names` read, or of every prunable
-    group (see the module docstring); `batches` (prepared images, labels) feed Taylor."""
+    group (see the module docstring). `by_units`: the matrices order the tapped groups;
+    `weight_criterion` orders the others (`batches`, prepared images and labels, feed Taylor)."""
     shape = checkpoint.input_spec.shape
     model = copy.deepcopy(checkpoint.model).eval()
     dense = (module_attributes(model), tensor_shapes(model))
-    plans, left = select_plans(model, shape, names, config)
-    scores = read_unit_scores(clusters_path, names) if config.method == "units" else None
-    order_groups(model, shape, plans, scores, config, batches)
+    fill = by_units and weight_criterion is not None
+    plans, left = select_plans(model, shape, names, config, fill=fill)
+    units = None
+    if by_units:
+        scores = read_unit_scores(clusters_path, names)
+        taps_of = {model.get_submodule(p.root): p.taps for p in plans}
+        units = UnitsImportance(scores, taps_of, config.ranking)
+    order_groups(model, shape, plans, units, weight_criterion, batches)
     dense_macs, dense_params = count_macs(model, shape), count_parameters(model)
     search = Search(model, shape, plans, config, dense_macs)
     fraction, overrides = config.remove_fraction, {}
@@ -688,8 +637,8 @@ def prune_structured(
         "channel_groups": [g.to_json() for g in groups],
         "left_dense": left,
         "fraction": fraction,
-        "ranking": list(config.ranking) if config.method == "units" else None,
-        "fill": config.fill if config.method == "units" else None,
+        "ranking": list(config.ranking) if by_units else None,
+        "fill": weight_criterion if by_units else None,
         "target_macs": config.target_macs,
         "allocation": config.allocation if config.target_macs is not None else "uniform",
         "stepped_down": sorted(overrides),
