@@ -17,6 +17,15 @@ PAPER_MEAN = (0.5,)  # one value: broadcast to every channel, so 1-channel input
 PAPER_STD = (0.5,)
 
 
+def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
+    """A config field with its command-line help, and its flag where that is not `--field-name`
+    (`--name/--no-name` for a switch): the CLI derives the option from it (cli/config_flags.py)."""
+    metadata = {"help": help} if flag is None else {"help": help, "flag": flag}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("mutable defaults are not allowed; use a tuple")
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What the model expects: applied to pixels scaled to [0, 1], then (x - mean) / std.
@@ -72,13 +81,30 @@ class DataConfig:
     subset a checkpoint was trained on.
     """
 
-    test_fraction: float | None = None
-    split_seed: int | None = None
-    root: str | None = None
-    download: bool = False
-    workers: int = 0
-    classes: tuple[str, ...] | None = None
-    num_classes_subset: int | None = None
+    test_fraction: float | None = setting(
+        None,
+        "Test share where a data set has no test split [default: the checkpoint's, else 0.2].",
+    )
+    split_seed: int | None = setting(
+        None, "Seed of that train/test split [default: the checkpoint's, else 0]."
+    )
+    root: str | None = setting(
+        None,
+        "Folder of downloadable data sets (default ~/.cache/snptool/data).",
+        flag="--data-root",
+    )
+    download: bool = setting(
+        False, "Fetch a missing torchvision data set (needs network).", flag="--download"
+    )
+    workers: int = setting(0, "Data-loading worker processes for image folders.")
+    classes: tuple[str, ...] | None = setting(
+        None,
+        "Keep only these labels (names or indices, e.g. airplane,cat,ship), relabelled in the "
+        "data set's order [default: the checkpoint's subset, else all].",
+    )
+    num_classes_subset: int | None = setting(
+        None, "Keep only the data set's first N labels (see --classes)."
+    )
 
     def __post_init__(self) -> None:
         if self.test_fraction is not None and not 0.0 < self.test_fraction < 1.0:
@@ -148,31 +174,31 @@ class TrainConfig:
     CPU). Under torchrun `batch_size` is the global batch, split evenly over the processes.
     """
 
-    epochs: int = 30
-    batch_size: int = 100
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    lr_decay: float = 0.6
-    lr_step: int = 20
-    augment: bool = True
-    translate: int = 4
-    flip: bool = True
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 500
-    optimizer: str = "sgd"
-    schedule: str = "step"
-    min_lr: float = 1e-5
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mix_prob: float = 1.0
-    decay_norm_bias: bool = True
-    amp: str = "off"
-    channels_last: bool = True
+    epochs: int = setting(30, "Epochs in total (a resumed run continues to this).")
+    batch_size: int = setting(100, "Mini-batch size.")
+    learning_rate: float = setting(0.01, "Initial learning rate.", flag="--lr")
+    momentum: float = setting(0.9, "SGD momentum.")
+    nesterov: bool = setting(True, "Nesterov momentum.")
+    weight_decay: float = setting(5e-4, "L2 weight decay.")
+    lr_decay: float = setting(0.6, "q: lr is multiplied by q every --lr-step epochs.")
+    lr_step: int = setting(20, "Δt: epochs between lr decays.")
+    augment: bool = setting(True, "Random translation and flip.")
+    translate: int = setting(4, "Largest translation in pixels.")
+    flip: bool = setting(True, "Random horizontal flip.")
+    seed: int = setting(0, "Seed of initialisation and shuffling.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    eval_batch_size: int = setting(500, "Batch size of the per-epoch test.")
+    optimizer: str = setting("sgd", "sgd or adamw (decoupled --weight-decay).")
+    schedule: str = setting("step", "step (--lr-decay every --lr-step) or cosine to --min-lr.")
+    min_lr: float = setting(1e-5, "The cosine's last lr and the warm-up's first.")
+    warmup_epochs: int = setting(0, "Epochs of per-step linear lr warm-up.")
+    label_smoothing: float = setting(0.0, "Label smoothing ε of the loss.")
+    mixup: float = setting(0.0, "Mixup's Beta(α, α) α (0: off).")
+    cutmix: float = setting(0.0, "CutMix's α (0: off); with --mixup, one per batch.")
+    mix_prob: float = setting(1.0, "Probability that a batch is mixed.")
+    decay_norm_bias: bool = setting(True, "Weight decay on biases and norm scales.")
+    amp: str = setting("off", "Autocast the training pass: off, bf16, fp16 (CUDA).")
+    channels_last: bool = setting(True, "NHWC conv models on CUDA.")
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -217,9 +243,9 @@ class TrainConfig:
 class EvaluateConfig:
     """Top-1 accuracy on one split."""
 
-    split: str = "test"
-    batch_size: int = 500
-    device: str = "auto"
+    split: str = setting("test", "train, test or all.")
+    batch_size: int = setting(500, "Batch size.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -248,18 +274,20 @@ class ProbeConfig:
     mini-batches are the same, so both give the same probe.
     """
 
-    epochs: int = 200
-    batch_size: int = 100
-    learning_rate: float = 0.01
-    momentum: float = 0.975
-    nesterov: bool = True
-    weight_decay: float = 1e-3
-    lr_decay: float = 0.975
-    seed: int = 0
-    device: str = "auto"
-    memory_budget: str = "4GiB"
-    forward_batch_size: int = 250
-    tap_input: bool = False
+    epochs: int = setting(200, "Probe epochs.")
+    batch_size: int = setting(100, "Mini-batch size.")
+    learning_rate: float = setting(0.01, "Initial learning rate.", flag="--lr")
+    momentum: float = setting(0.975, "SGD momentum.")
+    nesterov: bool = setting(True, "Nesterov momentum.")
+    weight_decay: float = setting(1e-3, "L2 weight decay.")
+    lr_decay: float = setting(0.975, "lr × this every epoch.")
+    seed: int = setting(0, "Seed of initialisation and shuffling.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    memory_budget: str = setting(
+        "4GiB", "Cache features up to this size (e.g. 4GiB), else stream them."
+    )
+    forward_batch_size: int = setting(250, "Batch size of the frozen network's passes.")
+    tap_input: bool = setting(False, "Tap the modules' inputs, not outputs.", flag="--tap-input")
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -279,10 +307,10 @@ class MatrixConfig:
     """Single-unit matrices (METHODS.md §5). Decision: `split` train (the papers' text) or
     test (the authors' code)."""
 
-    split: str = "train"
-    device: str = "auto"
-    forward_batch_size: int = 250
-    units_per_chunk: int = 0
+    split: str = setting("train", "Means over train, test or all.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    forward_batch_size: int = setting(250, "Batch size if the network must run.")
+    units_per_chunk: int = setting(0, "Units per computation chunk (0: from a 256 MiB budget).")
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -295,7 +323,7 @@ class MatrixConfig:
 class ClustersConfig:
     """The cluster rule (METHODS.md §6): elements strictly above `threshold` × the unit's max."""
 
-    threshold: float = 0.3
+    threshold: float = setting(0.3, "Mark elements strictly above threshold × the unit's maximum.")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold < 1.0:
@@ -310,7 +338,7 @@ class HeadsConfig:
     """The head report (METHODS.md §7). Decision: `overlap` of two heads' label sets A, B is
     the Jaccard index |A ∩ B| / |A ∪ B| or the overlap coefficient |A ∩ B| / min(|A|, |B|)."""
 
-    overlap: str = "jaccard"
+    overlap: str = setting("jaccard", "Overlap of two label sets: jaccard or coefficient.")
 
     def __post_init__(self) -> None:
         if self.overlap not in OVERLAP_MEASURES:
@@ -336,86 +364,35 @@ LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
-    """Label-guided pruning (METHODS.md §8) and the fine-tuning that follows it.
+class ConnectionConfig:
+    """The connection methods' settings (METHODS.md §7–§8).
 
     `afcc` keeps a connection between consecutive analysed units iff their label sets (the
     union of their clusters) intersect, and a unit's connection to output label k iff k is in
     its label set. `andc` (METHODS.md §7) applies that rule to each unit's marked diagonal
     labels (diagonal element strictly above `andc_threshold` × the unit's maximum; default the
-    clusters' threshold, at which they equal the clusters' unions) and needs no clusters.
-    `heads` removes whole attention heads and feed-forward nodes of the listed head / node
-    taps: those serving no label, then those serving the fewest until `remove_fraction` of
-    each layer is gone, so export builds a smaller graph.
-    `units` removes whole channels / nodes of the groups the listed taps read, on any
-    architecture (structured.py: Torch-Pruning's DependencyGraph couples residual streams and
-    MBConv hidden channels, which are scored and removed together), ranked by `ranking`
-    (fewest labels served, weakest maximum, most noise; `magnitude` of the weights can break
-    ties), `remove_fraction` of every group or the share that brings the MACs to
-    `target_macs` × the dense MACs; `magnitude-channels`,
-    `taylor` (on `taylor_batches` training batches) and `lamp` rank the same groups by
-    Torch-Pruning's importance estimators, as baselines; `round_to` rounds every group's kept
-    channels to a multiple (faster kernels) and keeps at least `min_channels` per group (a
-    target that the floor makes unreachable is refused, never chased by collapsing groups);
-    the weight criteria prune every prunable group when no taps are listed, and `units`
-    orders the groups without matrices by the weight criterion `fill` when it is given
-    (otherwise only the tapped groups are pruned); Torch-Pruning's grouping may use at most
-    `grouping_seconds` of CPU time (0: no limit; **Decision**: 120 s, it never took more than
-    a few seconds on a network it could prune, and runs without end on Swin); `allocation`
-    `deepest-first` steps the deepest groups down to their next rounded width until the MACs
-    meet `target_macs` where the uniform share overshoots it, `uniform` keeps the uniform
-    share.
-    `random` draws balanced random label sets of the same sizes (the papers'
-    control); `magnitude` removes the smallest kernel slices to afcc's dilution per layer.
-    `classifier="probe"` replaces the network's classifier by the last listed layer's probe
-    (the authors' choice). `afcc-grouped` (our extension) splits the labels into `groups`
-    groups (`label_grouping`: by how often units serve labels together, or contiguous label
-    ranges), gives each unit the group holding most of its labels (equal group sizes), and
-    keeps only connections inside a group, so export can use grouped convolutions.
-    Fine-tuning trains `train_layers` (default: the pruned layers; the other weights frozen,
-    BatchNorm running statistics updated unless `freeze_bn_stats`) with the masks re-applied
-    after every optimiser step; `augment` uses
-    the model's training augmentation (off by default: short fine-tunes did better without).
-    `distill` > 0 adds knowledge distillation from the dense model: the loss becomes
-    (1 − distill)·cross-entropy + distill·T²·KL(teacher ‖ student) at temperature
-    `distill_temperature` (Hinton et al. 2015), which recovers more accuracy from few images.
+    clusters' threshold, at which they equal the clusters' unions). `random` draws balanced
+    random label sets of the same sizes (the papers' control); `magnitude` removes the smallest
+    kernel slices to afcc's dilution per layer. `classifier="probe"` replaces the network's
+    classifier by the last listed layer's probe (the authors' choice). `afcc-grouped` (our
+    extension) splits the labels into `groups` groups (`label_grouping`: by how often units
+    serve labels together, or contiguous label ranges), gives each unit the group holding most
+    of its labels (equal group sizes), and keeps only connections inside a group, so export can
+    use grouped convolutions.
     """
 
-    method: str = "afcc"
-    classifier: str = "model"
-    andc_threshold: float | None = None
-    remove_fraction: float = 0.0
-    target_macs: float | None = None
-    ranking: tuple[str, ...] = ("labels", "maximum", "noise")
-    taylor_batches: int = 4
-    round_to: int = 1
-    min_channels: int = 8
-    fill: str | None = None
-    grouping_seconds: float = 120.0
-    allocation: str = "deepest-first"
-    groups: int = 2
-    label_grouping: str = "cooccurrence"
-    finetune_epochs: int = 0
-    train_layers: tuple[str, ...] = ()
-    batch_size: int = 100
-    learning_rate: float = 0.001
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    lr_decay: float = 1.0
-    augment: bool = False
-    freeze_bn_stats: bool = False
-    distill: float = 0.0
-    distill_temperature: float = 4.0
-    seed: int = 0
-    device: str = "auto"
+    classifier: str = setting(
+        "model", "model (keep it) or probe (the last layer's probe, as the authors)."
+    )
+    andc_threshold: float | None = setting(
+        None, "andc: diagonal threshold (default: the clusters' threshold)."
+    )
+    groups: int = setting(2, "Label groups of afcc-grouped (divides every layer's units).")
+    label_grouping: str = setting(
+        "cooccurrence", "afcc-grouped label groups: cooccurrence or contiguous."
+    )
 
     def __post_init__(self) -> None:
-        if self.method not in PRUNE_METHODS:
-            raise UsageError(
-                f"unknown method {self.method!r}; use one of {', '.join(PRUNE_METHODS)}."
-            )
-        check_sgd(self)
         _require(
             (
                 self.classifier in ("model", "probe"),
@@ -423,6 +400,72 @@ class PruneConfig:
             ),
             (self.label_grouping in LABEL_GROUPINGS, f"label grouping is one of {LABEL_GROUPINGS}"),
             (self.groups >= 2, f"groups must be at least 2, not {self.groups}"),
+            (
+                self.andc_threshold is None or 0 <= self.andc_threshold < 1,
+                f"andc threshold must be in [0, 1), not {self.andc_threshold}",
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class RemovalConfig:
+    """How much the head and channel methods remove, and in which order (structured.py).
+
+    `heads` removes whole attention heads and feed-forward nodes of the listed head / node
+    taps: those serving no label, then those serving the fewest until `remove_fraction` of
+    each layer is gone, so export builds a smaller graph.
+    `units` removes whole channels / nodes of the groups the listed taps read, on any
+    architecture (Torch-Pruning's DependencyGraph couples residual streams and MBConv hidden
+    channels, which are scored and removed together), ranked by `ranking` (fewest labels
+    served, weakest maximum, most noise; `magnitude` of the weights can break ties),
+    `remove_fraction` of every group or the share that brings the MACs to `target_macs` × the
+    dense MACs; `magnitude-channels`, `taylor` (on `taylor_batches` training batches) and `lamp`
+    rank the same groups by Torch-Pruning's importance estimators, as baselines; `round_to`
+    rounds every group's kept channels to a multiple (faster kernels) and keeps at least
+    `min_channels` per group (a target that the floor makes unreachable is refused, never
+    chased by collapsing groups); the weight criteria prune every prunable group when no taps
+    are listed, and `units` orders the groups without matrices by the weight criterion `fill`
+    when it is given (otherwise only the tapped groups are pruned); Torch-Pruning's grouping
+    may use at most `grouping_seconds` of CPU time (0: no limit; **Decision**: 120 s, it never
+    took more than a few seconds on a network it could prune, and runs without end on Swin);
+    `allocation` `deepest-first` steps the deepest groups down to their next rounded width until
+    the MACs meet `target_macs` where the uniform share overshoots it, `uniform` keeps the
+    uniform share.
+    """
+
+    remove_fraction: float = setting(
+        0.0, "heads, units, …: remove at least this share of each layer's heads / channels."
+    )
+    target_macs: float | None = setting(
+        None, "units, …: remove channels until MACs ≤ this ratio of the dense MACs."
+    )
+    ranking: tuple[str, ...] = setting(
+        ("labels", "maximum", "noise"),
+        "units: removal order keys, first decides (labels, maximum, noise, magnitude).",
+    )
+    taylor_batches: int = setting(4, "taylor: training batches whose gradients score channels.")
+    round_to: int = setting(1, "units, …: keep a multiple of this many channels per group.")
+    min_channels: int = setting(
+        8,
+        "units, …: keep at least this many channels per group; a --target-macs that needs "
+        "fewer is refused.",
+    )
+    fill: str | None = setting(
+        None,
+        "units: also prune the groups without matrices, ordered by this weight criterion "
+        "(magnitude-channels, taylor or lamp).",
+    )
+    grouping_seconds: float = setting(
+        120.0, "units, …: CPU seconds Torch-Pruning may take to group the channels (0: no limit)."
+    )
+    allocation: str = setting(
+        "deepest-first",
+        "units, …: deepest-first (step the deepest groups down to meet --target-macs) or "
+        "uniform (every group the same share).",
+    )
+
+    def __post_init__(self) -> None:
+        _require(
             (
                 0 <= self.remove_fraction < 1,
                 f"remove fraction must be in [0, 1), not {self.remove_fraction}",
@@ -450,20 +493,80 @@ class PruneConfig:
                 self.allocation in ALLOCATIONS,
                 f"allocation is one of {', '.join(ALLOCATIONS)}, not {self.allocation!r}",
             ),
-            (
-                self.andc_threshold is None or 0 <= self.andc_threshold < 1,
-                f"andc threshold must be in [0, 1), not {self.andc_threshold}",
-            ),
-            (
-                self.finetune_epochs >= 0,
-                f"finetune epochs must be >= 0, not {self.finetune_epochs}",
-            ),
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Masked fine-tuning after pruning (finetune.py).
+
+    Trains `train_layers` (default: the pruned layers; the other weights frozen, BatchNorm
+    running statistics updated unless `freeze_bn_stats`) with the masks re-applied after every
+    optimiser step; `augment` uses the model's training augmentation (off by default: short
+    fine-tunes did better without). `distill` > 0 adds knowledge distillation from the dense
+    model: the loss becomes (1 − distill)·cross-entropy + distill·T²·KL(teacher ‖ student) at
+    temperature `distill_temperature` (Hinton et al. 2015), which recovers more accuracy from
+    few images.
+    """
+
+    epochs: int = setting(
+        0, "Fine-tuning epochs with the masks enforced.", flag="--finetune-epochs"
+    )
+    train_layers: tuple[str, ...] = setting(
+        (),
+        "Comma-separated modules to fine-tune, or all (default: the pruned ones).",
+        flag="--train-layers",
+    )
+    batch_size: int = setting(100, "Mini-batch size.")
+    learning_rate: float = setting(0.001, "Initial learning rate.", flag="--lr")
+    momentum: float = setting(0.9, "SGD momentum.")
+    nesterov: bool = setting(True, "Nesterov momentum.")
+    weight_decay: float = setting(5e-4, "L2 weight decay.")
+    lr_decay: float = setting(1.0, "lr × this every epoch.")
+    augment: bool = setting(False, "Random translation and flip while fine-tuning.")
+    freeze_bn_stats: bool = setting(
+        False, "Keep BatchNorm running statistics fixed while fine-tuning."
+    )
+    distill: float = setting(
+        0.0, "Weight (0-1) of distillation from the dense model while fine-tuning."
+    )
+    distill_temperature: float = setting(4.0, "Softmax temperature of the distillation loss.")
+
+    def __post_init__(self) -> None:
+        check_sgd(self)
+        _require(
+            (self.epochs >= 0, f"finetune epochs must be >= 0, not {self.epochs}"),
             (0.0 <= self.distill <= 1.0, f"distill must be between 0 and 1, not {self.distill}"),
             (
                 self.distill_temperature > 0,
                 f"distill temperature must be > 0, not {self.distill_temperature}",
             ),
         )
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """`snptool prune`: the method (pruning/methods.py) with its settings, and the fine-tuning
+    that follows it. `seed` drives the random label sets, label grouping, the Taylor batches
+    and fine-tuning."""
+
+    method: str = setting(
+        "afcc",
+        "afcc, andc, afcc-grouped, random, magnitude, heads; channel removal: units (by the "
+        "matrices), magnitude-channels, taylor or lamp (Torch-Pruning's criteria).",
+    )
+    connections: ConnectionConfig = field(default_factory=ConnectionConfig)
+    removal: RemovalConfig = field(default_factory=RemovalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seed: int = setting(0, "Seed of initialisation and shuffling.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+
+    def __post_init__(self) -> None:
+        if self.method not in PRUNE_METHODS:
+            raise UsageError(
+                f"unknown method {self.method!r}; use one of {', '.join(PRUNE_METHODS)}."
+            )
+        check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -477,13 +580,15 @@ class ExportConfig:
     the logits because float32 rounding does: an untrained or imported network's logits in the
     hundreds differ by 1e-4 relative, not absolute."""
 
-    opset: int = 17
-    parity_samples: int = 64
-    parity_tolerance: float = 1e-4
-    batch_size: int = 32
-    device: str = "cpu"
-    dynamo: bool = False
-    fallback: bool = True
+    opset: int = setting(17, "ONNX opset version.")
+    parity_samples: int = setting(64, "Test images run through torch and onnxruntime.")
+    parity_tolerance: float = setting(
+        1e-4, "Largest logit difference allowed, × max(1, largest |logit|)."
+    )
+    batch_size: int = setting(32, "Batch size of the parity check.")
+    device: str = setting("cpu", "cpu (onnxruntime's CPU provider).")
+    dynamo: bool = setting(False, "Use torch's dynamo exporter, not the TorchScript one.")
+    fallback: bool = setting(True, "Try the other exporter when the first fails.")
 
     def __post_init__(self) -> None:
         _require(
@@ -507,13 +612,19 @@ class CommitteeConfig:
     `split`. Its ONNX export (`opset`, `dynamo`) is checked against torch on the first
     `parity_samples` test images, whose outputs may differ by at most `parity_tolerance`."""
 
-    split: str = "test"
-    batch_size: int = 500
-    device: str = "auto"
-    opset: int = ExportConfig.opset
-    dynamo: bool = ExportConfig.dynamo
-    parity_samples: int = ExportConfig.parity_samples
-    parity_tolerance: float = ExportConfig.parity_tolerance
+    split: str = setting("test", "train, test or all.")
+    batch_size: int = setting(500, "Batch size.")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N.")
+    opset: int = setting(ExportConfig.opset, "ONNX opset version.")
+    dynamo: bool = setting(
+        ExportConfig.dynamo, "Use torch's dynamo exporter, not the TorchScript one."
+    )
+    parity_samples: int = setting(
+        ExportConfig.parity_samples, "Test images run through torch and onnxruntime."
+    )
+    parity_tolerance: float = setting(
+        ExportConfig.parity_tolerance, "Largest probability difference allowed."
+    )
 
     def __post_init__(self) -> None:
         check_split(self.split)
@@ -539,13 +650,17 @@ class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
     rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size."""
 
-    warmup: int = 10
-    runs: int = 100
-    budget_seconds: float | None = None
-    batch_sizes: tuple[int, ...] = (1,)
-    threads: int = 1
-    provider: str = "CPUExecutionProvider"
-    seed: int = 0
+    warmup: int = setting(10, "Untimed runs of each model first.")
+    runs: int = setting(100, "Timed runs of each model.")
+    budget_seconds: float | None = setting(
+        None, "Time each batch size for this long instead of --runs (>= 3 runs)."
+    )
+    batch_sizes: tuple[int, ...] = setting(
+        (1,), "Batch size (repeatable, or comma-separated) [default: 1].", flag="--batch"
+    )
+    threads: int = setting(1, "onnxruntime intra-op threads.")
+    provider: str = setting("CPUExecutionProvider", "onnxruntime execution provider.")
+    seed: int = setting(0, "Seed of the random inputs.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
@@ -582,15 +697,17 @@ class SweepConfig:
     "means" fits the log of the per-d1 mean error. The papers' sources say neither.
     """
 
-    d1: tuple[int, ...] = (4, 8, 16, 32)
-    ratio: float = 16 / 6  # LeNet-5's 16 / 6 filters
-    seeds: tuple[int, ...] = (0, 1, 2)
-    fc_widths: tuple[int, ...] = LENET5_FC_WIDTHS
-    accuracy: str = "final"
-    fit: str = "runs"
-    bootstrap: int = 1000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
+    d1: tuple[int, ...] = setting((4, 8, 16, 32), "First-layer filter counts, comma-separated.")
+    ratio: float = setting(16 / 6, "d2 / d1 (d2 = round(ratio·d1)); LeNet-5's 16/6.")  # its filters
+    seeds: tuple[int, ...] = setting((0, 1, 2), "Training seeds, comma-separated.")
+    fc_widths: tuple[int, ...] = setting(
+        LENET5_FC_WIDTHS, "Hidden FC widths, comma-separated (LeNet-5's 120,84)."
+    )
+    accuracy: str = setting("final", "Score each run by its final or its best test epoch.")
+    fit: str = setting("runs", "Fit every run (runs) or the per-d1 mean errors (means).")
+    bootstrap: int = setting(1000, "Bootstrap resamples of the seeds for ρ's interval (0: none).")
+    confidence: float = setting(0.95, "Level of the percentile interval.")
+    bootstrap_seed: int = setting(0, "Seed of the bootstrap.")
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -636,7 +753,7 @@ class ReportConfig:
     """What `snptool report` draws; `units` (LAYER:INDEX) replace the default heat maps (the
     strongest and the noisiest unit of every layer)."""
 
-    title: str = "snptool report"
+    title: str = setting("snptool report", "The page's title.")
     units: tuple[str, ...] = ()
 
 
@@ -692,7 +809,8 @@ def check_sgd(config: Any) -> None:
         (0 < config.lr_decay <= 1, f"lr decay must lie in (0, 1], not {config.lr_decay}"),
         (not (config.nesterov and config.momentum == 0), "Nesterov needs a momentum > 0"),
     )
-    check_device(config.device)
+    if hasattr(config, "device"):
+        check_device(config.device)
 
 
 def _require(*checks: tuple[bool, str]) -> None:

@@ -1,28 +1,36 @@
 """Shared fixtures: seeded synthetic data, the real CIFAR-10 npz, one tiny trained checkpoint
-and its probe file."""
+and its probe file, valid files of every reader; and the helpers that run the command line
+(invoke, assert_ok, assert_one_error), which test modules import from here."""
 
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper
+from typer.testing import CliRunner, Result
 
 from snptool.analysis.clusters import run_clusters
+from snptool.analysis.matrix import run_matrix
 from snptool.analysis.probe import ProbeResult, run_probe
-from snptool.config import ClustersConfig, InputSpec, ProbeConfig, TrainConfig
+from snptool.cli import app
+from snptool.config import ClustersConfig, InputSpec, MatrixConfig, ProbeConfig, TrainConfig
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, write_checkpoint
 from snptool.core.matrix_file import create_layer, create_matrix_file
 from snptool.training.train import InputOverrides, TrainResult, run_train
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent  # the helper files (_tiny_resnet.py, …) lie here
+REPO_ROOT = TESTS.parent
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CIFAR_NPZ = SHARED / "data" / "cifar10_test.npz"
 SHARED_CHECKPOINTS = SHARED / "checkpoints"
@@ -262,16 +270,138 @@ def images() -> torch.Tensor:
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
+# --- files the commands read ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def foreign_weights(tmp_path: Path) -> Path:
+    """A torch.save'd, DataParallel-style state dict of a real tiny_vgg."""
+    torch.manual_seed(0)
+    model, _ = build_model("tiny_vgg", num_classes=10)
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, path)
+    return path
+
+
+@pytest.fixture
+def named_matrices(make_matrix_file) -> Path:
+    """One layer of 3 units over 4 labels; unit 1 serves {cat, dog} and {truck}."""
+    matrices = np.zeros((3, 4, 4), dtype=np.float32)
+    matrices[0] = np.eye(4)
+    matrices[1, :2, :2] = 1.0
+    matrices[1, 3, 3] = 0.8
+    matrices[2] = -1.0
+    return make_matrix_file({"conv": matrices}, ["cat", "dog", "ship", "truck"])
+
+
+# --- the valid inputs of the bad-input corpus (test_bad_inputs, test_reader_properties) -----------
+
+
+@dataclass
+class Inputs:
+    """The valid files the corpus is made from (read-only)."""
+
+    checkpoint: Path
+    probes: Path
+    matrices: Path
+    onnx: Path
+    npz: Path
+    pt: Path
+
+
+@pytest.fixture(scope="session")
+def valid(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> Inputs:
+    directory = tmp_path_factory.mktemp("valid_inputs")
+    matrices = directory / "matrices.h5"
+    run_matrix(checkpoint_path, probes_path, matrices, MatrixConfig(device="cpu"))
+    return Inputs(
+        checkpoint_path,
+        probes_path,
+        matrices,
+        write_tiny_onnx(directory / "tiny.onnx"),
+        write_npz(directory / "data.npz"),
+        write_pt(directory / "foreign.pt"),
+    )
+
+
+def write_tiny_onnx(path: Path) -> Path:
+    """A real one-node ONNX model (Relu of a [N, 3, 8, 8] float input)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def npz_arrays(n: int = 60, classes: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n, dtype=np.int64) % classes
+    images = rng.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
+    return {"images": images, "labels": labels, "class_names": np.array(["a", "b", "c"])}
+
+
+def write_npz(path: Path, **overrides) -> Path:
+    arrays = {**npz_arrays(), **overrides}
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def tiny_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model, _ = build_model("tiny_vgg", num_classes=10)
+    return model.state_dict()
+
+
+def write_pt(path: Path, state: object | None = None) -> Path:
+    torch.save(tiny_state_dict() if state is None else state, path)
+    return path
+
+
+# --- the command line -----------------------------------------------------------------------------
+# Test modules import these: `from tests.conftest import assert_ok, assert_one_error, invoke`.
+
+
+def invoke(*args: object, **kwargs: Any) -> Result:
+    """Run `snptool ARGS…` in this process (each argument as str) with typer's CliRunner, which
+    keeps stdout and stderr apart; `kwargs` go to CliRunner.invoke (env=…, catch_exceptions=…)."""
+    return CliRunner().invoke(app, [str(arg) for arg in args], **kwargs)
+
+
+def assert_ok(result: Result) -> None:
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+
+
+def assert_one_error(result: Result, expected: str | None = None, *, contains: str = "") -> str:
+    """Exit 2, nothing on stdout, exactly one non-empty stderr line `error: …`; returns it.
+    `expected` is the whole message after `error: `, `contains` a part of it."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    if expected is not None:
+        assert lines[0] == f"error: {expected}"
+    assert contains in lines[0], lines[0]
+    return lines[0]
+
+
+def part_files(directory: Path) -> list[Path]:
+    """The `*.part` files that an atomic write left behind in `directory`."""
+    return sorted(directory.glob("*.part"))
+
+
 @pytest.fixture(scope="session")
 def invoke_json() -> Callable[..., Any]:
     """Run the CLI, require exit 0 and return what it printed on stdout as JSON."""
-    from typer.testing import CliRunner
 
-    from snptool.cli import app
-
-    def invoke(*args: object) -> Any:
-        result = CliRunner().invoke(app, [str(arg) for arg in args])
+    def invoke_and_read(*args: object) -> Any:
+        result = invoke(*args)
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
-    return invoke
+    return invoke_and_read

@@ -11,91 +11,18 @@ import json
 import pickle
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
-from typer.testing import CliRunner
 
-from snptool.analysis.matrix import run_matrix
-from snptool.cli import app
-from snptool.config import MatrixConfig
-from snptool.core.architectures import build_model
 from snptool.core.checkpoint import METADATA_KEY
-
-runner = CliRunner()
-
-
-@dataclass
-class Inputs:
-    """The valid files the corpus is made from (read-only)."""
-
-    checkpoint: Path
-    probes: Path
-    matrices: Path
-    onnx: Path
-    npz: Path
-    pt: Path
-
-
-@pytest.fixture(scope="session")
-def valid(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> Inputs:
-    directory = tmp_path_factory.mktemp("valid_inputs")
-    matrices = directory / "matrices.h5"
-    run_matrix(checkpoint_path, probes_path, matrices, MatrixConfig(device="cpu"))
-    return Inputs(
-        checkpoint_path,
-        probes_path,
-        matrices,
-        write_tiny_onnx(directory / "tiny.onnx"),
-        write_npz(directory / "data.npz"),
-        write_pt(directory / "foreign.pt"),
-    )
-
-
-def write_tiny_onnx(path: Path) -> Path:
-    """A real one-node ONNX model (Relu of a [N, 3, 8, 8] float input)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "tiny", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
-
-
-def npz_arrays(n: int = 60, classes: int = 3) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    labels = np.arange(n, dtype=np.int64) % classes
-    images = rng.integers(0, 256, size=(n, 8, 8, 1), dtype=np.uint8)
-    return {"images": images, "labels": labels, "class_names": np.array(["a", "b", "c"])}
-
-
-def write_npz(path: Path, **overrides) -> Path:
-    arrays = {**npz_arrays(), **overrides}
-    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
-    return path
-
-
-def tiny_state_dict() -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model, _ = build_model("tiny_vgg", num_classes=10)
-    return model.state_dict()
-
-
-def write_pt(path: Path, state: object | None = None) -> Path:
-    torch.save(tiny_state_dict() if state is None else state, path)
-    return path
-
+from tests.conftest import Inputs, invoke, npz_arrays, tiny_state_dict, write_npz, write_pt
 
 # --- corruptions of bytes ---------------------------------------------------------------------
 
@@ -608,7 +535,7 @@ def test_bad_input(reader: str, make: Callable, valid: Inputs, tmp_path: Path) -
         "out.h5" if reader == "matrix_file" or reader == "probe_file" else "out.safetensors"
     )
     before = digests(bad)
-    result = runner.invoke(app, command(reader, bad, valid, output))
+    result = invoke(*command(reader, bad, valid, output))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, (result.exit_code, result.stderr[-2000:], result.exception)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -10,14 +10,12 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
-from typer.testing import CliRunner
 
 from model_defs import create_model, get_model_entry
 from model_defs._blocks import HeadOutputs
 from snptool.core.architectures import cut_after
 from snptool.core.checkpoint import read_checkpoint
 
-runner = CliRunner()
 CONV_VARIANT = {"num_blocks": 2, "conv_blocks": 1}  # tiny_cct with its first block a ConvBlock
 
 

@@ -8,6 +8,7 @@ import functools
 import importlib
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -222,21 +223,37 @@ CONFIGS = [
 ]
 
 
+def leaf_fields(config: type) -> list[dataclasses.Field]:
+    """A config's fields, nested configs' fields in their place."""
+    hints = typing.get_type_hints(config)
+    found = []
+    for field in dataclasses.fields(config):
+        nested = hints[field.name]
+        found += leaf_fields(nested) if dataclasses.is_dataclass(nested) else [field]
+    return found
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The option a field is set by: its `flag` metadata, else `--field-name`."""
+    declared = field.metadata.get("flag", "").split("/")[0]
+    return declared or FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
+
+
 @pytest.mark.parametrize("command, config", CONFIGS)
 def test_every_config_field_has_a_flag(command, config):
     options = {o for p in commands()[command].params for o in p.opts}
-    for field in dataclasses.fields(config):
-        flag = FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
+    for field in leaf_fields(config):
+        flag = flag_of(field)
         assert flag in options, f"{command} has no flag {flag} for {config.__name__}.{field.name}"
 
 
 @pytest.mark.parametrize("command, config", CONFIGS)
 def test_flag_defaults_come_from_the_config(command, config):
     params = {p.name: p for p in commands()[command].params}
-    for field in dataclasses.fields(config):
+    for field in leaf_fields(config):
         if field.name in LIST_FIELDS:
             continue
-        flag = FLAG_OF_FIELD.get(field.name, "--" + field.name.replace("_", "-"))
+        flag = flag_of(field)
         param = next(p for p in params.values() if flag in p.opts)
         assert param.default == field.default, f"{command} {flag}"
 

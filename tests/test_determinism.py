@@ -18,7 +18,14 @@ from safetensors import safe_open
 from snptool.analysis.clusters import run_clusters
 from snptool.analysis.matrix import run_matrix
 from snptool.analysis.probe import run_probe
-from snptool.config import ClustersConfig, MatrixConfig, ProbeConfig, PruneConfig, TrainConfig
+from snptool.config import (
+    ClustersConfig,
+    FinetuneConfig,
+    MatrixConfig,
+    ProbeConfig,
+    PruneConfig,
+    TrainConfig,
+)
 from snptool.pruning.prune import run_prune
 from snptool.training.train import run_train
 
@@ -27,7 +34,7 @@ VOLATILE = {"time", "seconds", "images_per_second", "timings"}
 LAYERS = ["features.2", "features.6", "features.10", "classifier.1"]
 TRAIN = TrainConfig(epochs=2, batch_size=32, learning_rate=0.05, device="cpu", seed=3)
 PROBE = ProbeConfig(epochs=3, device="cpu", seed=3)
-PRUNE = PruneConfig(finetune_epochs=1, augment=True, device="cpu", seed=3)
+PRUNE = PruneConfig(finetune=FinetuneConfig(epochs=1, augment=True), device="cpu", seed=3)
 
 
 def differing_leaves(a: Any, b: Any, path: str = "") -> list[str]:

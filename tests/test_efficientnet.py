@@ -10,11 +10,9 @@ import torch
 import torch.fx
 import torchvision
 from torch import nn
-from typer.testing import CliRunner
 
 from model_defs import create_model, get_model_entry
 
-runner = CliRunner()
 TAPS = [f"features.{i}" for i in range(9)]
 # EfficientNet-B0 at 32×32 with a stride-1 stem: (channels, side) of features.0 … features.8
 B0_STAGE_SHAPES = [(32, 32), (16, 32), (24, 16), (40, 8), (80, 4), (112, 4), (192, 2)]

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_bad_inputs import Inputs, valid  # noqa: F401 (a fixture)
 
 from snptool.analysis.clusters import run_clusters
 from snptool.config import DataConfig, LatencyConfig
@@ -22,6 +21,9 @@ from snptool.data.datasets import load_data
 from snptool.deploy.latency import open_model
 from snptool.errors import SnpError
 from snptool.training.importer import read_foreign_weights
+from tests.conftest import Inputs
+
+pytestmark = pytest.mark.long  # hundreds of damaged files per reader
 
 PROPERTY = settings(
     max_examples=50,
@@ -79,7 +81,7 @@ READERS = {
 
 
 @pytest.mark.parametrize("reader", list(READERS))
-def test_damaged_file_loads_or_refuses(reader: str, valid: Inputs) -> None:  # noqa: F811
+def test_damaged_file_loads_or_refuses(reader: str, valid: Inputs) -> None:
     which, suffix, read = READERS[reader]
     original = getattr(valid, which).read_bytes()
 
@@ -91,7 +93,7 @@ def test_damaged_file_loads_or_refuses(reader: str, valid: Inputs) -> None:  # n
     check()
 
 
-def test_valid_files_load(valid: Inputs) -> None:  # noqa: F811
+def test_valid_files_load(valid: Inputs) -> None:
     """The undamaged originals load, so the properties above test damage, not a broken file."""
     for which, suffix, read in READERS.values():
         with tempfile.TemporaryDirectory() as folder:
@@ -100,7 +102,7 @@ def test_valid_files_load(valid: Inputs) -> None:  # noqa: F811
             read(path)
 
 
-def test_arbitrary_npz_arrays(valid: Inputs) -> None:  # noqa: F811
+def test_arbitrary_npz_arrays(valid: Inputs) -> None:
     """npz files of arbitrary label arrays (any integers, any length) load or are refused."""
 
     @PROPERTY

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from model_defs import create_model
 from model_defs.rodib import DelayedConv
@@ -19,7 +18,6 @@ from snptool.core.architectures import cut_after
 from snptool.deploy.checked_export import count_graph_macs, export_onnx
 from snptool.training.train import run_train
 
-runner = CliRunner()
 TAPS = ["features.2", "features.6", "features.10", "features.14", "head_input"]
 
 

@@ -10,19 +10,17 @@ import h5py
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 from model_defs import create_model, get_model_entry
 from model_defs.tree import TreeLayer
 from snptool.analysis.clusters import run_clusters
 from snptool.analysis.matrix import run_matrix
 from snptool.analysis.probe import run_probe
-from snptool.cli import app
 from snptool.config import ClustersConfig, MatrixConfig, ProbeConfig, TrainConfig
 from snptool.core.architectures import cut_after
 from snptool.training.train import run_train
+from tests.conftest import invoke
 
-runner = CliRunner()
 TAPS = ["features.1", "tree.nodes"]
 
 
@@ -155,10 +153,7 @@ def test_afcc_prunes_the_classifier_but_not_the_tree_layer(
     assert [(row["layer"], row["module"]) for row in result["layers"]] == [("output", "classifier")]
     assert 0 < result["layers"][0]["dilution"] < 1
     # the tree layer's weights are no Conv2d / Linear: prune refuses, with one error line
-    refused = runner.invoke(
-        app,
-        [str(a) for a in args] + ["--layers", "features.1,tree.nodes", "-o", str(tmp_path / "x")],
-    )
+    refused = invoke(*args, "--layers", "features.1,tree.nodes", "-o", tmp_path / "x")
     assert refused.exit_code == 2 and refused.stdout == ""
     assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     assert "tree.layer (TreeLayer) reads features.1" in refused.stderr

@@ -33,6 +33,7 @@ from snptool.config import (
     MatrixConfig,
     ProbeConfig,
     PruneConfig,
+    RemovalConfig,
 )
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, write_checkpoint
@@ -127,14 +128,16 @@ def run_model(spec: str, folder: Path) -> dict:
     analysed = analysed and step("matrix", run_matrix, dense, probes, matrices, MatrixConfig())
     if analysed:
         step("clusters", run_clusters, matrices)
-    prune = {"target_macs": 0.5, "round_to": ROUND_TO, "device": "cpu"}
+    removal = {"target_macs": 0.5, "round_to": ROUND_TO}
     outputs = {"dense": dense}
     for method, clusters in (("magnitude-channels", None), ("units", matrices)):
         if method == "units" and row.get("clusters") != "ok":
             continue
         pruned = folder / f"{tag}.{method}.safetensors"
-        extra = {"fill": "magnitude-channels"} if method == "units" else {}
-        config = PruneConfig(method=method, **prune, **extra)
+        fill = "magnitude-channels" if method == "units" else None
+        config = PruneConfig(
+            method=method, removal=RemovalConfig(**removal, fill=fill), device="cpu"
+        )
         result = step(f"prune_{method}", run_prune, dense, clusters, pruned, config)
         if result is not None:
             row[f"prune_{method}_macs"] = round(result.size["mac_ratio"], 4)

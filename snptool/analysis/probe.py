@@ -33,6 +33,7 @@ from snptool.core import console, distributed
 from snptool.core.checkpoint import Checkpoint, read_checkpoint
 from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import atomic_path, check_output_path, provenance
+from snptool.core.seeds import stream_seed
 from snptool.core.taps import Tap, TapRecorder
 from snptool.data.checkpoint_data import load_checkpoint_data
 from snptool.data.datasets import DataSplit, prepare_batch
@@ -83,7 +84,7 @@ def feature_bytes(taps: list[Tap], samples: int) -> int:
 
 def epoch_order(samples: int, seed: int, epoch: int) -> np.ndarray:
     """The mini-batch order of one probe epoch (the same in cached and streamed mode)."""
-    return np.random.default_rng(seed * 100_003 + epoch).permutation(samples)
+    return np.random.default_rng(stream_seed(seed, epoch)).permutation(samples)
 
 
 def cached_batches(
@@ -126,7 +127,7 @@ def fit_probes(
         linear = nn.Linear(tap.units * tap.positions, num_classes, bias=False)
         bound = 1.0 / math.sqrt(tap.units * tap.positions)
         # seeded per tap, so a layer's probe does not depend on which others are probed with it
-        seed = config.seed * 100_003 + zlib.crc32(tap.name.encode())
+        seed = stream_seed(config.seed, zlib.crc32(tap.name.encode()))
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             linear.weight.uniform_(-bound, bound, generator=generator)

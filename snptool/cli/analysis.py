@@ -8,26 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from snptool.cli.app import command
+from snptool.cli.config_flags import config_flags
 from snptool.cli.options import (
-    BatchSizeOpt,
-    ClassesOpt,
-    DataRootOpt,
-    DeviceOpt,
-    DownloadOpt,
-    EpochLrDecayOpt,
     JsonOpt,
     LayerOpt,
-    LrOpt,
-    MomentumOpt,
-    NesterovOpt,
-    NumClassesSubsetOpt,
     OutputOpt,
-    SeedOpt,
-    SplitSeedOpt,
-    TestFractionOpt,
-    WeightDecayOpt,
-    WorkersOpt,
-    data_config_of,
     layer_list,
 )
 from snptool.config import (
@@ -42,6 +27,8 @@ from snptool.errors import UsageError
 
 
 @command()
+@config_flags(DataConfig, into="data_config")
+@config_flags(ProbeConfig)
 def probe(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
     output: OutputOpt,
@@ -50,31 +37,9 @@ def probe(
     data: Annotated[
         str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Probe epochs.")] = ProbeConfig.epochs,
-    batch_size: BatchSizeOpt = ProbeConfig.batch_size,
-    lr: LrOpt = ProbeConfig.learning_rate,
-    momentum: MomentumOpt = ProbeConfig.momentum,
-    nesterov: NesterovOpt = ProbeConfig.nesterov,
-    weight_decay: WeightDecayOpt = ProbeConfig.weight_decay,
-    lr_decay: EpochLrDecayOpt = ProbeConfig.lr_decay,
-    seed: SeedOpt = ProbeConfig.seed,
-    device: DeviceOpt = ProbeConfig.device,
-    memory_budget: Annotated[
-        str, typer.Option(help="Cache features up to this size (e.g. 4GiB), else stream them.")
-    ] = ProbeConfig.memory_budget,
-    forward_batch_size: Annotated[
-        int, typer.Option(help="Batch size of the frozen network's passes.")
-    ] = ProbeConfig.forward_batch_size,
-    tap_input: Annotated[
-        bool, typer.Option("--tap-input", help="Tap the modules' inputs, not outputs.")
-    ] = False,
-    test_fraction: TestFractionOpt = None,
-    split_seed: SplitSeedOpt = None,
-    classes: ClassesOpt = None,
-    num_classes_subset: NumClassesSubsetOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    workers: WorkersOpt = DataConfig.workers,
+    *,
+    config: ProbeConfig,
+    data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Fit a linear probe per layer on the frozen network: the layer accuracy (METHODS.md §4).
@@ -88,29 +53,13 @@ def probe(
     layers = layer_list(layer)
     if all_layers == bool(layers):
         raise UsageError("give either --layer NAME (repeatable) or --all.")
-    config = ProbeConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
-        lr_decay=lr_decay,
-        seed=seed,
-        device=device,
-        memory_budget=memory_budget,
-        forward_batch_size=forward_batch_size,
-        tap_input=tap_input,
-    )
     result = run_probe(
         checkpoint,
         layers or None,
         output,
         config,
         data_spec=data,
-        data_config=data_config_of(
-            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
-        ),
+        data_config=data_config,
     )
     rows = [
         (t.name, t.unit, t.units, t.positions, t.train_accuracy, t.test_accuracy)
@@ -127,6 +76,8 @@ def probe(
 
 
 @command()
+@config_flags(DataConfig, into="data_config")
+@config_flags(MatrixConfig)
 def matrix(
     checkpoint: Annotated[
         Path, typer.Argument(help="snptool checkpoint the probes were fitted on.")
@@ -134,26 +85,12 @@ def matrix(
     probes: Annotated[Path, typer.Argument(help="Probe file written by `snptool probe`.")],
     output: OutputOpt,
     layer: LayerOpt = None,
-    split: Annotated[
-        str, typer.Option("--split", help="Means over train, test or all.")
-    ] = MatrixConfig.split,
     data: Annotated[
         str | None, typer.Option("--data", help="Recompute the means on this data spec.")
     ] = None,
-    device: DeviceOpt = MatrixConfig.device,
-    forward_batch_size: Annotated[
-        int, typer.Option(help="Batch size if the network must run.")
-    ] = MatrixConfig.forward_batch_size,
-    units_per_chunk: Annotated[
-        int, typer.Option(help="Units per computation chunk (0: from a 256 MiB budget).")
-    ] = MatrixConfig.units_per_chunk,
-    test_fraction: TestFractionOpt = None,
-    split_seed: SplitSeedOpt = None,
-    classes: ClassesOpt = None,
-    num_classes_subset: NumClassesSubsetOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    workers: WorkersOpt = DataConfig.workers,
+    *,
+    config: MatrixConfig,
+    data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Write every unit's labels × labels matrix M[u, c, k] to HDF5 (METHODS.md §5).
@@ -163,12 +100,6 @@ def matrix(
     from snptool.analysis.matrix import run_matrix
     from snptool.core import console
 
-    config = MatrixConfig(
-        split=split,
-        device=device,
-        forward_batch_size=forward_batch_size,
-        units_per_chunk=units_per_chunk,
-    )
     result = run_matrix(
         checkpoint,
         probes,
@@ -176,9 +107,7 @@ def matrix(
         config,
         layers=layer_list(layer) or None,
         data_spec=data,
-        data_config=data_config_of(
-            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
-        ),
+        data_config=data_config,
     )
     rows = [
         (x.layer, x.unit, x.units, x.classes, x.samples, x.accuracy, x.source)
@@ -194,11 +123,11 @@ def matrix(
 
 
 @command()
+@config_flags(ClustersConfig)
 def clusters(
     matrices: Annotated[Path, typer.Argument(help="Matrix file written by `snptool matrix`.")],
-    threshold: Annotated[
-        float, typer.Option(help="Mark elements strictly above threshold × the unit's maximum.")
-    ] = ClustersConfig.threshold,
+    *,
+    config: ClustersConfig,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to a copy instead of MATRICES.")
     ] = None,
@@ -217,7 +146,6 @@ def clusters(
     from snptool.analysis.clusters import run_clusters, run_unit_report
     from snptool.core import console
 
-    config = ClustersConfig(threshold=threshold)
     if unit is not None or layer is not None:
         if unit is None or layer is None:
             raise UsageError("--unit and --layer go together: --layer NAME --unit N.")
@@ -265,6 +193,7 @@ def clusters(
 
 
 @command()
+@config_flags(HeadsConfig)
 def heads(
     matrices: Annotated[
         Path, typer.Argument(help="Matrix file with clusters (after `snptool clusters`).")
@@ -272,9 +201,8 @@ def heads(
     layer: Annotated[
         list[str] | None, typer.Option("--layer", help="Only this head layer (repeatable).")
     ] = None,
-    overlap: Annotated[
-        str, typer.Option("--overlap", help="Overlap of two label sets: jaccard or coefficient.")
-    ] = HeadsConfig.overlap,
+    *,
+    config: HeadsConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Labels each attention head serves, heads per label and the heads' overlap (METHODS.md §7).
@@ -284,7 +212,7 @@ def heads(
     from snptool.analysis.heads import run_heads
     from snptool.core import console
 
-    result = run_heads(matrices, HeadsConfig(overlap=overlap), layers=layer)
+    result = run_heads(matrices, config, layers=layer)
     for report in result.layers:
         _show_heads(report.to_json())
     if json_output:
@@ -315,36 +243,19 @@ def _show_heads(row: dict[str, Any]) -> None:
 
 
 @command()
+@config_flags(DataConfig, into="data_config")
+@config_flags(CommitteeConfig)
 def committee(
     checkpoints: Annotated[list[Path], typer.Argument(help="Two or more snptool checkpoints.")],
     data: Annotated[
         str | None, typer.Option("--data", help="Data spec (default: the first member's).")
     ] = None,
-    split: Annotated[
-        str, typer.Option("--split", help="train, test or all.")
-    ] = CommitteeConfig.split,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = CommitteeConfig.batch_size,
-    device: DeviceOpt = CommitteeConfig.device,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Also export the committee to ONNX.")
     ] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = CommitteeConfig.opset,
-    dynamo: Annotated[
-        bool, typer.Option(help="Use torch's dynamo exporter, not the TorchScript one.")
-    ] = CommitteeConfig.dynamo,
-    parity_samples: Annotated[
-        int, typer.Option(help="Test images run through torch and onnxruntime.")
-    ] = CommitteeConfig.parity_samples,
-    parity_tolerance: Annotated[
-        float, typer.Option(help="Largest probability difference allowed.")
-    ] = CommitteeConfig.parity_tolerance,
-    test_fraction: TestFractionOpt = None,
-    split_seed: SplitSeedOpt = None,
-    classes: ClassesOpt = None,
-    num_classes_subset: NumClassesSubsetOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    workers: WorkersOpt = DataConfig.workers,
+    *,
+    config: CommitteeConfig,
+    data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy of the soft committee (mean softmax) of several classifiers vs each member.
@@ -354,18 +265,6 @@ def committee(
     from snptool.core import console
     from snptool.deploy.committee import run_committee
 
-    config = CommitteeConfig(
-        split=split,
-        batch_size=batch_size,
-        device=device,
-        opset=opset,
-        dynamo=dynamo,
-        parity_samples=parity_samples,
-        parity_tolerance=parity_tolerance,
-    )
-    data_config = data_config_of(
-        test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
-    )
     result = run_committee(checkpoints, data, config, output=output, data_config=data_config)
     rows = [(m.path, m.arch, m.accuracy, m.loss) for m in result.members]
     console.table(

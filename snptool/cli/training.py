@@ -8,47 +8,16 @@ from typing import Annotated
 import typer
 
 from snptool.cli.app import command
+from snptool.cli.config_flags import config_flags
 from snptool.cli.options import (
-    AmpOpt,
     ArchKwargsOpt,
-    AugmentOpt,
-    BatchSizeOpt,
-    ChannelsLastOpt,
     ChannelsOpt,
-    ClassesOpt,
-    CutmixOpt,
-    DataRootOpt,
-    DecayNormBiasOpt,
-    DeviceOpt,
-    DownloadOpt,
-    EvalBatchSizeOpt,
-    FlipOpt,
     JsonOpt,
-    LabelSmoothingOpt,
-    LrOpt,
-    LrStepOpt,
     MeanOpt,
-    MinLrOpt,
-    MixProbOpt,
-    MixupOpt,
-    MomentumOpt,
-    NesterovOpt,
-    NumClassesSubsetOpt,
-    OptimizerOpt,
     OutputOpt,
     ResizeOpt,
-    ScheduleOpt,
-    SeedOpt,
     SizeOpt,
-    SplitSeedOpt,
     StdOpt,
-    StepLrDecayOpt,
-    TestFractionOpt,
-    TranslateOpt,
-    WarmupOpt,
-    WeightDecayOpt,
-    WorkersOpt,
-    data_config_of,
     floats,
     input_size_of,
 )
@@ -56,6 +25,8 @@ from snptool.config import DataConfig, EvaluateConfig, InputSpec, TrainConfig
 
 
 @command()
+@config_flags(DataConfig, into="data_config")
+@config_flags(TrainConfig)
 def train(
     output: OutputOpt,
     arch: Annotated[
@@ -69,33 +40,8 @@ def train(
         ),
     ] = None,
     arch_kwargs: ArchKwargsOpt = None,
-    epochs: Annotated[
-        int, typer.Option(help="Epochs in total (a resumed run continues to this).")
-    ] = TrainConfig.epochs,
-    batch_size: BatchSizeOpt = TrainConfig.batch_size,
-    lr: LrOpt = TrainConfig.learning_rate,
-    momentum: MomentumOpt = TrainConfig.momentum,
-    nesterov: NesterovOpt = TrainConfig.nesterov,
-    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
-    lr_decay: StepLrDecayOpt = TrainConfig.lr_decay,
-    lr_step: LrStepOpt = TrainConfig.lr_step,
-    augment: AugmentOpt = TrainConfig.augment,
-    translate: TranslateOpt = TrainConfig.translate,
-    flip: FlipOpt = TrainConfig.flip,
-    seed: SeedOpt = TrainConfig.seed,
-    device: DeviceOpt = TrainConfig.device,
-    eval_batch_size: EvalBatchSizeOpt = TrainConfig.eval_batch_size,
-    optimizer: OptimizerOpt = TrainConfig.optimizer,
-    schedule: ScheduleOpt = TrainConfig.schedule,
-    min_lr: MinLrOpt = TrainConfig.min_lr,
-    warmup_epochs: WarmupOpt = TrainConfig.warmup_epochs,
-    label_smoothing: LabelSmoothingOpt = TrainConfig.label_smoothing,
-    mixup: MixupOpt = TrainConfig.mixup,
-    cutmix: CutmixOpt = TrainConfig.cutmix,
-    mix_prob: MixProbOpt = TrainConfig.mix_prob,
-    decay_norm_bias: DecayNormBiasOpt = TrainConfig.decay_norm_bias,
-    amp: AmpOpt = TrainConfig.amp,
-    channels_last: ChannelsLastOpt = TrainConfig.channels_last,
+    *,
+    config: TrainConfig,
     resume: Annotated[
         Path | None, typer.Option(help="Continue from the last state a train run wrote.")
     ] = None,
@@ -107,13 +53,7 @@ def train(
     mean: MeanOpt = None,
     std: StdOpt = None,
     resize: ResizeOpt = None,
-    test_fraction: TestFractionOpt = DataConfig.test_fraction,
-    split_seed: SplitSeedOpt = DataConfig.split_seed,
-    classes: ClassesOpt = None,
-    num_classes_subset: NumClassesSubsetOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    workers: WorkersOpt = DataConfig.workers,
+    data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a model with the research's recipe; writes the last and the best epoch.
@@ -124,33 +64,6 @@ def train(
     from snptool.core.architectures import parse_arch_kwargs
     from snptool.training.train import InputOverrides, run_train
 
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        momentum=momentum,
-        nesterov=nesterov,
-        weight_decay=weight_decay,
-        lr_decay=lr_decay,
-        lr_step=lr_step,
-        augment=augment,
-        translate=translate,
-        flip=flip,
-        seed=seed,
-        device=device,
-        eval_batch_size=eval_batch_size,
-        optimizer=optimizer,
-        schedule=schedule,
-        min_lr=min_lr,
-        warmup_epochs=warmup_epochs,
-        label_smoothing=label_smoothing,
-        mixup=mixup,
-        cutmix=cutmix,
-        mix_prob=mix_prob,
-        decay_norm_bias=decay_norm_bias,
-        amp=amp,
-        channels_last=channels_last,
-    )
     inputs = InputOverrides(
         channels=channels,
         size=input_size_of(input_size),
@@ -164,9 +77,7 @@ def train(
         output,
         config,
         arch_kwargs=parse_arch_kwargs(arch_kwargs),
-        data_config=data_config_of(
-            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
-        ),
+        data_config=data_config,
         inputs=inputs,
         resume=resume,
         best_output=best_output,
@@ -315,23 +226,16 @@ def layers(
 
 
 @command()
+@config_flags(DataConfig, into="data_config")
+@config_flags(EvaluateConfig)
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
     data: Annotated[
         str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")
     ] = None,
-    split: Annotated[
-        str, typer.Option("--split", help="train, test or all.")
-    ] = EvaluateConfig.split,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = EvaluateConfig.batch_size,
-    device: DeviceOpt = EvaluateConfig.device,
-    test_fraction: TestFractionOpt = DataConfig.test_fraction,
-    split_seed: SplitSeedOpt = DataConfig.split_seed,
-    classes: ClassesOpt = None,
-    num_classes_subset: NumClassesSubsetOpt = None,
-    data_root: DataRootOpt = None,
-    download: DownloadOpt = False,
-    workers: WorkersOpt = DataConfig.workers,
+    *,
+    config: EvaluateConfig,
+    data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
     """Top-1 accuracy of a checkpoint, overall and per class.
@@ -341,14 +245,7 @@ def evaluate(
     from snptool.core import console
     from snptool.training.evaluate import run_evaluate
 
-    result = run_evaluate(
-        checkpoint,
-        data,
-        EvaluateConfig(split=split, batch_size=batch_size, device=device),
-        data_config_of(
-            test_fraction, split_seed, data_root, download, workers, classes, num_classes_subset
-        ),
-    )
+    result = run_evaluate(checkpoint, data, config, data_config)
     rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
     console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
     console.log(f"accuracy {result.accuracy:.4f} on {result.samples} images")

@@ -23,6 +23,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from snptool.core.tracing import forward_hooks
+
 
 class ChannelMap(nn.Module):
     """A parameter-free channel-changing module with some input / output channels removed."""
@@ -129,8 +131,8 @@ def channel_changing_modules(model: nn.Module, shape: tuple[int, ...]) -> dict[s
         if isinstance(module, ChannelMap)
         for sub, _ in module.named_modules()
     }
-    hooks = [
-        module.register_forward_hook(hook(name))
+    watched = [
+        name
         for name, module in model.named_modules()
         if name
         and name not in inside_maps
@@ -140,12 +142,10 @@ def channel_changing_modules(model: nn.Module, shape: tuple[int, ...]) -> dict[s
     training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), forward_hooks(model, after=[(n, hook(n)) for n in watched]):
             model(torch.zeros(1, *shape, device=next(model.parameters()).device))
     finally:
         model.train(training)
-        for handle in hooks:
-            handle.remove()
     found = {
         name: seen[0]
         for name, seen in calls.items()

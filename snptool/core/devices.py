@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 
 from snptool.config import check_device
@@ -21,13 +18,6 @@ def resolve_device(device: str) -> torch.device:
             f"--device {device} was asked for, but no CUDA device is available; use --device cpu."
         )
     return torch.device(device)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:

@@ -20,7 +20,7 @@ from torch import nn
 
 from model_defs._blocks import HeadOutputs
 from snptool.config import InputSpec
-from snptool.core.architectures import run_dummy_input
+from snptool.core.tracing import forward_hooks, trace
 from snptool.errors import LayerError
 
 
@@ -205,17 +205,9 @@ def trace_tensors(
     def before(name: str):
         return lambda module, args: note(name, args[0] if args else None)
 
-    handles = []
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_hook(after(name)))
-            if inputs:
-                handles.append(module.register_forward_pre_hook(before(name)))
-    try:
-        run_dummy_input(model, spec.shape, "the model")
-    finally:
-        for handle in handles:
-            handle.remove()
+    names = [name for name, _ in model.named_modules() if name]
+    inputs_of = [(name, before(name)) for name in names] if inputs else []
+    trace(model, spec.shape, before=inputs_of, after=[(name, after(name)) for name in names])
     return traced
 
 
@@ -330,19 +322,18 @@ class TapRecorder:
         self._fired: set[str] = set()
         self._consume = consume
         self._stop = not full
-        handles = [self._hook(tap) for tap in self.taps]
+        before = [(t.layer, self._hook(t)) for t in self.taps if t.tap_input]
+        after = [(t.layer, self._hook(t)) for t in self.taps if not t.tap_input]
         logits = None
         try:
-            logits = self.model(x)
+            with forward_hooks(self.model, before=before, after=after):
+                logits = self.model(x)
         except _StopForward:
             pass
-        finally:
-            for handle in handles:
-                handle.remove()
         return self._outputs, logits
 
-    def _hook(self, tap: Tap):
-        module = self.model.get_submodule(tap.layer)
+    def _hook(self, tap: Tap) -> Callable:
+        """The hook that stores (or hands to `consume`) the tap's view of its tensor."""
 
         def store(tensor: torch.Tensor) -> None:
             view = tap.view(tensor.detach())
@@ -355,8 +346,8 @@ class TapRecorder:
                 raise _StopForward
 
         if tap.tap_input:
-            return module.register_forward_pre_hook(lambda m, args: store(args[0]))
-        return module.register_forward_hook(lambda m, args, output: store(output))
+            return lambda module, args: store(args[0])
+        return lambda module, args, output: store(output)
 
 
 @torch.no_grad()

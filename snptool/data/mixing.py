@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from snptool.core.seeds import stream_seed
+
 
 @dataclass(frozen=True)
 class MixDraw:
@@ -28,7 +30,7 @@ class MixDraw:
 
 def mixing_rng(seed: int, epoch: int) -> np.random.Generator:
     """The draws of one epoch, from the training seed (a resumed run repeats them)."""
-    return np.random.default_rng((seed * 100_003 + epoch) % 2**63)
+    return np.random.default_rng(stream_seed(seed, epoch) % 2**63)
 
 
 def draw_mix(

@@ -14,5 +14,9 @@ __getattr__, __all__ = lazy_exports(
         "prune_structured": "structured",
         "remove_channels": "structured",
         "StructuredPruning": "structured",
+        "METHODS": "methods",
+        "PruneMethod": "methods",
+        "PrunePlan": "methods",
+        "UnitsImportance": "importance",
     },
 )

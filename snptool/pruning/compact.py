@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from snptool.core.architectures import run_dummy_input
 from snptool.core.checkpoint import Checkpoint, masks_of
+from snptool.core.tracing import trace
 from snptool.errors import LayerError
 from snptool.pruning.connections import (
     PER_CHANNEL,
@@ -227,16 +227,8 @@ def _output_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[
 
         return hook
 
-    handles = [
-        module.register_forward_hook(record(name))
-        for name, module in model.named_modules()
-        if isinstance(module, WEIGHT_TYPES)
-    ]
-    try:
-        run_dummy_input(model, shape, "the model")
-    finally:
-        for handle in handles:
-            handle.remove()
+    weights = [name for name, module in model.named_modules() if isinstance(module, WEIGHT_TYPES)]
+    trace(model, shape, after=[(name, record(name)) for name in weights])
     return shapes
 
 

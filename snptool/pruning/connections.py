@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
-from snptool.core.architectures import run_dummy_input
 from snptool.core.checkpoint import Checkpoint
 from snptool.core.taps import resolve_taps
+from snptool.core.tracing import forward_hooks, leaf_names, trace
 from snptool.errors import LayerError
 
 WEIGHT_TYPES = (nn.Conv2d, nn.Linear)
@@ -64,16 +64,9 @@ class Connection:
 def execution_order(model: nn.Module, shape: tuple[int, ...]) -> list[str]:
     """Names of the leaf modules in the order one forward pass runs them."""
     order: list[str] = []
-    handles = [
-        module.register_forward_hook(lambda m, a, o, name=name: order.append(name))
-        for name, module in model.named_modules()
-        if name and not list(module.children())
-    ]
-    try:
-        run_dummy_input(model, shape, "the model")
-    finally:
-        for handle in handles:
-            handle.remove()
+    trace(
+        model, shape, after=[(n, lambda m, a, o, n=n: order.append(n)) for n in leaf_names(model)]
+    )
     return order
 
 
@@ -100,26 +93,19 @@ def _replays(
 
         return hook
 
-    end_module = model.get_submodule(end)
-    handles = [model.get_submodule(start).register_forward_hook(record_start)]
-    if end_input:
-        handles.append(end_module.register_forward_pre_hook(record_end))
-    handles += [
-        module.register_forward_hook(record_leaf(name))
-        for name, module in model.named_modules()
-        if name and not list(module.children()) and name != start
-    ]
+    after = [(start, record_start)]
+    after += [(name, record_leaf(name)) for name in leaf_names(model) if name != start]
     if not end_input:  # after the leaf hooks: a leaf `end` records itself as run in between
-        handles.append(end_module.register_forward_hook(record_end))
+        after.append((end, record_end))
+    before = [(end, record_end)] if end_input else []
     was_training = model.training
     model.eval()
     try:
         generator = torch.Generator().manual_seed(0)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        model(torch.randn(2, *shape, generator=generator).to(device))
+        with forward_hooks(model, before=before, after=after):
+            model(torch.randn(2, *shape, generator=generator).to(device))
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
     if "start" not in seen or "end" not in seen:
         return False
@@ -181,15 +167,10 @@ def only_reader(model: nn.Module, shape: tuple[int, ...], producer: str, consume
 
             return hook
 
-        handles = [model.get_submodule(consumer).register_forward_pre_hook(start)]
-        if perturbed:
-            handles.append(model.get_submodule(producer).register_forward_hook(perturb))
-        handles += [module.register_forward_hook(record(n)) for n, module in model.named_modules()]
-        try:
+        after = [(producer, perturb)] if perturbed else []
+        after += [(n, record(n)) for n, _ in model.named_modules()]
+        with forward_hooks(model, before=[(consumer, start)], after=after):
             outputs[""] = model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
         return outputs
 
     was_training = model.training

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snptool.config import PruneConfig
+from snptool.config import FinetuneConfig
 from snptool.core import console
 from snptool.core.architectures import ProbeHeadModel
-from snptool.core.devices import seed_everything
+from snptool.core.seeds import seed_everything, stream_seed
 from snptool.data.datasets import DataSplit, augment_batch, prepare_batch
 from snptool.errors import LayerError
 
@@ -29,7 +29,7 @@ def finetune_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
     teacher_logits: torch.Tensor | None,
-    config: PruneConfig,
+    config: FinetuneConfig,
 ) -> torch.Tensor:
     """Cross-entropy, mixed with distillation from `teacher_logits` when config.distill > 0."""
     loss = F.cross_entropy(logits, labels)
@@ -50,11 +50,13 @@ def finetune(
     masks: dict[str, torch.Tensor],
     train_data: DataSplit,
     spec,
-    config: PruneConfig,
+    config: FinetuneConfig,
     train_modules: list[str],
     device: torch.device,
     augmentation: tuple[int, bool] = (4, True),
     teacher: nn.Module | None = None,
+    *,
+    seed: int = 0,
 ) -> None:
     """Train `train_modules` with the masks re-applied after every step; everything else frozen.
 
@@ -62,7 +64,7 @@ def finetune(
     `teacher` (the dense model, eval mode) is distilled from when config.distill > 0.
     """
     translate, flip = augmentation
-    seed_everything(config.seed)
+    seed_everything(seed)
     trainable = []
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(any(name.startswith(m + ".") for m in train_modules))
@@ -75,9 +77,9 @@ def finetune(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    steps = config.finetune_epochs * train_data.num_batches(config.batch_size)
+    steps = config.epochs * train_data.num_batches(config.batch_size)
     with console.progress("fine-tune", steps) as task:
-        for epoch in range(config.finetune_epochs):
+        for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * config.lr_decay**epoch
             model.train()  # BatchNorm statistics follow the diluted layers
@@ -85,9 +87,9 @@ def finetune(
                 for module in model.modules():
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            generator = torch.Generator().manual_seed(stream_seed(seed, epoch))
             for images, labels in train_data.batches(
-                spec, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch
+                spec, config.batch_size, shuffle=True, seed=stream_seed(seed, epoch)
             ):
                 x = prepare_batch(images.to(device), spec)
                 if config.augment:
@@ -109,7 +111,7 @@ def finetune(
 
 def trainable_modules(
     model: nn.Module,
-    config: PruneConfig,
+    config: FinetuneConfig,
     masks: dict[str, torch.Tensor],
     *,
     every_module: bool = False,

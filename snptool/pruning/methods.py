@@ -91,8 +91,8 @@ class PruneMethod:
 
     name: str
     plan: Callable[[PruneInputs, PruneConfig], PrunePlan]
-    # how a tap's Λ(u) is read from its clusters-file group; None: the method reads no label sets
-    label_sets: Callable[[Any, PruneConfig], list[set[int]]] | None
+    # how a tap's Λ(u) is read from its group in the clusters file (cluster unions, diagonals)
+    label_sets: Callable[[Any, PruneConfig], list[set[int]]]
     needs_clusters: bool = True  # False: the clusters file is optional (it only names the taps)
     needs_batches: bool = False  # training batches score the channels (Taylor)
     keeps_classifier: bool = False  # refuses --classifier probe
@@ -105,7 +105,7 @@ class PruneMethod:
                 f"--method {self.name} reads the units' label sets; give --clusters "
                 "(the matrix file of `snptool clusters`)."
             )
-        if self.keeps_classifier and config.classifier == "probe":
+        if self.keeps_classifier and config.connections.classifier == "probe":
             raise UsageError(
                 f"--method {self.name} keeps the model's classifier; drop --classifier probe."
             )
@@ -140,7 +140,7 @@ def cluster_label_sets(group, config: PruneConfig) -> list[set[int]]:
 
 def andc_label_sets(group, config: PruneConfig) -> list[set[int]]:
     """ANDC's Λ(u): the unit's marked diagonal labels."""
-    return diagonal_label_sets(group, config.andc_threshold)
+    return diagonal_label_sets(group, config.connections.andc_threshold)
 
 
 def read_label_sets(
@@ -254,7 +254,13 @@ def _magnitude(model, chain, label_sets, classes, config):
 
 def _grouped(model, chain, label_sets, classes, config):
     return grouped_masks(
-        model, chain, label_sets, classes, config.groups, config.label_grouping, config.seed
+        model,
+        chain,
+        label_sets,
+        classes,
+        config.connections.groups,
+        config.connections.label_grouping,
+        config.seed,
     )
 
 
@@ -268,7 +274,7 @@ def connection_plan(masks_of: ConnectionMasks) -> Callable[[PruneInputs, PruneCo
         model, arch = checkpoint.model, checkpoint.metadata["arch"]
         chain = chain_connections(model, checkpoint, inputs.chains)
         label_sets = inputs.label_sets
-        if config.classifier == "probe":
+        if config.connections.classifier == "probe":
             model, chain, label_sets, arch = with_probe_classifier(
                 checkpoint, chain, inputs.chains[-1][-1], label_sets, inputs.probes_path
             )
@@ -303,7 +309,7 @@ def heads_plan(inputs: PruneInputs, config: PruneConfig) -> PrunePlan:
     checkpoint = inputs.checkpoint
     maxima = read_unit_maxima(inputs.clusters_path, inputs.names)
     masks, chain, removals = removal_masks(
-        checkpoint.model, checkpoint, inputs.label_sets, maxima, config.remove_fraction
+        checkpoint.model, checkpoint, inputs.label_sets, maxima, config.removal.remove_fraction
     )
     pruned = [PrunedLayer(r.layer, r.module, *masked_share(masks, r.parameters)) for r in removals]
     return PrunePlan(
@@ -325,10 +331,10 @@ def channel_plan(by_units: bool) -> Callable[[PruneInputs, PruneConfig], PrunePl
             inputs.checkpoint,
             inputs.clusters_path,
             inputs.names,
-            config,
+            config.removal,
             inputs.batches,
             by_units=by_units,
-            weight_criterion=config.fill if by_units else config.method,
+            weight_criterion=config.removal.fill if by_units else config.method,
         )
         pruned = [
             PrunedLayer(",".join(g.taps), g.root, 1 - len(g.kept) / g.channels, g.channels)

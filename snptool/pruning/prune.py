@@ -80,12 +80,13 @@ class PruneResult:
 def taylor_batches(
     checkpoint: Checkpoint, data: DataSplit, config: PruneConfig, device: torch.device
 ) -> list:
-    """The first `config.taylor_batches` shuffled training batches (prepared), for Taylor."""
+    """The first `config.removal.taylor_batches` shuffled training batches (prepared): Taylor's."""
     batches = []
     spec = checkpoint.input_spec
-    for images, labels in data.batches(spec, config.batch_size, shuffle=True, seed=config.seed):
+    batch_size = config.finetune.batch_size
+    for images, labels in data.batches(spec, batch_size, shuffle=True, seed=config.seed):
         batches.append((prepare_batch(images.to(device), spec), labels.to(device)))
-        if len(batches) == config.taylor_batches:
+        if len(batches) == config.removal.taylor_batches:
             break
     return batches
 
@@ -105,10 +106,10 @@ def run_prune(
 
     `layers` is one chain of consecutive analysed layers, or several chains (lists) pruned
     together, e.g. the feed-forward layers of every transformer block; default: every layer
-    in the clusters file, as one chain. With `config.classifier == "probe"` the network is cut
-    after the last listed layer and classified by that layer's probe (from `probes_path`), as
-    in the authors' code. The weight criteria (`magnitude-channels`, `taylor`, `lamp`) need no
-    clusters file (`clusters_path=None`) when `layers` names the taps.
+    in the clusters file, as one chain. With `config.connections.classifier == "probe"` the
+    network is cut after the last listed layer and classified by that layer's probe (from
+    `probes_path`), as in the authors' code. The weight criteria (`magnitude-channels`,
+    `taylor`, `lamp`) need no clusters file (`clusters_path=None`) when `layers` names the taps.
     """
     config = config or PruneConfig()
     method = METHODS[config.method]
@@ -127,7 +128,7 @@ def run_prune(
             clusters_path, checkpoint, flat, config, method.label_sets
         )
     train_data = None
-    if config.finetune_epochs or method.needs_batches:
+    if config.finetune.epochs or method.needs_batches:
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
     batches = None
     if method.needs_batches:
@@ -142,16 +143,29 @@ def run_prune(
     dense = evaluate_model(
         checkpoint.model, test_data, spec, device=device, description="dense"
     ).accuracy
-    distilling = config.distill and config.finetune_epochs
+    distilling = config.finetune.distill and config.finetune.epochs
     teacher = dense_teacher(checkpoint.model) if distilling else None
     apply_masks(model, masks)
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
-    if config.finetune_epochs:
-        modules = trainable_modules(model, config, masks, every_module=method.removes_channels)
+    if config.finetune.epochs:
+        modules = trainable_modules(
+            model, config.finetune, masks, every_module=method.removes_channels
+        )
         training = (checkpoint.metadata.get("training") or {}).get("config") or {}
         augmentation = (training.get("translate", 4), training.get("flip", True))
-        finetune(model, masks, train_data, spec, config, modules, device, augmentation, teacher)
+        finetune(
+            model,
+            masks,
+            train_data,
+            spec,
+            config.finetune,
+            modules,
+            device,
+            augmentation,
+            teacher,
+            seed=config.seed,
+        )
         after = evaluate_model(
             model, test_data, spec, device=device, description="fine-tuned"
         ).accuracy

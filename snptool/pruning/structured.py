@@ -55,7 +55,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from snptool.config import InputSpec
+from snptool.config import InputSpec, RemovalConfig
 from snptool.core import console
 from snptool.core.channel_maps import (
     CUSTOMIZED_PRUNERS,
@@ -389,7 +389,7 @@ class Search:
     """The removal counts that bring the MACs to a target: trial prunes of a shape-only
     (meta-device) copy of the model, counted by the one MAC counter."""
 
-    def __init__(self, model, shape, plans, config, dense_macs: int) -> None:
+    def __init__(self, model, shape, plans, config: RemovalConfig, dense_macs: int) -> None:
         self.shape, self.plans, self.config = shape, plans, config
         self.meta = _shape_copy(model)  # each trial copies this, which holds no data
         self.dense = dense_macs
@@ -560,7 +560,7 @@ class StructuredPruning:
 
 
 def select_plans(
-    model, shape, names: list[str], config, *, fill: bool
+    model, shape, names: list[str], config: RemovalConfig, *, fill: bool
 ) -> tuple[list[GroupPlan], dict[str, str]]:
     """The groups to prune: those the taps `names` read, plus every other prunable group for
     a weight criterion without taps or where the matrices' ranking is `fill`ed by a weight
@@ -596,7 +596,7 @@ def prune_structured(
     checkpoint,
     clusters_path,
     names: list[str],
-    config,
+    config: RemovalConfig,
     batches: Batches | None = None,
     *,
     by_units: bool,

@@ -25,8 +25,9 @@ from snptool.config import DataConfig, InputSpec, TrainConfig, config_to_dict
 from snptool.core import console, distributed
 from snptool.core.architectures import build_model, default_input_size, run_dummy_input
 from snptool.core.checkpoint import Checkpoint, make_metadata, read_checkpoint, write_checkpoint
-from snptool.core.devices import resolve_device, seed_everything, to_device
+from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import check_output_path, provenance
+from snptool.core.seeds import seed_everything, stream_seed
 from snptool.data.checkpoint_data import check_classes
 from snptool.data.datasets import DataSplit, augment_batch, load_data, prepare_batch
 from snptool.data.mixing import apply_mix, draw_mix, mixing_rng
@@ -324,7 +325,7 @@ def epoch_shard(data: DataSplit, config: TrainConfig, epoch: int) -> np.ndarray:
     """This rank's sample order for one epoch: the split's seeded shuffle, strided over the
     ranks (rank r takes every W-th, the last samples % W dropped), so the ranks' batches
     together are the one-process run's global batches."""
-    order = data.order(shuffle=True, seed=config.seed * 100_003 + epoch)
+    order = data.order(shuffle=True, seed=stream_seed(config.seed, epoch))
     if not distributed.is_distributed():
         return order
     return order[distributed.shard_indices(len(order), "the training split", even=True)]
@@ -345,8 +346,8 @@ def _train_epoch(
     batch_size = config.batch_size // distributed.world_size()
     order = epoch_shard(train_data, config, epoch)
     steps = math.ceil(len(order) / batch_size)
-    torch.manual_seed(config.seed * 100_003 + epoch + rank_seed)  # dropout etc.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch + rank_seed)
+    torch.manual_seed(stream_seed(config.seed, epoch) + rank_seed)  # dropout etc.
+    generator = torch.Generator().manual_seed(stream_seed(config.seed, epoch) + rank_seed)
     mixing = mixing_rng(config.seed, epoch)
     mixes = config.mixup > 0 or config.cutmix > 0
     model.train()
