@@ -1,5 +1,5 @@
 """Fine-tuning of a pruned network with its masks enforced, optionally distilled from the dense
-model: the second half of `snptool prune`."""
+model: the second half of `snptool prune`, through the step loop `train` uses (training/loop.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from snptool.core.architectures import ProbeHeadModel
 from snptool.core.seeds import seed_everything, stream_seed
 from snptool.data.datasets import DataSplit, augment_batch, prepare_batch
 from snptool.errors import LayerError
+from snptool.training.loop import Runtime, run_steps
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -77,6 +78,7 @@ def finetune(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+    runtime = Runtime(model, device)
     steps = config.epochs * train_data.num_batches(config.batch_size)
     with console.progress("fine-tune", steps) as task:
         for epoch in range(config.epochs):
@@ -88,22 +90,30 @@ def finetune(
                     if isinstance(module, nn.modules.batchnorm._BatchNorm):
                         module.eval()
             generator = torch.Generator().manual_seed(stream_seed(seed, epoch))
-            for images, labels in train_data.batches(
+            shuffled = train_data.batches(
                 spec, config.batch_size, shuffle=True, seed=stream_seed(seed, epoch)
-            ):
-                x = prepare_batch(images.to(device), spec)
-                if config.augment:
-                    x = augment_batch(x, translate, flip, generator)
-                teacher_logits = None
-                if teacher is not None and config.distill:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                loss = finetune_loss(model(x), labels.to(device), teacher_logits, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                apply_masks(model, masks)
-                task.advance()
+            )
+
+            def prepared(batches=shuffled, generator=generator):
+                for images, labels in batches:
+                    x = prepare_batch(images.to(device), spec)
+                    if config.augment:
+                        x = augment_batch(x, translate, flip, generator)
+                    teacher_logits = None
+                    if teacher is not None and config.distill:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                    labels = labels.to(device)
+                    yield x, (labels, teacher_logits), labels
+
+            run_steps(
+                runtime,
+                optimizer,
+                prepared(),
+                lambda logits, targets: finetune_loss(logits, *targets, config),
+                after_step=lambda: apply_masks(model, masks),
+                on_step=lambda totals: task.advance(),
+            )
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()

@@ -8,7 +8,6 @@ resumed run repeats an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -33,39 +32,13 @@ from snptool.data.datasets import DataSplit, augment_batch, load_data, prepare_b
 from snptool.data.mixing import apply_mix, draw_mix, mixing_rng
 from snptool.errors import UsageError
 from snptool.training.evaluate import evaluate_model
+from snptool.training.loop import Runtime, StepTotals, run_steps
 
 OPTIMIZER_PREFIX = "snptool/optimizer/"  # + state key + "/" + parameter name
 LEGACY_MOMENTUM_PREFIX = "snptool/momentum/"  # + parameter name: SGD files before AdamW
 ADAMW_BETAS = (0.9, 0.999)
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 RANK_SEED_STRIDE = 7_919  # per-rank offset of the augmentation and dropout seeds
-
-
-@dataclass
-class Runtime:
-    """How the training step runs: the module to call (DDP-wrapped under torchrun), autocast
-    dtype, fp16 gradient scaler, NHWC inputs."""
-
-    forward: nn.Module
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
-    channels_last: bool = False
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
-            loss.backward()
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
 
 
 @dataclass(frozen=True)
@@ -351,45 +324,51 @@ def _train_epoch(
     mixing = mixing_rng(config.seed, epoch)
     mixes = config.mixup > 0 or config.cutmix > 0
     model.train()
-    # summed on the device: no host sync per step
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen, busy = 0, 0.0
-    batches = train_data.images.batches(order, batch_size, spec, train_data.config.workers)
-    loop_started = time.perf_counter()
-    for step, (images, labels) in enumerate(batches):
-        started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate_at(epoch + step / steps, config)
-        x = prepare_batch(to_device(images, device), spec)
-        if config.augment:
-            x = augment_batch(x, config.translate, config.flip, generator)
-        labels = to_device(labels, device)
-        if mixes:  # soft targets; accuracy against each image's larger share
-            draw = draw_mix(config.mixup, config.cutmix, config.mix_prob, *x.shape[2:], mixing)
-            x, targets = apply_mix(x, labels, train_data.num_classes, draw)
-            labels = targets.argmax(1)
-        else:
-            targets = labels
-        if runtime.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with runtime.autocast():
-            logits = runtime.forward(x)
-            loss = training_loss(logits.float(), targets, config.label_smoothing)
-        runtime.backward_step(loss, optimizer)
-        loss_sum += loss.detach().double() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        seen += len(labels)
-        busy += time.perf_counter() - started
+    clock = {"started": 0.0, "busy": 0.0}
+    loaded = train_data.images.batches(order, batch_size, spec, train_data.config.workers)
+
+    def prepared():
+        for step, (images, labels) in enumerate(loaded):
+            clock["started"] = time.perf_counter()  # data loading is not busy time
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(epoch + step / steps, config)
+            x = prepare_batch(to_device(images, device), spec)
+            if config.augment:
+                x = augment_batch(x, config.translate, config.flip, generator)
+            labels = to_device(labels, device)
+            if mixes:  # soft targets; accuracy against each image's larger share
+                draw = draw_mix(config.mixup, config.cutmix, config.mix_prob, *x.shape[2:], mixing)
+                x, targets = apply_mix(x, labels, train_data.num_classes, draw)
+                labels = targets.argmax(1)
+            else:
+                targets = labels
+            if runtime.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, targets, labels
+
+    def on_step(totals: StepTotals) -> None:
+        clock["busy"] += time.perf_counter() - clock["started"]
         task.advance()
         if task.live:
-            task.describe(f"epoch {epoch + 1}/{config.epochs} loss {float(loss_sum) / seen:.3f}")
+            task.describe(
+                f"epoch {epoch + 1}/{config.epochs} loss {float(totals.loss) / totals.seen:.3f}"
+            )
+
+    loop_started = time.perf_counter()
+    totals = run_steps(
+        runtime,
+        optimizer,
+        prepared(),
+        lambda logits, targets: training_loss(logits, targets, config.label_smoothing),
+        on_step=on_step,
+    )
+    busy = clock["busy"]
     if device.type == "cuda":  # steps run asynchronously: time the whole loop, synced once
         torch.cuda.synchronize(device)
         busy = time.perf_counter() - loop_started
     test = _evaluate_shards(model, test_data, spec, config, device)
     loss_total, correct_total, seen_total, busy_total = distributed.sum_numbers(
-        float(loss_sum), float(correct), seen, busy
+        float(totals.loss), float(totals.correct), totals.seen, busy
     )
     busy = busy_total / distributed.world_size()  # the mean rank's time
     return EpochRecord(

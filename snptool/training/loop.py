@@ -1,0 +1,90 @@
+"""The SGD step loop that `train` and prune's fine-tuning share.
+
+Each caller yields its own prepared batches (preprocessing, augmentation, mixing, a teacher's
+logits) and says how to score them; the loop runs the forward pass (under autocast where the
+runtime asks for it), one optimiser step, the caller's `after_step` hook (fine-tuning re-applies
+its masks there) and sums the loss and the correct predictions on the device, so no step waits
+for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Runtime:
+    """How the training step runs: the module to call (DDP-wrapped under torchrun), autocast
+    dtype, fp16 gradient scaler, NHWC inputs."""
+
+    forward: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = None
+    channels_last: bool = False
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+@dataclass
+class StepTotals:
+    """Sums over the steps so far: loss × samples (float64) and correct predictions, on the
+    device, and the samples seen."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+
+
+# (inputs, what the loss reads, labels for accuracy)
+Batch = tuple[torch.Tensor, Any, torch.Tensor]
+Loss = Callable[[torch.Tensor, Any], torch.Tensor]  # (logits, what the loss reads) → loss
+
+
+def run_steps(
+    runtime: Runtime,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    loss_of: Loss,
+    *,
+    after_step: Callable[[], None] | None = None,
+    on_step: Callable[[StepTotals], None] | None = None,
+) -> StepTotals:
+    """One optimiser step per batch; `after_step` runs after each step, `on_step` gets the
+    running totals (progress, timing)."""
+    totals = StepTotals(
+        torch.zeros((), dtype=torch.float64, device=runtime.device),
+        torch.zeros((), dtype=torch.long, device=runtime.device),
+    )
+    for x, targets, labels in batches:
+        with runtime.autocast():
+            logits = runtime.forward(x)
+            loss = loss_of(logits.float(), targets)
+        runtime.backward_step(loss, optimizer)
+        if after_step is not None:
+            after_step()
+        totals.loss += loss.detach().double() * len(labels)
+        totals.correct += (logits.argmax(1) == labels).sum()
+        totals.seen += len(labels)
+        if on_step is not None:
+            on_step(totals)
+    return totals
