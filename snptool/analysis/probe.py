@@ -35,6 +35,7 @@ from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import atomic_path, check_output_path, provenance
 from snptool.core.seeds import stream_seed
 from snptool.core.taps import Tap, TapRecorder
+from snptool.core.training_loop import Runtime, run_steps
 from snptool.data.checkpoint_data import load_checkpoint_data
 from snptool.data.datasets import DataSplit, prepare_batch
 
@@ -140,29 +141,40 @@ def fit_probes(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
+    runtime = Runtime(ProbeSet(probes, taps, device), device)
     steps = config.epochs * math.ceil(samples / config.batch_size)
     with console.progress("probe", steps) as task:
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * config.lr_decay**epoch
-            total = 0.0
-            for features, labels in batches_of_epoch(epoch):
-                labels = labels.to(device)
-                loss = sum(
-                    F.cross_entropy(
-                        probes[_module_key(tap.name)](features[tap.name].to(device)), labels
-                    )
-                    for tap in taps
-                )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                task.advance()
-            task.describe(
-                f"probe epoch {epoch + 1}/{config.epochs} loss {total / max(1, len(taps)):.3g}"
+            batches = (
+                (features, labels.to(device), labels)
+                for features, labels in batches_of_epoch(epoch)
             )
+            totals = run_steps(
+                runtime,
+                optimizer,
+                batches,
+                lambda outputs, labels: sum(F.cross_entropy(o, labels) for o in outputs.values()),
+                on_step=lambda totals: task.advance(),
+            )
+            loss = float(totals.loss) / max(1, totals.seen * len(taps))
+            task.describe(f"probe epoch {epoch + 1}/{config.epochs} loss {loss:.3g} per tap")
     return {tap.name: probes[_module_key(tap.name)].weight.detach().cpu() for tap in taps}
+
+
+class ProbeSet(nn.Module):
+    """Every tap's read-out in one module: {tap: [B, U·P] features} → {tap: [B, C] logits}."""
+
+    def __init__(self, probes: nn.ModuleDict, taps: list[Tap], device: torch.device) -> None:
+        super().__init__()
+        self.probes, self.names, self.device = probes, [tap.name for tap in taps], device
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            name: self.probes[_module_key(name)](features[name].to(self.device))
+            for name in self.names
+        }
 
 
 def _module_key(name: str) -> str:

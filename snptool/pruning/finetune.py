@@ -1,5 +1,6 @@
 """Fine-tuning of a pruned network with its masks enforced, optionally distilled from the dense
-model: the second half of `snptool prune`, through the step loop `train` uses (training/loop.py)."""
+model: the second half of `snptool prune`, through the step loop that `train` uses too
+(core/training_loop.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from snptool.config import FinetuneConfig
 from snptool.core import console
 from snptool.core.architectures import ProbeHeadModel
 from snptool.core.seeds import seed_everything, stream_seed
+from snptool.core.training_loop import Runtime, run_steps
 from snptool.data.datasets import DataSplit, augment_batch, prepare_batch
 from snptool.errors import LayerError
-from snptool.training.loop import Runtime, run_steps
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
@@ -110,7 +111,7 @@ def finetune(
                 runtime,
                 optimizer,
                 prepared(),
-                lambda logits, targets: finetune_loss(logits, *targets, config),
+                lambda logits, targets: finetune_loss(logits.float(), *targets, config),
                 after_step=lambda: apply_masks(model, masks),
                 on_step=lambda totals: task.advance(),
             )

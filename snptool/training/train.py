@@ -27,12 +27,12 @@ from snptool.core.checkpoint import Checkpoint, make_metadata, read_checkpoint, 
 from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import check_output_path, provenance
 from snptool.core.seeds import seed_everything, stream_seed
+from snptool.core.training_loop import Runtime, StepTotals, run_steps
 from snptool.data.checkpoint_data import check_classes
 from snptool.data.datasets import DataSplit, augment_batch, load_data, prepare_batch
 from snptool.data.mixing import apply_mix, draw_mix, mixing_rng
 from snptool.errors import UsageError
 from snptool.training.evaluate import evaluate_model
-from snptool.training.loop import Runtime, StepTotals, run_steps
 
 OPTIMIZER_PREFIX = "snptool/optimizer/"  # + state key + "/" + parameter name
 LEGACY_MOMENTUM_PREFIX = "snptool/momentum/"  # + parameter name: SGD files before AdamW
@@ -359,7 +359,7 @@ def _train_epoch(
         runtime,
         optimizer,
         prepared(),
-        lambda logits, targets: training_loss(logits, targets, config.label_smoothing),
+        lambda logits, targets: training_loss(logits.float(), targets, config.label_smoothing),
         on_step=on_step,
     )
     busy = clock["busy"]

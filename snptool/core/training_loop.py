@@ -1,10 +1,10 @@
-"""The SGD step loop that `train` and prune's fine-tuning share.
+"""The one SGD step loop: `train`, prune's fine-tuning and `probe`'s read-outs all run it.
 
 Each caller yields its own prepared batches (preprocessing, augmentation, mixing, a teacher's
-logits) and says how to score them; the loop runs the forward pass (under autocast where the
-runtime asks for it), one optimiser step, the caller's `after_step` hook (fine-tuning re-applies
-its masks there) and sums the loss and the correct predictions on the device, so no step waits
-for the host.
+logits, tapped features) and says how to score the forward pass's output; the loop runs the
+forward pass (under autocast where the runtime asks for it), one optimiser step, the caller's
+`after_step` hook (fine-tuning re-applies its masks there) and sums the loss, and the correct
+predictions where the output is one logits tensor, on the device, so no step waits for the host.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ class StepTotals:
 
 
 # (inputs, what the loss reads, labels for accuracy)
-Batch = tuple[torch.Tensor, Any, torch.Tensor]
-Loss = Callable[[torch.Tensor, Any], torch.Tensor]  # (logits, what the loss reads) → loss
+Batch = tuple[Any, Any, torch.Tensor]
+Loss = Callable[[Any, Any], torch.Tensor]  # (the forward pass's output, what the loss reads)
 
 
 def run_steps(
@@ -70,20 +70,22 @@ def run_steps(
     on_step: Callable[[StepTotals], None] | None = None,
 ) -> StepTotals:
     """One optimiser step per batch; `after_step` runs after each step, `on_step` gets the
-    running totals (progress, timing)."""
+    running totals (progress, timing). Correct predictions count where the output is a
+    [B, classes] tensor of logits."""
     totals = StepTotals(
         torch.zeros((), dtype=torch.float64, device=runtime.device),
         torch.zeros((), dtype=torch.long, device=runtime.device),
     )
     for x, targets, labels in batches:
         with runtime.autocast():
-            logits = runtime.forward(x)
-            loss = loss_of(logits.float(), targets)
+            output = runtime.forward(x)
+            loss = loss_of(output, targets)
         runtime.backward_step(loss, optimizer)
         if after_step is not None:
             after_step()
         totals.loss += loss.detach().double() * len(labels)
-        totals.correct += (logits.argmax(1) == labels).sum()
+        if isinstance(output, torch.Tensor):
+            totals.correct += (output.argmax(1) == labels).sum()
         totals.seen += len(labels)
         if on_step is not None:
             on_step(totals)
