@@ -1,4 +1,5 @@
-"""The ground every stage stands on: files, checkpoints, architectures, the tracer, file formats.
+"""The ground every stage stands on: files, checkpoints, architectures, file formats, the one
+forward-hook tracer and the one SGD step loop.
 
 Nothing here imports a stage. `console` is the only rich import.
 """

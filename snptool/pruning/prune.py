@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from snptool.config import (
     DataConfig,
@@ -47,6 +48,7 @@ from snptool.pruning.methods import (
     METHODS,
     PrunedLayer,
     PruneInputs,
+    PrunePlan,
     layer_chains,
     read_label_sets,
 )
@@ -89,6 +91,36 @@ def taylor_batches(
         if len(batches) == config.removal.taylor_batches:
             break
     return batches
+
+
+def fine_tune(
+    model: nn.Module,
+    plan: PrunePlan,
+    checkpoint: Checkpoint,
+    train_data: DataSplit,
+    config: PruneConfig,
+    device: torch.device,
+    teacher: nn.Module | None,
+    every_module: bool,
+) -> None:
+    """Fine-tune the pruned `model` with the plan's masks enforced (finetune.py), augmented as
+    the checkpoint was trained, distilled from `teacher` if given."""
+    modules = trainable_modules(model, config.finetune, plan.masks, every_module=every_module)
+    training = (checkpoint.metadata.get("training") or {}).get("config") or {}
+    augmentation = (training.get("translate", 4), training.get("flip", True))
+    spec = checkpoint.input_spec
+    finetune(
+        model,
+        plan.masks,
+        train_data,
+        spec,
+        config.finetune,
+        modules,
+        device,
+        augmentation,
+        teacher,
+        seed=config.seed,
+    )
 
 
 def run_prune(
@@ -149,23 +181,8 @@ def run_prune(
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
     after = before
     if config.finetune.epochs:
-        modules = trainable_modules(
-            model, config.finetune, masks, every_module=method.removes_channels
-        )
-        training = (checkpoint.metadata.get("training") or {}).get("config") or {}
-        augmentation = (training.get("translate", 4), training.get("flip", True))
-        finetune(
-            model,
-            masks,
-            train_data,
-            spec,
-            config.finetune,
-            modules,
-            device,
-            augmentation,
-            teacher,
-            seed=config.seed,
-        )
+        every_module = method.removes_channels
+        fine_tune(model, plan, checkpoint, train_data, config, device, teacher, every_module)
         after = evaluate_model(
             model, test_data, spec, device=device, description="fine-tuned"
         ).accuracy
