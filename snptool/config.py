@@ -606,6 +606,63 @@ class ExportConfig:
         )
 
 
+QUANTIZE_METHODS = ("static", "dynamic")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+QUANT_TYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """int8 quantization of an ONNX file with onnxruntime's own tool (onnxruntime.quantization).
+
+    `static` writes a QDQ graph: weights quantized per output channel (`per_channel`),
+    activation ranges calibrated on `calibration` images drawn (seed `seed`) from the data's
+    train split with `calibrate_method` (MinMax, Entropy or Percentile). `dynamic` quantizes
+    the weights only and computes activation scales at run time: for Linear-heavy models such
+    as the CCT, and it needs no data. **Decision**: activations uint8, weights int8 (U8S8),
+    the format onnxruntime's x86 kernels (AVX2, AVX-512, VNNI) run fastest.
+    """
+
+    method: str = setting(
+        "static",
+        "static (QDQ, activations calibrated on training images) or dynamic (weights only; "
+        "Linear-heavy models such as the CCT).",
+    )
+    calibration: int = setting(256, "Training images that calibrate the activations (static).")
+    calibrate_method: str = setting("minmax", "Calibration: minmax, entropy or percentile.")
+    per_channel: bool = setting(True, "One scale per output channel of every weight.")
+    activation_type: str = setting("uint8", "Activations: uint8 or int8.")
+    weight_type: str = setting("int8", "Weights: int8 or uint8.")
+    batch_size: int = setting(32, "Batch size of the calibration and of the accuracy check.")
+    seed: int = setting(0, "Seed of the calibration images' draw.")
+
+    def __post_init__(self) -> None:
+        _require(
+            (
+                self.method in QUANTIZE_METHODS,
+                f"method is one of {', '.join(QUANTIZE_METHODS)}, not {self.method!r}",
+            ),
+            (
+                self.calibration >= 1,
+                f"calibration must be at least 1 image, not {self.calibration}",
+            ),
+            (
+                self.calibrate_method in CALIBRATION_METHODS,
+                f"calibrate method is one of {', '.join(CALIBRATION_METHODS)}, "
+                f"not {self.calibrate_method!r}",
+            ),
+            (
+                self.activation_type in QUANT_TYPES,
+                f"activation type is uint8 or int8, not {self.activation_type!r}",
+            ),
+            (
+                self.weight_type in QUANT_TYPES,
+                f"weight type is uint8 or int8, not {self.weight_type!r}",
+            ),
+            (self.batch_size >= 1, f"batch size must be at least 1, not {self.batch_size}"),
+        )
+
+
 @dataclass(frozen=True)
 class CommitteeConfig:
     """Soft committee (METHODS.md §7): the mean of the members' softmax outputs, scored on
@@ -648,7 +705,9 @@ class CommitteeConfig:
 @dataclass(frozen=True)
 class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
-    rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size."""
+    rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size.
+    With `profile` > 0, onnxruntime's profiler then runs each model `runs` more times (after
+    `warmup`) and its kernel times, summed by operator type, name the slowest."""
 
     warmup: int = setting(10, "Untimed runs of each model first.")
     runs: int = setting(100, "Timed runs of each model.")
@@ -661,6 +720,9 @@ class LatencyConfig:
     threads: int = setting(1, "onnxruntime intra-op threads.")
     provider: str = setting("CPUExecutionProvider", "onnxruntime execution provider.")
     seed: int = setting(0, "Seed of the random inputs.")
+    profile: int = setting(
+        0, "Also list each model's N slowest operator types (onnxruntime's profiler; 0: off)."
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
@@ -674,6 +736,7 @@ class LatencyConfig:
             (self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
             (bool(self.provider), "give an execution provider, e.g. CPUExecutionProvider"),
             (self.seed >= 0, f"seed must be >= 0, not {self.seed}"),
+            (self.profile >= 0, f"profile must be >= 0 operators, not {self.profile}"),
         )
 
 

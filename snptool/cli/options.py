@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from snptool.config import LatencyConfig
+from snptool.config import InputSpec, LatencyConfig
 from snptool.errors import UsageError
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
@@ -86,3 +86,21 @@ def batch_sizes(values: list[str] | None) -> tuple[int, ...]:
         raise UsageError(
             f"--batch {','.join(values)!r} must be whole numbers, e.g. --batch 1,8."
         ) from None
+
+
+def foreign_input_spec(
+    channels: int | None, size: str | None, mean: str | None, std: str | None
+) -> InputSpec | None:
+    """The preprocessing flags of an ONNX file without snptool metadata (None if none given;
+    unset ones take the defaults: 3 channels, 32×32, mean = std = 0.5)."""
+    if channels is None and size is None and mean is None and std is None:
+        return None
+    parsed = input_size_of(size) or (32, 32)
+    defaults = InputSpec(channels=channels or 3)
+    return InputSpec(
+        channels=channels or 3,
+        height=parsed[0],
+        width=parsed[1],
+        mean=floats(mean, "--mean") or defaults.mean,
+        std=floats(std, "--std") or defaults.std,
+    )

@@ -19,6 +19,7 @@ from snptool.cli.options import (
     SizeOpt,
     StdOpt,
     floats,
+    foreign_input_spec,
     input_size_of,
 )
 from snptool.config import DataConfig, EvaluateConfig, InputSpec, TrainConfig
@@ -229,23 +230,37 @@ def layers(
 @config_flags(DataConfig, into="data_config")
 @config_flags(EvaluateConfig)
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="snptool checkpoint.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(help="snptool checkpoint, or an ONNX file (run in onnxruntime).")
+    ],
     data: Annotated[
         str | None, typer.Option("--data", help="Data spec (default: the one it was trained on).")
     ] = None,
     *,
     config: EvaluateConfig,
+    input_size: SizeOpt = None,
+    channels: ChannelsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     data_config: DataConfig,
     json_output: JsonOpt = False,
 ) -> None:
-    """Top-1 accuracy of a checkpoint, overall and per class.
+    """Top-1 accuracy of a checkpoint or an ONNX file, overall and per class.
 
     Example: snptool evaluate vgg11.safetensors --data cifar10 --json
     """
     from snptool.core import console
-    from snptool.training.evaluate import run_evaluate
+    from snptool.deploy.onnx_file import is_onnx_path
 
-    result = run_evaluate(checkpoint, data, config, data_config)
+    if is_onnx_path(checkpoint):
+        from snptool.deploy.onnx_evaluate import run_evaluate_onnx
+
+        spec = foreign_input_spec(channels, input_size, mean, std)
+        result = run_evaluate_onnx(checkpoint, data, config, data_config, input_spec=spec)
+    else:
+        from snptool.training.evaluate import run_evaluate
+
+        result = run_evaluate(checkpoint, data, config, data_config)
     rows = [(name, accuracy) for name, accuracy in result.per_class.items()]
     console.table(f"{checkpoint} on {result.data} ({result.split})", ["class", "accuracy"], rows)
     console.log(f"accuracy {result.accuracy:.4f} on {result.samples} images")

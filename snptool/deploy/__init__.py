@@ -15,5 +15,9 @@ __getattr__, __all__ = lazy_exports(
         "SoftCommittee": "committee",
         "run_latency": "latency",
         "LatencyResult": "latency",
+        "run_quantize": "quantize",
+        "QuantizeResult": "quantize",
+        "run_evaluate_onnx": "onnx_evaluate",
+        "read_onnx": "onnx_file",
     },
 )

@@ -6,8 +6,10 @@ hits every model alike; each model's ratio is its p50 over the first model's at 
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +59,8 @@ class LatencyRow:
     std_ms: float
     throughput: float  # images per second: batch / mean seconds
     ratio: float  # p50 / the first model's p50 at the same batch
+    bytes: int = 0  # the file's size on disk
+    operators: list[dict[str, Any]] = field(default_factory=list)  # slowest first (--profile)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +74,8 @@ class LatencyRow:
             "std_ms": self.std_ms,
             "throughput": self.throughput,
             "ratio": self.ratio,
+            "bytes": self.bytes,
+            **({"operators": self.operators} if self.operators else {}),
         }
 
 
@@ -272,8 +278,57 @@ def run_latency(paths: Sequence[str | Path], config: LatencyConfig | None = None
         first_orders = first_orders or orders[:2]
         stats = [summarize(t, batch) for t in times]
         reference = stats[0]["p50_ms"]
+        operators = [
+            profile_operators(m, feed, config) if config.profile else []
+            for m, feed in zip(models, feeds, strict=True)
+        ]
         rows += [
-            LatencyRow(m.path, batch, ratio=s["p50_ms"] / reference, **s)
-            for m, s in zip(models, stats, strict=True)
+            LatencyRow(
+                m.path,
+                batch,
+                ratio=s["p50_ms"] / reference,
+                bytes=Path(m.path).stat().st_size,
+                operators=ops,
+                **s,
+            )
+            for m, s, ops in zip(models, stats, operators, strict=True)
         ]
     return LatencyResult(rows, config_to_dict(config), environment(config, models), first_orders)
+
+
+def profile_operators(
+    model: _Model, feed: dict[str, np.ndarray], config: LatencyConfig
+) -> list[dict[str, Any]]:
+    """The `config.profile` operator types that take the most kernel time per run, from
+    onnxruntime's profiler over `config.runs` runs after `config.warmup` untimed ones:
+    [{op, ms (per run), share (of the kernel time), nodes}], slowest first."""
+    with tempfile.TemporaryDirectory(prefix="snptool-profile-") as directory:
+        options = session_options(config.threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(directory) / "profile")
+        session = ort.InferenceSession(model.path, options, providers=[config.provider])
+        with console.progress(
+            f"profile {Path(model.path).name}", config.warmup + config.runs
+        ) as task:
+            for _ in range(config.warmup + config.runs):
+                session.run(None, feed)
+                task.advance()
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    timed_from = runs[config.warmup] if len(runs) > config.warmup else 0
+    kernel_us: dict[str, float] = {}
+    nodes: dict[str, set[str]] = {}
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        if event["ts"] < timed_from:
+            continue
+        op = event.get("args", {}).get("op_name", "?")
+        kernel_us[op] = kernel_us.get(op, 0.0) + event["dur"]
+        nodes.setdefault(op, set()).add(event["name"].removesuffix("_kernel_time"))
+    total = sum(kernel_us.values()) or 1.0
+    ranked = sorted(kernel_us.items(), key=lambda item: -item[1])[: config.profile]
+    return [
+        {"op": op, "ms": us / config.runs / 1e3, "share": us / total, "nodes": len(nodes[op])}
+        for op, us in ranked
+    ]

@@ -21,6 +21,7 @@ FAST_FLAGS = ("--warmup", "2", "--runs", "10")
 ROW_KEYS = {
     "path",
     "batch",
+    "bytes",
     "runs",
     "p50_ms",
     "p90_ms",
@@ -100,6 +101,26 @@ def test_side_by_side_ratios_and_statistics(narrow: Path, wide: Path) -> None:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
         assert row.std_ms >= 0
         assert row.throughput == pytest.approx(1 / (row.mean_ms / 1e3))
+
+
+def test_rows_carry_the_file_size_and_the_profile_names_the_slowest_operators(
+    narrow: Path, wide: Path
+) -> None:
+    plain = run_latency([narrow], FAST).rows[0]
+    assert plain.bytes == narrow.stat().st_size and "operators" not in plain.to_json()
+    import dataclasses
+
+    result = run_latency([narrow, wide], dataclasses.replace(FAST, profile=2))
+    for row in result.rows:
+        assert row.bytes == Path(row.path).stat().st_size
+        assert 1 <= len(row.operators) <= 2
+        assert [o["ms"] for o in row.operators] == sorted(
+            (o["ms"] for o in row.operators), reverse=True
+        )
+        assert all(0 < o["share"] <= 1 and o["nodes"] >= 1 for o in row.operators)
+    wide_ops = {o["op"]: o for o in result.rows[1].operators}
+    assert "Conv" in wide_ops and wide_ops["Conv"]["share"] > 0.5  # 256 channels: Conv dominates
+    assert result.rows[1].to_json()["operators"] == result.rows[1].operators
 
 
 def test_runs_are_interleaved_in_alternating_order(narrow: Path, wide: Path) -> None:
