@@ -4,12 +4,13 @@
 # labels × labels matrix and its clusters, remove the channels and nodes that serve the fewest
 # labels until half the MACs are left (`prune --method units`, every layer keeping a multiple of
 # ROUND_TO channels: onnxruntime's convolutions work in blocks of 16 channels on AVX-512, 8 on
-# AVX2), fine-tune, export the dense and the pruned model to ONNX, time them in onnxruntime and
-# draw it all into $OUT/report.html.
+# AVX2), fine-tune, export the dense and the pruned model to ONNX, quantize both to int8
+# (onnxruntime's static QDQ, CALIBRATION training images), time the four side by side in
+# onnxruntime and draw it all into $OUT/report.html.
 # Every step reads and writes files, and every --json result lands beside them in $OUT.
 #
 #   bash examples/pipeline.sh [OUT]   (ARCH, EPOCHS, PROBE_EPOCHS, FINETUNE_EPOCHS, TARGET_MACS,
-#   ROUND_TO, MIN_CHANNELS, DATA can be set in the environment)
+#   ROUND_TO, MIN_CHANNELS, CALIBRATION, DATA can be set in the environment)
 set -euo pipefail
 OUT=${1:-runs/digits}
 ARCH=${ARCH:-vgg6}
@@ -19,6 +20,7 @@ FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-3}
 TARGET_MACS=${TARGET_MACS:-0.5}
 ROUND_TO=${ROUND_TO:-16}
 MIN_CHANNELS=${MIN_CHANNELS:-8}
+CALIBRATION=${CALIBRATION:-256}
 DATA=${DATA:-digits}
 mkdir -p "$OUT"
 
@@ -36,7 +38,12 @@ snptool prune "$OUT/model.best.safetensors" --clusters "$OUT/matrices.h5" --meth
     --finetune-epochs "$FINETUNE_EPOCHS" --lr 0.01 -o "$OUT/pruned.safetensors" --json > "$OUT/prune.json"
 snptool export "$OUT/model.best.safetensors" -o "$OUT/dense.onnx" --json > "$OUT/export-dense.json"
 snptool export "$OUT/pruned.safetensors" -o "$OUT/pruned.onnx" --json > "$OUT/export-pruned.json"
-snptool latency "$OUT/dense.onnx" "$OUT/pruned.onnx" --batch 1 --threads 1 --json > "$OUT/latency.json"
+for kind in dense pruned; do
+    snptool quantize "$OUT/$kind.onnx" --calibration "$CALIBRATION" -o "$OUT/$kind.int8.onnx" \
+        --json > "$OUT/quantize-$kind.json"
+done
+snptool latency "$OUT/dense.onnx" "$OUT/pruned.onnx" "$OUT/dense.int8.onnx" "$OUT/pruned.int8.onnx" \
+    --batch 1 --threads 1 --json > "$OUT/latency.json"
 snptool report "$OUT/matrices.h5" "$OUT/probes.safetensors" "$OUT/prune.json" \
     "$OUT/export-dense.json" "$OUT/export-pruned.json" "$OUT/latency.json" \
     -o "$OUT/report.html" --json > "$OUT/report-result.json"
@@ -68,5 +75,16 @@ print(f"onnx: params {exports[1]['params']}/{exports[0]['params']}, MACs {export
 print(f"pruning buys a {speedup:.2f}x faster export ({speedup * mac_ratio:.2f} of the ideal "
       f"{1 / mac_ratio:.2f}x) for {100 * (prune['dense_accuracy'] - prune['accuracy_after']):.2f} "
       f"points of test accuracy ({prune['dense_accuracy']:.4f} -> {prune['accuracy_after']:.4f})")
+quantized = [json.load(open(f"{out}/quantize-{kind}.json")) for kind in ("dense", "pruned")]
+variants = [  # (name, accuracy, export, size in bytes, latency row)
+    ("dense fp32", quantized[0]["float_accuracy"], exports[0], latency[0]),
+    ("pruned fp32", quantized[1]["float_accuracy"], exports[1], latency[1]),
+    ("dense int8", quantized[0]["int8_accuracy"], exports[0], latency[2]),
+    ("pruned int8", quantized[1]["int8_accuracy"], exports[1], latency[3]),
+]
+print(f"{'variant':<13}{'accuracy':>9}{'params':>10}{'MACs':>11}{'MB':>7}{'p50 ms':>8}{'speed-up':>9}")
+for name, accuracy, export, row in variants:
+    print(f"{name:<13}{accuracy:>9.4f}{export['params']:>10}{export['macs']:>11}"
+          f"{row['bytes'] / 1e6:>7.2f}{row['p50_ms']:>8.3f}{latency[0]['p50_ms'] / row['p50_ms']:>8.2f}x")
 print(f"report: open {out}/report.html in a browser")
 PY

@@ -74,8 +74,15 @@ def test_examples_pipeline_runs_end_to_end(tmp_path):
     assert pruned["macs"] <= 0.5 * dense["macs"]
     assert "pruning buys a" in completed.stdout
     latency = json.loads((out / "latency.json").read_text())
-    assert [row["path"] for row in latency] == [str(out / "dense.onnx"), str(out / "pruned.onnx")]
+    variants = ["dense.onnx", "pruned.onnx", "dense.int8.onnx", "pruned.int8.onnx"]
+    assert [row["path"] for row in latency] == [str(out / name) for name in variants]
     assert latency[0]["ratio"] == 1.0
+    for kind in ("dense", "pruned"):
+        quantized = json.loads((out / f"quantize-{kind}.json").read_text())
+        assert quantized["method"] == "static" and quantized["calibration"] == 256
+        assert quantized["argmax_agreement"] >= 0.9
+    for name in ("dense fp32", "pruned fp32", "dense int8", "pruned int8"):
+        assert f"\n{name}" in completed.stdout
 
     with safe_open(str(out / "model.best.safetensors"), "pt") as handle:
         metadata = json.loads(handle.metadata()["snptool"])

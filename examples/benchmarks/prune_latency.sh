@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Dilution, accuracy, parameters, MACs and onnxruntime latency of afcc, afcc-grouped (G = 2, 4),
 # random and magnitude pruning of the VGG that cifar_layer_table.sh trained and analysed, all
-# exported models timed side by side in ONE `snptool latency` run.
+# exported models timed side by side in ONE `snptool latency` run; then channel removal
+# (`--method units` to TARGET of the MACs, widths a multiple of 16) and the four deployment
+# variants, dense and pruned in float32 and int8, at batch 1 and 32 (int8_variants.sh).
 #
 #   bash examples/benchmarks/prune_latency.sh [DIR] [FINETUNE_EPOCHS] [OUT]
 #
@@ -31,6 +33,7 @@ prune grouped2 afcc-grouped --groups 2
 prune grouped4 afcc-grouped --groups 4
 prune random random
 prune magnitude magnitude
+prune units units --target-macs "${TARGET:-0.5}" --round-to 16
 MODELS=()
 for name in dense afcc afcc-probe grouped2 grouped4 random magnitude; do MODELS+=("$OUT/$name.onnx"); done
 snptool latency "${MODELS[@]}" --batch 1 --threads 1 --warmup 20 --runs 300 \
@@ -55,3 +58,5 @@ for name in ("afcc", "afcc-probe", "grouped2", "grouped4", "random", "magnitude"
           f"{prune['accuracy_after']:>8.4f}{export['params'] / dense['params']:>8.3f}{mac_ratio:>7.3f}"
           f"{latency_ratio:>8.3f}{(1 / latency_ratio) / (1 / mac_ratio):>9.2f}")
 PY
+
+bash "$(dirname "$0")/int8_variants.sh" "$OUT/int8" "$OUT/dense.onnx" "$OUT/units.onnx"

@@ -3,7 +3,9 @@
 # the SNP ranking (`prune --method units`: fewest labels served, weakest maximum, most noise;
 # `units-l1`: fewest labels served, then the smallest L1 norm) against Torch-Pruning's
 # magnitude (L1) and Taylor criteria, all to the same MAC target on the same channel groups,
-# fine-tuned identically, exported, and timed in ONE `snptool latency` run.
+# fine-tuned identically, exported, and timed in ONE `snptool latency` run. Then the dense, the
+# units-l1 and the magnitude-channels exports are quantized to int8 and all six variants timed
+# at batch 1 and 32, one and two threads (int8_variants.sh).
 #
 #   bash examples/benchmarks/structured_vs_torch_pruning.sh [OUT] [FINETUNE_EPOCHS]
 #
@@ -104,3 +106,6 @@ for name in ("units", "units-l1", "magnitude-channels", "taylor"):
           f"{ratio:>10.3f}{(1 / ratio) / (1 / macs):>9.2f}")
 print("anchors: DepGraph 93.53 -> 93.77 % at 2.13x fewer MACs; HRank 93.26 -> 93.17 % at 2.00x")
 PY
+
+DATA=$DATA bash "$HERE/int8_variants.sh" "$OUT/int8" "$OUT/dense.onnx" "$OUT/units-l1.onnx" \
+    "$OUT/magnitude-channels.onnx"
