@@ -182,10 +182,11 @@ def run_quantize(
             f"static quantization calibrates on training images, and {file.path} names no data "
             "set; pass --data SPEC, or use --method dynamic."
         )
-    train = onnx_data(file, data_spec, "train", data_config) if has_data else None
+    static = config.method == "static"
+    train = onnx_data(file, data_spec, "train", data_config) if static else None
     test = onnx_data(file, data_spec, "test", data_config) if has_data else None
     calibration = None
-    if config.method == "static":
+    if static:
         if len(train) == 0:
             raise UsageError(f"the train split of {train.spec} is empty; nothing to calibrate on.")
         calibration = calibration_batches(
@@ -202,7 +203,7 @@ def run_quantize(
         output=str(output),
         method=config.method,
         calibration=count,
-        data=train.spec if train is not None else None,
+        data=test.spec if test is not None else None,
         float_bytes=file.path.stat().st_size,
         int8_bytes=Path(output).stat().st_size,
         float_accuracy=accuracy["float"] if accuracy else None,
