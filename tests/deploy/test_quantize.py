@@ -94,18 +94,27 @@ def test_evaluate_cli_takes_an_onnx_file_and_prints_the_same_json(quantized):
     assert json.loads(found.stdout)["accuracy"] == pytest.approx(result.int8_accuracy)
 
 
-def test_dynamic_quantization_needs_no_data(checkpoint_path, tmp_path):
+@pytest.fixture(scope="module")
+def exported_without_data(checkpoint_path: Path, tmp_path_factory) -> Path:
+    """The trained tiny VGG exported from a checkpoint that names no data set (random-input
+    parity): its ONNX metadata names none either."""
     from snptool.core.checkpoint import read_checkpoint, write_checkpoint
 
+    directory = tmp_path_factory.mktemp("bare")
     checkpoint = read_checkpoint(checkpoint_path)
     metadata = {k: v for k, v in checkpoint.metadata.items() if k != "data"}
-    bare = tmp_path / "bare.safetensors"
-    write_checkpoint(bare, checkpoint.model, metadata)
-    run_export(bare, tmp_path / "bare.onnx", ExportConfig(parity_samples=4))
+    write_checkpoint(directory / "bare.safetensors", checkpoint.model, metadata)
+    run_export(
+        directory / "bare.safetensors", directory / "bare.onnx", ExportConfig(parity_samples=4)
+    )
+    return directory / "bare.onnx"
+
+
+def test_dynamic_quantization_needs_no_data(exported_without_data, tmp_path):
     with pytest.raises(UsageError, match="names no data set; pass --data SPEC"):
-        run_quantize(tmp_path / "bare.onnx", tmp_path / "static.onnx")
+        run_quantize(exported_without_data, tmp_path / "static.onnx")
     result = run_quantize(
-        tmp_path / "bare.onnx", tmp_path / "dynamic.onnx", QuantizeConfig(method="dynamic")
+        exported_without_data, tmp_path / "dynamic.onnx", QuantizeConfig(method="dynamic")
     )
     assert result.float_accuracy is None and result.calibration == 0
     assert "DynamicQuantizeLinear" in read_onnx(tmp_path / "dynamic.onnx").quantized_ops
@@ -120,9 +129,12 @@ def test_dynamic_quantization_needs_no_data(checkpoint_path, tmp_path):
         ("quantized", "is already quantized"),
         ("foreign", "has no snptool metadata, so its preprocessing is unknown"),
         ("zero", "calibration must be at least 1 image"),
+        ("no data", "names no data set; pass --data SPEC, or use --method dynamic"),
     ],
 )
-def test_bad_inputs_get_one_line_and_write_nothing(case, message, exported, quantized, tmp_path):
+def test_bad_inputs_get_one_line_and_write_nothing(
+    case, message, exported, quantized, exported_without_data, tmp_path
+):
     model, extra = exported, []
     if case == "text":
         model = tmp_path / "notes.onnx"
@@ -134,6 +146,8 @@ def test_bad_inputs_get_one_line_and_write_nothing(case, message, exported, quan
         model = quantized[0]
     elif case == "foreign":
         model = write_tiny_onnx(tmp_path / "foreign.onnx")
+    elif case == "no data":
+        model = exported_without_data
     else:
         extra = ["--calibration", "0"]
     output = tmp_path / "out.onnx"
