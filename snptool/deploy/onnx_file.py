@@ -44,7 +44,9 @@ class OnnxFile:
 
     @property
     def input_name(self) -> str:
-        return self.graph.graph.input[0].name
+        """The graph's data input (older exporters also list the weights as inputs)."""
+        weights = {t.name for t in self.graph.graph.initializer}
+        return next(i.name for i in self.graph.graph.input if i.name not in weights)
 
     @property
     def output_name(self) -> str:
@@ -60,8 +62,14 @@ class OnnxFile:
         return (self.metadata or {}).get("class_names")
 
     def input_spec(self, fallback: InputSpec | None = None) -> InputSpec:
-        """The preprocessing the export recorded, else `fallback` (from flags), else an error."""
+        """The preprocessing the export recorded, else `fallback` (from flags), else an error;
+        flags for a file that records its own preprocessing are refused, not silently lost."""
         record = (self.metadata or {}).get("input")
+        if record is not None and fallback is not None:
+            raise UsageError(
+                f"{self.path} records its preprocessing (mean {record.get('mean')}, std "
+                f"{record.get('std')}); drop --input-size, --channels, --mean and --std."
+            )
         if record is None:
             if fallback is None:
                 raise UsageError(

@@ -130,6 +130,7 @@ def test_dynamic_quantization_needs_no_data(exported_without_data, tmp_path):
         ("foreign", "has no snptool metadata, so its preprocessing is unknown"),
         ("zero", "calibration must be at least 1 image"),
         ("no data", "names no data set; pass --data SPEC, or use --method dynamic"),
+        ("conflict", "records its preprocessing"),
     ],
 )
 def test_bad_inputs_get_one_line_and_write_nothing(
@@ -148,6 +149,8 @@ def test_bad_inputs_get_one_line_and_write_nothing(
         model = write_tiny_onnx(tmp_path / "foreign.onnx")
     elif case == "no data":
         model = exported_without_data
+    elif case == "conflict":
+        extra = ["--mean", "0.1,0.1,0.1"]
     else:
         extra = ["--calibration", "0"]
     output = tmp_path / "out.onnx"
