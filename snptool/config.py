@@ -706,8 +706,8 @@ class CommitteeConfig:
 class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
     rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size.
-    With `profile` > 0, onnxruntime's profiler then runs each model `runs` more times (after
-    `warmup`) and its kernel times, summed by operator type, name the slowest."""
+    With `profile`, onnxruntime's profiler then runs each model `runs` more times (after
+    `warmup`) and its kernel times, summed by operator type, name the `profile_top` slowest."""
 
     warmup: int = setting(10, "Untimed runs of each model first.")
     runs: int = setting(100, "Timed runs of each model.")
@@ -720,9 +720,10 @@ class LatencyConfig:
     threads: int = setting(1, "onnxruntime intra-op threads.")
     provider: str = setting("CPUExecutionProvider", "onnxruntime execution provider.")
     seed: int = setting(0, "Seed of the random inputs.")
-    profile: int = setting(
-        0, "Also list each model's N slowest operator types (onnxruntime's profiler; 0: off)."
+    profile: bool = setting(
+        False, "Also list each model's slowest operator types (onnxruntime's profiler)."
     )
+    profile_top: int = setting(10, "How many operator types --profile lists per model.")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(dict.fromkeys(self.batch_sizes)))
@@ -736,7 +737,7 @@ class LatencyConfig:
             (self.threads >= 1, f"threads must be at least 1, not {self.threads}"),
             (bool(self.provider), "give an execution provider, e.g. CPUExecutionProvider"),
             (self.seed >= 0, f"seed must be >= 0, not {self.seed}"),
-            (self.profile >= 0, f"profile must be >= 0 operators, not {self.profile}"),
+            (self.profile_top >= 1, f"profile top must be at least 1, not {self.profile_top}"),
         )
 
 

@@ -299,7 +299,7 @@ def run_latency(paths: Sequence[str | Path], config: LatencyConfig | None = None
 def profile_operators(
     model: _Model, feed: dict[str, np.ndarray], config: LatencyConfig
 ) -> list[dict[str, Any]]:
-    """The `config.profile` operator types that take the most kernel time per run, from
+    """The `config.profile_top` operator types that take the most kernel time per run, from
     onnxruntime's profiler over `config.runs` runs after `config.warmup` untimed ones:
     [{op, ms (per run), share (of the kernel time), nodes}], slowest first."""
     with tempfile.TemporaryDirectory(prefix="snptool-profile-") as directory:
@@ -327,7 +327,7 @@ def profile_operators(
         kernel_us[op] = kernel_us.get(op, 0.0) + event["dur"]
         nodes.setdefault(op, set()).add(event["name"].removesuffix("_kernel_time"))
     total = sum(kernel_us.values()) or 1.0
-    ranked = sorted(kernel_us.items(), key=lambda item: -item[1])[: config.profile]
+    ranked = sorted(kernel_us.items(), key=lambda item: -item[1])[: config.profile_top]
     return [
         {"op": op, "ms": us / config.runs / 1e3, "share": us / total, "nodes": len(nodes[op])}
         for op, us in ranked

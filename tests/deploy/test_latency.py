@@ -110,7 +110,7 @@ def test_rows_carry_the_file_size_and_the_profile_names_the_slowest_operators(
     assert plain.bytes == narrow.stat().st_size and "operators" not in plain.to_json()
     import dataclasses
 
-    result = run_latency([narrow, wide], dataclasses.replace(FAST, profile=2))
+    result = run_latency([narrow, wide], dataclasses.replace(FAST, profile=True, profile_top=2))
     for row in result.rows:
         assert row.bytes == Path(row.path).stat().st_size
         assert 1 <= len(row.operators) <= 2
