@@ -202,6 +202,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_sgd(self)
+        check_device(self.device)
         floor_used = self.schedule == "cosine" or self.warmup_epochs > 0
         _require(
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
@@ -291,6 +292,7 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         check_sgd(self)
+        check_device(self.device)
         _require(
             (self.epochs >= 1, f"epochs must be at least 1, not {self.epochs}"),
             (self.forward_batch_size >= 1, "forward batch size must be at least 1"),
@@ -864,7 +866,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_sgd(config: Any) -> None:
-    """The checks every SGD recipe (TrainConfig, ProbeConfig) shares."""
+    """The checks every SGD recipe (TrainConfig, ProbeConfig, FinetuneConfig) shares."""
     _require(
         (config.batch_size >= 1, f"batch size must be at least 1, not {config.batch_size}"),
         (config.learning_rate > 0, f"learning rate must be positive, not {config.learning_rate}"),
@@ -873,8 +875,6 @@ def check_sgd(config: Any) -> None:
         (0 < config.lr_decay <= 1, f"lr decay must lie in (0, 1], not {config.lr_decay}"),
         (not (config.nesterov and config.momentum == 0), "Nesterov needs a momentum > 0"),
     )
-    if hasattr(config, "device"):
-        check_device(config.device)
 
 
 def _require(*checks: tuple[bool, str]) -> None:

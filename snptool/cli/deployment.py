@@ -145,7 +145,11 @@ def latency(
         f"onnxruntime {env['onnxruntime']}, {env['cpu_count']} CPUs",
         ["model", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "std ms"]
         + ["images/s", "ratio", "MB"],
-        [(*list(row.to_json().values())[:10], row.bytes / 1e6) for row in result.rows],
+        [
+            (r.path, r.batch, r.runs, r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.std_ms)
+            + (r.throughput, r.ratio, r.bytes / 1e6)
+            for r in result.rows
+        ],
     )
     for row in result.rows:
         if row.operators:

@@ -392,6 +392,19 @@ class CheckedGraph:
     dense_params: int
     dense_macs: int
 
+    def summary(self) -> dict[str, Any]:
+        """The fields an export's result and metadata report: exporter, parity, counts."""
+        return {
+            "dynamo": self.dynamo,
+            "samples": self.parity.samples,
+            "max_abs_diff": self.parity.max_abs_diff,
+            "argmax_agreement": self.parity.argmax_agreement,
+            "params": self.params,
+            "macs": self.macs,
+            "dense_params": self.dense_params,
+            "dense_macs": self.dense_macs,
+        }
+
 
 def export_and_check(
     model: nn.Module,

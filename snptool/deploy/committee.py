@@ -388,15 +388,8 @@ def export_committee(
     result = CommitteeExport(
         output=str(output),
         opset=export_config.opset,
-        dynamo=checked.dynamo,
-        samples=checked.parity.samples,
-        max_abs_diff=checked.parity.max_abs_diff,
-        argmax_agreement=checked.parity.argmax_agreement,
         parity_tolerance=export_config.parity_tolerance,
-        params=checked.params,
-        macs=checked.macs,
-        dense_params=checked.dense_params,
-        dense_macs=checked.dense_macs,
+        **checked.summary(),
         renormalised=[
             str(m.path)
             for m, s in zip(members, specs, strict=True)

@@ -89,15 +89,8 @@ def run_export(
         output=str(output),
         data=data.spec if data is not None else RANDOM_INPUTS,
         opset=config.opset,
-        dynamo=checked.dynamo,
-        samples=checked.parity.samples,
-        max_abs_diff=checked.parity.max_abs_diff,
-        argmax_agreement=checked.parity.argmax_agreement,
         parity_tolerance=config.parity_tolerance,
-        params=checked.params,
-        macs=checked.macs,
-        dense_params=checked.dense_params,
-        dense_macs=checked.dense_macs,
+        **checked.summary(),
         torch_params=count_parameters(model),
     )
     add_metadata(checked.graph, describe_export(checkpoint, config, data, result))
