@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
-# Layer accuracy, cluster size, noise and SNR along the layers of a VGG trained on the
-# CIFAR-10 file (../shared/data/cifar10_test.npz, split 8,000 train / 2,000 test).
+# Layer accuracy, cluster size, noise and SNR along the layers of a VGG trained on CIFAR-10
+# (by default the file ../shared/data/cifar10_test.npz, split 8,000 train / 2,000 test).
 #
 #   bash examples/benchmarks/cifar_layer_table.sh [OUT] [EPOCHS] [PROBE_EPOCHS]
 #
-# Trains VGG-11 with half the widths (1 thread, ~25 min for 40 epochs on a 2-core CPU) unless
-# OUT/vgg11h-cifar.safetensors exists, then probes every conv and FC tap of the best epoch's
-# state (OUT/vgg11h-cifar.best.safetensors), computes the matrices on the train split and
-# clusters them at threshold 0.3.
+# Trains VGG-11 with half the widths (1 thread, ~25 min for 40 epochs on 8,000 images on a
+# 2-core CPU), then probes every conv and FC tap of the best epoch's state
+# (OUT/vgg11h-cifar.best.safetensors), computes the matrices on the train split and clusters
+# them at threshold 0.3.
+# Environment: DATA (the data spec to train and test on, e.g. the standard benchmark
+# npz:../shared/data/cifar10_train.npz,../shared/data/cifar10_test.npz), ANALYSIS (the data
+# spec of the probes and matrices; default DATA), TRAIN_FLAGS (the schedule; default
+# "--lr 0.05 --lr-decay 0.5 --lr-step 10"). A step whose output exists is skipped, so an
+# interrupted run resumes (delete OUT to start afresh).
 set -euo pipefail
 OUT=${1:-runs/cifar-layers}
 EPOCHS=${2:-40}
 PROBE_EPOCHS=${3:-50}
 HERE=$(cd "$(dirname "$0")" && pwd)
-DATA=npz:${CIFAR_NPZ:-$HERE/../../../shared/data/cifar10_test.npz}
-LAST=$OUT/vgg11h-cifar.safetensors
+DATA=${DATA:-npz:${CIFAR_NPZ:-$HERE/../../../shared/data/cifar10_test.npz}}
+ANALYSIS=${ANALYSIS:-$DATA}
+read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:---lr 0.05 --lr-decay 0.5 --lr-step 10}"
 MODEL=$OUT/vgg11h-cifar.best.safetensors
 mkdir -p "$OUT"
 
-if [ ! -f "$LAST" ]; then
-    snptool train --arch vgg11 --arch-kwargs 'widths=[32,64,128,128,256,256,256,256],fc_widths=[256,256]' \
-        --data "$DATA" --epochs "$EPOCHS" --lr 0.05 --lr-decay 0.5 --lr-step 10 -o "$LAST" --json > "$OUT/train.json"
-fi
-snptool probe "$MODEL" --all --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors" --json > "$OUT/probe.json"
-snptool matrix "$MODEL" "$OUT/probes.safetensors" --split train -o "$OUT/matrices.h5" --json > "$OUT/matrix.json"
-snptool clusters "$OUT/matrices.h5" --threshold 0.3 --json > "$OUT/clusters.json"
+step() {  # OUTPUT JSON COMMAND...: run COMMAND --json > JSON unless OUTPUT exists
+    local output=$1 json=$2
+    shift 2
+    [[ -e $output ]] && return
+    "$@" --json > "$json.tmp" && mv "$json.tmp" "$json"
+}
+
+step "$OUT/vgg11h-cifar.safetensors" "$OUT/train.json" snptool train --arch vgg11 \
+    --arch-kwargs 'widths=[32,64,128,128,256,256,256,256],fc_widths=[256,256]' \
+    --data "$DATA" --epochs "$EPOCHS" "${TRAIN_FLAGS[@]}" -o "$OUT/vgg11h-cifar.safetensors"
+step "$OUT/probes.safetensors" "$OUT/probe.json" snptool probe "$MODEL" --data "$ANALYSIS" --all \
+    --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors"
+step "$OUT/matrices.h5" "$OUT/matrix.json" snptool matrix "$MODEL" "$OUT/probes.safetensors" \
+    --data "$ANALYSIS" --split train -o "$OUT/matrices.h5"
+step "$OUT/clusters.json" "$OUT/clusters.json" snptool clusters "$OUT/matrices.h5" --threshold 0.3
 
 python3 - "$OUT" <<'PY'
 import json, sys
