@@ -349,7 +349,14 @@ class HeadsConfig:
             )
 
 
-STRUCTURED_METHODS = ("units", "magnitude-channels", "taylor", "lamp")
+STRUCTURED_METHODS = (
+    "units",
+    "magnitude-channels",
+    "taylor",
+    "lamp",
+    "group-norm",
+    "random-channels",
+)
 WEIGHT_CRITERIA = STRUCTURED_METHODS[1:]  # Torch-Pruning's: they read no matrices
 PRUNE_METHODS = (
     "afcc",
@@ -360,7 +367,15 @@ PRUNE_METHODS = (
     "heads",
     *STRUCTURED_METHODS,
 )
-UNIT_RANKING_KEYS = ("labels", "maximum", "noise", "magnitude")
+UNIT_RANKING_KEYS = (
+    "labels",
+    "maximum",
+    "noise",
+    "margin",
+    "margin-worst",
+    "margin-positive",
+    "magnitude",
+)
 ALLOCATIONS = ("deepest-first", "uniform")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
@@ -419,10 +434,12 @@ class RemovalConfig:
     `units` removes whole channels / nodes of the groups the listed taps read, on any
     architecture (Torch-Pruning's DependencyGraph couples residual streams and MBConv hidden
     channels, which are scored and removed together), ranked by `ranking` (fewest labels
-    served, weakest maximum, most noise; `magnitude` of the weights can break ties),
-    `remove_fraction` of every group or the share that brings the MACs to `target_macs` × the
-    dense MACs; `magnitude-channels`, `taylor` (on `taylor_batches` training batches) and `lamp`
-    rank the same groups by Torch-Pruning's importance estimators, as baselines; `round_to`
+    served, weakest maximum, most noise, smallest share of the correct-label margin;
+    `magnitude` of the weights can break ties; `coverage` keeps that many channels of every
+    label a group serves), `remove_fraction` of every group or the share that brings the MACs
+    to `target_macs` × the dense MACs; `magnitude-channels`, `taylor` (on `taylor_batches`
+    training batches), `lamp`, `group-norm` and `random-channels` (drawn with the seed) rank
+    the same groups by Torch-Pruning's importance estimators, as baselines; `round_to`
     rounds every group's kept channels to a multiple (faster kernels) and keeps at least
     `min_channels` per group (a target that the floor makes unreachable is refused, never
     chased by collapsing groups); the weight criteria prune every prunable group when no taps
@@ -443,7 +460,12 @@ class RemovalConfig:
     )
     ranking: tuple[str, ...] = setting(
         ("labels", "maximum", "noise"),
-        "units: removal order keys, first decides (labels, maximum, noise, magnitude).",
+        "units: removal order keys, first decides (labels, maximum, noise, margin, "
+        "margin-worst, margin-positive, magnitude).",
+    )
+    coverage: int = setting(
+        0,
+        "units: keep at least this many channels serving every label in every group (0: off).",
     )
     taylor_batches: int = setting(4, "taylor: training batches whose gradients score channels.")
     round_to: int = setting(1, "units, …: keep a multiple of this many channels per group.")
@@ -480,6 +502,7 @@ class RemovalConfig:
                 bool(self.ranking) and all(k in UNIT_RANKING_KEYS for k in self.ranking),
                 f"ranking keys are some of {', '.join(UNIT_RANKING_KEYS)}, not {self.ranking}",
             ),
+            (self.coverage >= 0, f"coverage must be >= 0, not {self.coverage}"),
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
             (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
             (self.min_channels >= 1, f"min channels must be >= 1, not {self.min_channels}"),

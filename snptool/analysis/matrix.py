@@ -201,6 +201,7 @@ def run_matrix(
                     "positions": positions,
                     "split": config.split,
                     "samples": samples,
+                    "class_samples": source.counts.long().numpy(),
                     "accuracy": tap["test_accuracy"],
                 },
             )

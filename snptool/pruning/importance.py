@@ -2,10 +2,12 @@
 coupled group, the least important removed first.
 
 `UnitsImportance` is ours: it ranks a group's channels by what the single-unit matrices of the
-taps that read them say (arXiv 2501.12880; METHODS.md §9). The weight criteria are
-Torch-Pruning's own: `magnitude-channels` (L1 of the group's weights, Li et al. 2017), `taylor`
-(first-order Taylor on a few training batches, Molchanov et al. 2019) and `lamp` (Lee et al.
-2021).
+taps that read them say (arXiv 2501.12880; METHODS.md §9): the labels each unit serves, its
+maximum, its noise, or its share of the probe's correct-label margin (`unit_margins`), with
+`coverage` keeping some units of every label. The weight criteria are Torch-Pruning's own:
+`magnitude-channels` (L1 of the group's weights, Li et al. 2017), `taylor` (first-order Taylor on
+a few training batches, Molchanov et al. 2019), `lamp` (Lee et al. 2021), `group-norm` (the L2
+norm over the coupled group, Fang et al. 2023) and `random-channels` (a seeded draw).
 """
 
 from __future__ import annotations
@@ -22,32 +24,91 @@ from torch import nn
 Batches = list[tuple[torch.Tensor, torch.Tensor]]  # prepared images, labels
 
 
+MARGIN_KEYS = ("margin", "margin-worst", "margin-positive")
+
+
 @dataclass(frozen=True)
 class UnitScores:
-    """What the matrices say about one tap's units (from `clusters`)."""
+    """What the matrices say about one tap's units (from `clusters`); `margins`: the
+    `unit_margins` of its matrices, by key."""
 
     label_sets: list[set[int]]
     maximum: np.ndarray
     noise: np.ndarray
+    margins: dict[str, np.ndarray] | None = None
+
+
+def unit_margins(matrices: np.ndarray, priors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Each unit's first-order share of the probe's correct-label margin, from its matrix
+    M[u, c, k] (the field unit u alone sends to output k, averaged over inputs of label c):
+    removing u moves the margin of label c by about −(M[u, c, c] − M[u, c, k]).
+
+    `margin`: Σ_c π_c (M[u, c, c] − mean_{k≠c} M[u, c, k]); `margin-worst`: the same against
+    the strongest wrong label, max_{k≠c}; `margin-positive`: only the labels the unit helps,
+    Σ_c π_c max(0, M[u, c, c] − mean_{k≠c} M[u, c, k]). `priors` π are the class frequencies
+    (default uniform)."""
+    units, classes, _ = matrices.shape
+    priors = np.full(classes, 1 / classes) if priors is None else priors / priors.sum()
+    diagonal = np.einsum("ucc->uc", matrices)
+    wrong = matrices.copy()
+    wrong[:, np.arange(classes), np.arange(classes)] = -np.inf
+    mean_wrong = (matrices.sum(axis=2) - diagonal) / (classes - 1)
+    against_mean = diagonal - mean_wrong
+    return {
+        "margin": against_mean @ priors,
+        "margin-worst": (diagonal - wrong.max(axis=2)) @ priors,
+        "margin-positive": np.maximum(against_mean, 0) @ priors,
+    }
 
 
 def removal_order(
-    scores: list[UnitScores], ranking: tuple[str, ...], magnitude: np.ndarray | None = None
+    scores: list[UnitScores],
+    ranking: tuple[str, ...],
+    magnitude: np.ndarray | None = None,
+    coverage: int = 0,
 ) -> np.ndarray:
     """The group's channels, first to remove first: `ranking` keys in priority order
     (`labels`: fewest served first; `maximum`: weakest first; `noise`: most noise first;
-    `magnitude`: smallest L1 norm of the group's weights first, a tie-breaker from the
-    weights). Several taps on one group: the label sets are united, maxima and noise averaged."""
-    labels = np.zeros(len(scores[0].label_sets))
-    for channel in range(len(labels)):
-        labels[channel] = len(set().union(*(s.label_sets[channel] for s in scores)))
+    `margin`, `margin-worst`, `margin-positive`: smallest share of the correct-label margin
+    first (`unit_margins`); `magnitude`: smallest L1 norm of the group's weights first).
+    Several taps on one group: the label sets are united, the other scores averaged.
+    `coverage` r > 0 moves a channel to the end when removing it would leave a label served
+    by fewer than r channels (`covered_order`)."""
+    label_sets = [
+        set().union(*(s.label_sets[c] for s in scores)) for c in range(len(scores[0].label_sets))
+    ]
     keys = {
-        "labels": labels,
+        "labels": np.array([len(labels) for labels in label_sets], dtype=float),
         "maximum": np.mean([s.maximum for s in scores], axis=0),
         "noise": -np.mean([s.noise for s in scores], axis=0),
         "magnitude": magnitude,
     }
-    return np.lexsort([keys[k] for k in reversed(ranking)])
+    for key in set(ranking) & set(MARGIN_KEYS):
+        if any(s.margins is None for s in scores):
+            raise ValueError(f"the {key} ranking needs the units' matrices")
+        keys[key] = np.mean([s.margins[key] for s in scores], axis=0)
+    order = np.lexsort([keys[k] for k in reversed(ranking)])
+    return covered_order(order, label_sets, coverage) if coverage else order
+
+
+def covered_order(order: np.ndarray, label_sets: list[set[int]], coverage: int) -> np.ndarray:
+    """`order` with every channel whose removal would leave one of its labels served by fewer
+    than `coverage` remaining channels moved to the end (in their original order), so any
+    prefix removed keeps the coverage as long as the prefix can."""
+    served: dict[int, int] = {}
+    for labels in label_sets:
+        for label in labels:
+            served[label] = served.get(label, 0) + 1
+    removable, deferred = [], []
+    for channel in order:
+        labels = label_sets[channel]
+        if all(served[label] > coverage for label in labels):
+            for label in labels:
+                served[label] -= 1
+            removable.append(channel)
+        else:
+            deferred.append(channel)
+    return np.array(removable + deferred, dtype=order.dtype)
 
 
 class UnitsImportance(tp.importance.Importance):
@@ -55,9 +116,14 @@ class UnitsImportance(tp.importance.Importance):
     (0: removed first), from the scores of the taps that read the group's root module."""
 
     def __init__(
-        self, scores: dict[str, UnitScores], taps_of: dict[nn.Module, list[str]], ranking
+        self,
+        scores: dict[str, UnitScores],
+        taps_of: dict[nn.Module, list[str]],
+        ranking,
+        coverage: int = 0,
     ) -> None:
         self.scores, self.taps_of, self.ranking = scores, taps_of, tuple(ranking)
+        self.coverage = coverage
 
     def covers(self, module: nn.Module) -> bool:
         """Whether the matrices rank the group rooted at `module` (some tap reads it)."""
@@ -67,7 +133,9 @@ class UnitsImportance(tp.importance.Importance):
     def __call__(self, group, **kwargs) -> torch.Tensor:
         taps = self.taps_of[group[0].dep.target.module]
         magnitude = group_magnitude(group) if "magnitude" in self.ranking else None
-        order = removal_order([self.scores[t] for t in taps], self.ranking, magnitude)
+        order = removal_order(
+            [self.scores[t] for t in taps], self.ranking, magnitude, self.coverage
+        )
         importance = torch.empty(len(order), dtype=torch.float64)
         importance[torch.as_tensor(order)] = torch.arange(len(order), dtype=torch.float64)
         return importance
@@ -93,19 +161,33 @@ def _taylor(model: nn.Module, batches: Batches) -> tp.importance.Importance:
     return tp.importance.GroupTaylorImportance()
 
 
-# The weight criteria by name: (model, training batches) → importance.
-WEIGHT_IMPORTANCE: dict[str, Callable[[nn.Module, Batches], tp.importance.Importance]] = {
-    "magnitude-channels": lambda model, batches: l1_importance(),
-    "taylor": _taylor,
-    "lamp": lambda model, batches: tp.importance.LAMPImportance(p=2),
+class SeededRandomImportance(tp.importance.Importance):
+    """Uniform random scores from one generator, so a seed reproduces the draw (Torch-Pruning's
+    `RandomImportance` reads torch's global generator)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, group, **kwargs) -> torch.Tensor:
+        return torch.rand(len(group[0].idxs), generator=self.generator)
+
+
+# The weight criteria by name: (model, training batches, seed) → importance.
+WEIGHT_IMPORTANCE: dict[str, Callable[[nn.Module, Batches, int], tp.importance.Importance]] = {
+    "magnitude-channels": lambda model, batches, seed: l1_importance(),
+    "taylor": lambda model, batches, seed: _taylor(model, batches),
+    "lamp": lambda model, batches, seed: tp.importance.LAMPImportance(p=2),
+    "group-norm": lambda model, batches, seed: tp.importance.GroupMagnitudeImportance(p=2),
+    "random-channels": lambda model, batches, seed: SeededRandomImportance(seed),
 }
 
 
 def weight_importance(
-    criterion: str, model: nn.Module, batches: Batches
+    criterion: str, model: nn.Module, batches: Batches, seed: int = 0
 ) -> tp.importance.Importance:
     """Torch-Pruning's estimator for a weight criterion (`WEIGHT_IMPORTANCE`)."""
-    return WEIGHT_IMPORTANCE[criterion](model, batches)
+    return WEIGHT_IMPORTANCE[criterion](model, batches, seed)
 
 
 def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:

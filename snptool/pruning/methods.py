@@ -335,6 +335,7 @@ def channel_plan(by_units: bool) -> Callable[[PruneInputs, PruneConfig], PrunePl
             inputs.batches,
             by_units=by_units,
             weight_criterion=config.removal.fill if by_units else config.method,
+            seed=config.seed,
         )
         pruned = [
             PrunedLayer(",".join(g.taps), g.root, 1 - len(g.kept) / g.channels, g.channels)
@@ -373,6 +374,8 @@ METHODS: dict[str, PruneMethod] = {
         _channel_method("magnitude-channels", needs_clusters=False),
         _channel_method("taylor", needs_clusters=False, needs_batches=True),
         _channel_method("lamp", needs_clusters=False),
+        _channel_method("group-norm", needs_clusters=False),
+        _channel_method("random-channels", needs_clusters=False),
     )
 }
 assert tuple(METHODS) == PRUNE_METHODS, "the method table and config.PRUNE_METHODS must agree"

@@ -70,10 +70,12 @@ from snptool.core.taps import resolve_taps
 from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
 from snptool.pruning.connections import execution_order
 from snptool.pruning.importance import (
+    MARGIN_KEYS,
     Batches,
     UnitScores,
     UnitsImportance,
     importance_order,
+    unit_margins,
     weight_importance,
 )
 
@@ -507,12 +509,13 @@ def order_groups(
     units: UnitsImportance | None,
     weight_criterion: str | None,
     batches: Batches | None,
+    seed: int = 0,
 ) -> None:
     """Give every plan its removal order, each through a Torch-Pruning `Importance`: the
     matrices' (`units`) for the groups a tap reads, else the weight criterion's."""
     weights = None
     if weight_criterion is not None and any(units is None or not p.taps for p in plans):
-        weights = weight_importance(weight_criterion, model, batches or [])
+        weights = weight_importance(weight_criterion, model, batches or [], seed)
     wrap_channel_maps(model, shape)  # as remove_channels will: the groups then match
     graph = build_graph(model, shape)
     for plan in plans:
@@ -536,15 +539,24 @@ __all__ = [
 ]
 
 
-def read_unit_scores(clusters_path, names: list[str]) -> dict[str, UnitScores]:
-    """Each listed tap's label sets, matrix maxima and noise counts (from `clusters`)."""
+def read_unit_scores(
+    clusters_path, names: list[str], margins: bool = False
+) -> dict[str, UnitScores]:
+    """Each listed tap's label sets, matrix maxima and noise counts (from `clusters`); with
+    `margins`, its units' shares of the correct-label margin (`unit_margins`)."""
     from snptool.core.matrix_file import layer_group, open_matrix_file, read_layer_clusters
 
     scores = {}
     with open_matrix_file(clusters_path) as handle:
         for name in names:
-            layer = read_layer_clusters(layer_group(handle, name))
-            scores[name] = UnitScores(layer.label_sets(), layer.maximum, layer.noise)
+            group = layer_group(handle, name)
+            layer = read_layer_clusters(group)
+            margin = None
+            if margins:
+                matrix = group["matrix"]
+                priors = matrix.attrs.get("class_samples")
+                margin = unit_margins(matrix[()].astype(np.float64), priors)
+            scores[name] = UnitScores(layer.label_sets(), layer.maximum, layer.noise, margin)
     return scores
 
 
@@ -601,6 +613,7 @@ def prune_structured(
     *,
     by_units: bool,
     weight_criterion: str | None,
+    seed: int = 0,
 ) -> StructuredPruning:
     """Remove whole channels / nodes of the groups the taps `names` read, or of every prunable
     group (see the module docstring). `by_units`: the matrices order the tapped groups;
@@ -612,10 +625,11 @@ def prune_structured(
     plans, left = select_plans(model, shape, names, config, fill=fill)
     units = None
     if by_units:
-        scores = read_unit_scores(clusters_path, names)
+        margins = bool(set(config.ranking) & set(MARGIN_KEYS))
+        scores = read_unit_scores(clusters_path, names, margins)
         taps_of = {model.get_submodule(p.root): p.taps for p in plans}
-        units = UnitsImportance(scores, taps_of, config.ranking)
-    order_groups(model, shape, plans, units, weight_criterion, batches)
+        units = UnitsImportance(scores, taps_of, config.ranking, config.coverage)
+    order_groups(model, shape, plans, units, weight_criterion, batches, seed)
     dense_macs, dense_params = count_macs(model, shape), count_parameters(model)
     search = Search(model, shape, plans, config, dense_macs)
     fraction, overrides = config.remove_fraction, {}
@@ -638,6 +652,7 @@ def prune_structured(
         "left_dense": left,
         "fraction": fraction,
         "ranking": list(config.ranking) if by_units else None,
+        "coverage": config.coverage if by_units else None,
         "fill": weight_criterion if by_units else None,
         "target_macs": config.target_macs,
         "allocation": config.allocation if config.target_macs is not None else "uniform",

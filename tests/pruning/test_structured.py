@@ -223,7 +223,9 @@ def test_pruned_resnet_exports_smaller_with_parity_in_onnxruntime(resnet, tmp_pa
     assert np.abs(onnx_logits - logits(resnet["pruned"], x).numpy()).max() <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["units", "magnitude-channels", "taylor", "lamp"])
+@pytest.mark.parametrize(
+    "method", ["units", "magnitude-channels", "taylor", "lamp", "group-norm", "random-channels"]
+)
 def test_every_criterion_reaches_the_mac_target_on_the_same_groups(resnet, tmp_path, method):
     output = tmp_path / f"{method}.safetensors"
     result = prune(resnet["dense"], resnet["clusters"], output, method=method, target_macs=0.5)
@@ -244,6 +246,42 @@ def test_magnitude_ranking_key_orders_channels_as_torch_prunings_l1(resnet, tmp_
     assert groups_of(units) == groups_of(l1)
     record = read_checkpoint(units).metadata["pruning"]["structured"]
     assert record["ranking"] == ["magnitude"]
+
+
+@pytest.mark.parametrize("ranking", [("margin",), ("margin-worst", "magnitude")])
+def test_margin_rankings_remove_the_dead_units_first_and_keep_the_logits(resnet, tmp_path, ranking):
+    output = tmp_path / "margin.safetensors"
+    prune(
+        resnet["masked"],
+        resnet["clusters"],
+        output,
+        ranking=ranking,
+        remove_fraction=3 / 8,
+        coverage=1,
+    )
+    x = inputs()
+    assert torch.allclose(logits(output, x), logits(resnet["masked"], x), atol=1e-5)
+    record = read_checkpoint(output).metadata["pruning"]
+    assert record["structured"]["ranking"] == list(ranking)
+    assert record["structured"]["coverage"] == 1
+    assert record["config"]["removal"]["coverage"] == 1
+
+
+def test_random_channels_follow_the_seed(resnet, tmp_path):
+    def kept(seed: int, name: str) -> dict:
+        output = tmp_path / name
+        config = PruneConfig(
+            method="random-channels",
+            removal=RemovalConfig(min_channels=1, remove_fraction=0.5),
+            finetune=FinetuneConfig(epochs=0),
+            seed=seed,
+            device="cpu",
+        )
+        run_prune(resnet["dense"], resnet["clusters"], output, config)
+        return groups_of(output)
+
+    assert kept(1, "a.safetensors") == kept(1, "b.safetensors")
+    assert kept(1, "a.safetensors") != kept(2, "c.safetensors")
 
 
 def test_finetuning_trains_every_module_of_the_pruned_model(resnet, tmp_path):
@@ -426,6 +464,8 @@ def test_bad_settings_are_refused():
         PruneConfig(method="units", removal=RemovalConfig(round_to=0))
     with pytest.raises(UsageError, match="allocation"):
         PruneConfig(method="units", removal=RemovalConfig(allocation="widest"))
+    with pytest.raises(UsageError, match="coverage"):
+        PruneConfig(method="units", removal=RemovalConfig(coverage=-1))
 
 
 @pytest.mark.long
