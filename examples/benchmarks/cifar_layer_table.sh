@@ -24,21 +24,21 @@ read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:---lr 0.05 --lr-decay 0.5 --lr-step 10
 MODEL=$OUT/vgg11h-cifar.best.safetensors
 mkdir -p "$OUT"
 
-step() {  # OUTPUT JSON COMMAND...: run COMMAND --json > JSON unless OUTPUT exists
-    local output=$1 json=$2
-    shift 2
-    [[ -e $output ]] && return
+step() {  # JSON COMMAND...: run COMMAND --json > JSON unless JSON exists (written on success)
+    local json=$1
+    shift
+    [[ -e $json ]] && return
     "$@" --json > "$json.tmp" && mv "$json.tmp" "$json"
 }
 
-step "$OUT/vgg11h-cifar.safetensors" "$OUT/train.json" snptool train --arch vgg11 \
+step "$OUT/train.json" snptool train --arch vgg11 \
     --arch-kwargs 'widths=[32,64,128,128,256,256,256,256],fc_widths=[256,256]' \
     --data "$DATA" --epochs "$EPOCHS" "${TRAIN_FLAGS[@]}" -o "$OUT/vgg11h-cifar.safetensors"
-step "$OUT/probes.safetensors" "$OUT/probe.json" snptool probe "$MODEL" --data "$ANALYSIS" --all \
+step "$OUT/probe.json" snptool probe "$MODEL" --data "$ANALYSIS" --all \
     --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors"
-step "$OUT/matrices.h5" "$OUT/matrix.json" snptool matrix "$MODEL" "$OUT/probes.safetensors" \
+step "$OUT/matrix.json" snptool matrix "$MODEL" "$OUT/probes.safetensors" \
     --data "$ANALYSIS" --split train -o "$OUT/matrices.h5"
-step "$OUT/clusters.json" "$OUT/clusters.json" snptool clusters "$OUT/matrices.h5" --threshold 0.3
+step "$OUT/clusters.json" snptool clusters "$OUT/matrices.h5" --threshold 0.3
 
 python3 - "$OUT" <<'PY'
 import json, sys
