@@ -556,6 +556,11 @@ class FinetuneConfig:
         0.0, "Weight (0-1) of distillation from the dense model while fine-tuning."
     )
     distill_temperature: float = setting(4.0, "Softmax temperature of the distillation loss.")
+    test_every_epoch: bool = setting(
+        False,
+        "Test after every fine-tuning epoch (the history in the JSON and the checkpoint).",
+        flag="--finetune-test-every-epoch",
+    )
 
     def __post_init__(self) -> None:
         check_sgd(self)
@@ -578,7 +583,8 @@ class PruneConfig:
     method: str = setting(
         "afcc",
         "afcc, andc, afcc-grouped, random, magnitude, heads; channel removal: units (by the "
-        "matrices), magnitude-channels, taylor or lamp (Torch-Pruning's criteria).",
+        "matrices), magnitude-channels, taylor, lamp, group-norm or random-channels "
+        "(Torch-Pruning's criteria).",
     )
     connections: ConnectionConfig = field(default_factory=ConnectionConfig)
     removal: RemovalConfig = field(default_factory=RemovalConfig)

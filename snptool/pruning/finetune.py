@@ -5,6 +5,7 @@ model: the second half of `snptool prune`, through the step loop that `train` us
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +60,13 @@ def finetune(
     teacher: nn.Module | None = None,
     *,
     seed: int = 0,
-) -> None:
+    test: Callable[[nn.Module], float] | None = None,
+) -> list[dict]:
     """Train `train_modules` with the masks re-applied after every step; everything else frozen.
 
     `augmentation` (translation in pixels, flip) is the one the model was trained with;
-    `teacher` (the dense model, eval mode) is distilled from when config.distill > 0.
+    `teacher` (the dense model, eval mode) is distilled from when config.distill > 0. Returns
+    one row per epoch (lr, mean loss, training accuracy, and `test`'s accuracy when given).
     """
     translate, flip = augmentation
     seed_everything(seed)
@@ -80,6 +83,7 @@ def finetune(
         weight_decay=config.weight_decay,
     )
     runtime = Runtime(model, device)
+    history: list[dict] = []
     steps = config.epochs * train_data.num_batches(config.batch_size)
     with console.progress("fine-tune", steps) as task:
         for epoch in range(config.epochs):
@@ -107,7 +111,7 @@ def finetune(
                     labels = labels.to(device)
                     yield x, (labels, teacher_logits), labels
 
-            run_steps(
+            totals = run_steps(
                 runtime,
                 optimizer,
                 prepared(),
@@ -115,9 +119,19 @@ def finetune(
                 after_step=lambda: apply_masks(model, masks),
                 on_step=lambda totals: task.advance(),
             )
+            row = {
+                "epoch": epoch + 1,
+                "learning_rate": optimizer.param_groups[0]["lr"],
+                "loss": float(totals.loss) / max(totals.seen, 1),
+                "train_accuracy": float(totals.correct) / max(totals.seen, 1),
+            }
+            if test is not None:
+                row["test_accuracy"] = test(model.eval())
+            history.append(row)
     for parameter in model.parameters():
         parameter.requires_grad_(True)
     model.eval()
+    return history
 
 
 def trainable_modules(

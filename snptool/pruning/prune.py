@@ -20,6 +20,7 @@ expand conv (expand ratio 1) keep their SE: their hidden channels are the block 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class PruneResult:
     layers: list[PrunedLayer] = field(default_factory=list)
     seconds: float = 0.0
     size: dict[str, Any] | None = None  # MACs and parameters, dense and pruned (unit removal)
+    history: list[dict] = field(default_factory=list)  # one row per fine-tuning epoch
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +78,7 @@ class PruneResult:
             "layers": [layer.to_json() for layer in self.layers],
             "seconds": self.seconds,
             "size": self.size,
+            "history": self.history,
         }
 
 
@@ -102,14 +105,16 @@ def fine_tune(
     device: torch.device,
     teacher: nn.Module | None,
     every_module: bool,
-) -> None:
+    test: Callable[[nn.Module], float] | None = None,
+) -> list[dict]:
     """Fine-tune the pruned `model` with the plan's masks enforced (finetune.py), augmented as
-    the checkpoint was trained, distilled from `teacher` if given."""
+    the checkpoint was trained, distilled from `teacher` if given; its per-epoch history
+    (tested by `test` after every epoch when given)."""
     modules = trainable_modules(model, config.finetune, plan.masks, every_module=every_module)
     training = (checkpoint.metadata.get("training") or {}).get("config") or {}
     augmentation = (training.get("translate", 4), training.get("flip", True))
     spec = checkpoint.input_spec
-    finetune(
+    return finetune(
         model,
         plan.masks,
         train_data,
@@ -120,6 +125,7 @@ def fine_tune(
         augmentation,
         teacher,
         seed=config.seed,
+        test=test,
     )
 
 
@@ -179,13 +185,20 @@ def run_prune(
     teacher = dense_teacher(checkpoint.model) if distilling else None
     apply_masks(model, masks)
     before = evaluate_model(model, test_data, spec, device=device, description="pruned").accuracy
-    after = before
+    after, history = before, []
+
+    def test(tuned: nn.Module) -> float:
+        return evaluate_model(
+            tuned, test_data, spec, device=device, description="fine-tuned"
+        ).accuracy
+
     if config.finetune.epochs:
         every_module = method.removes_channels
-        fine_tune(model, plan, checkpoint, train_data, config, device, teacher, every_module)
-        after = evaluate_model(
-            model, test_data, spec, device=device, description="fine-tuned"
-        ).accuracy
+        each_epoch = test if config.finetune.test_every_epoch else None
+        history = fine_tune(
+            model, plan, checkpoint, train_data, config, device, teacher, every_module, each_epoch
+        )
+        after = history[-1]["test_accuracy"] if each_epoch else test(model)
     record = {
         "method": config.method,
         "layers": names,
@@ -195,6 +208,7 @@ def run_prune(
         "dense_accuracy": dense,
         "accuracy_before": before,
         "accuracy_after": after,
+        "finetune_history": history,
         "config": config_to_dict(config),
         **plan.record,
     }
@@ -224,6 +238,7 @@ def run_prune(
         plan.layers,
         time.perf_counter() - started,
         size,
+        history,
     )
 
 

@@ -288,11 +288,29 @@ def test_finetuning_trains_every_module_of_the_pruned_model(resnet, tmp_path):
     plain, tuned = tmp_path / "plain.safetensors", tmp_path / "tuned.safetensors"
     prune(resnet["dense"], resnet["clusters"], plain, target_macs=0.6)
     result = prune(resnet["dense"], resnet["clusters"], tuned, target_macs=0.6, finetune_epochs=1)
+    (row,) = result.history
+    assert row["epoch"] == 1 and row["loss"] > 0 and "test_accuracy" not in row
     before, after = read_checkpoint(plain).model, read_checkpoint(tuned).model
     assert tensor_shapes(before) == tensor_shapes(after)
     for name in ("conv1.weight", "layer1.1.conv1.weight", "layer2.0.conv2.weight", "linear.bias"):
         assert not torch.equal(before.state_dict()[name], after.state_dict()[name]), name
     assert 0.0 <= result.accuracy_after <= 1.0
+
+
+def test_every_finetuning_epoch_is_tested_on_request(resnet, tmp_path):
+    config = PruneConfig(
+        method="magnitude-channels",
+        removal=RemovalConfig(min_channels=1, target_macs=0.6),
+        finetune=FinetuneConfig(epochs=2, lr_decay=0.5, learning_rate=0.01, test_every_epoch=True),
+        device="cpu",
+    )
+    output = tmp_path / "tested.safetensors"
+    result = run_prune(resnet["dense"], resnet["clusters"], output, config)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert [row["learning_rate"] for row in result.history] == [0.01, 0.005]
+    assert result.history[-1]["test_accuracy"] == result.accuracy_after
+    recorded = read_checkpoint(output).metadata["pruning"]["finetune_history"]
+    assert recorded == result.history
 
 
 def test_probe_classifier_is_refused(resnet, tmp_path):

@@ -1,0 +1,291 @@
+"""Screening of channel-removal criteria (issue 24): the SNP rankings against Torch-Pruning's
+weight criteria on one network, several MAC targets and fine-tuning seeds, every run through
+`snptool prune` itself.
+
+    python examples/benchmarks/criteria_screen.py OUT --network resnet20
+    python examples/benchmarks/criteria_screen.py OUT --network vgg11h \\
+        --checkpoint runs/vgg/vgg11h-cifar.best.safetensors --matrices runs/vgg/matrices.h5
+
+`resnet20` imports the third-party ResNet-20 (../shared/checkpoints), probes its stage outputs
+and every block's inner channels on the first `--analysis-n` training images and clusters the
+matrices; `vgg11h` takes a checkpoint and clustered matrices (cifar_layer_table.sh) and prunes
+the convs of `--layers`. Each run prunes to a target, tests on the full test set right after
+pruning and after every fine-tuning epoch (`--finetune-test-every-epoch`), and leaves its JSON
+in OUT/runs/ (a run whose JSON exists is skipped, so an interrupted screen resumes; the pruned
+checkpoints are deleted). Targets run in the order given, so the first finishes first.
+`summary.json` and the printed tables give, per target and criterion, mean ± standard error
+over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parents[2] / "shared"
+
+# name → the criterion's `snptool prune` flags
+CRITERIA = {
+    "magnitude": ["--method", "magnitude-channels"],
+    "taylor": ["--method", "taylor"],
+    "lamp": ["--method", "lamp"],
+    "group-norm": ["--method", "group-norm"],
+    "random": ["--method", "random-channels"],
+    "units": ["--method", "units"],
+    "units-l1": ["--method", "units", "--ranking", "labels,magnitude"],
+    "margin": ["--method", "units", "--ranking", "margin"],
+    "margin-worst": ["--method", "units", "--ranking", "margin-worst"],
+    "margin-positive": ["--method", "units", "--ranking", "margin-positive"],
+    "l1-coverage2": ["--method", "units", "--ranking", "magnitude", "--coverage", "2"],
+    "margin-coverage2": ["--method", "units", "--ranking", "margin", "--coverage", "2"],
+}
+BASELINE = "magnitude"
+
+
+def snptool(*args: str, threads: int) -> dict:
+    """Run `snptool ... --json` with `threads` intra-op threads; its JSON."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run(
+        [sys.executable, "-m", "snptool", "--quiet", *args, "--json"],
+        capture_output=True,
+        text=True,
+        env=environment,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"snptool {' '.join(args[:2])} failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def step(output: Path, *args: str, threads: int = 2) -> dict:
+    """`snptool` unless OUTPUT (its JSON) exists; written atomically once it succeeded."""
+    if output.exists():
+        return json.loads(output.read_text())
+    result = snptool(*args, threads=threads)
+    temporary = output.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=1))
+    temporary.replace(output)
+    return result
+
+
+def subset(source: Path, output: Path, count: int) -> Path:
+    """The first `count` images of an npz file (0: all of them), written once."""
+    if not output.exists():
+        data = np.load(source)
+        count = count or len(data["labels"])
+        temporary = output.with_name(output.stem + ".tmp.npz")
+        np.savez(
+            temporary,
+            images=data["images"][:count],
+            labels=data["labels"][:count],
+            class_names=data["class_names"],
+        )
+        temporary.replace(output)
+    return output
+
+
+def resnet20(out: Path, args) -> tuple[Path, Path, list[str]]:
+    """The imported ResNet-20, its clustered matrices and the taps the criteria prune."""
+    model = out / "resnet20.safetensors"
+    step(
+        out / "import.json",
+        "import",
+        str(SHARED / "checkpoints" / "akamaster_resnet20-12fca82f.th"),
+        "--arch",
+        f"{HERE.parent / 'third_party' / 'cifar_resnet.py'}:resnet20",
+        "--data",
+        args.data,
+        "--mean",
+        "0.485,0.456,0.406",
+        "--std",
+        "0.229,0.224,0.225",
+        "-o",
+        str(model),
+    )
+    inner = [f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)]
+    taps = ["layer1.2", "layer2.2", "layer3.2", *inner]
+    probes, matrices = out / "probes.safetensors", out / "matrices.h5"
+    analysis = ["--data", args.analysis_data]
+    step(
+        out / "probe.json",
+        "probe",
+        str(model),
+        *analysis,
+        "--layer",
+        ",".join(taps),
+        "--epochs",
+        str(args.probe_epochs),
+        "-o",
+        str(probes),
+    )
+    step(
+        out / "matrix.json",
+        "matrix",
+        str(model),
+        str(probes),
+        *analysis,
+        "--split",
+        "train",
+        "-o",
+        str(matrices),
+    )
+    step(out / "clusters.json", "clusters", str(matrices), "--threshold", "0.3")
+    return model, matrices, taps
+
+
+def run_one(
+    out: Path, args, model: Path, matrices: Path, taps, criterion: str, target: float, seed: int
+) -> None:
+    name = f"{criterion}-t{target}-s{seed}"
+    checkpoint = out / "runs" / f"{name}.safetensors"
+    step(
+        out / "runs" / f"{name}.json",
+        "prune",
+        str(model),
+        "--clusters",
+        str(matrices),
+        *CRITERIA[criterion],
+        "--layers",
+        ",".join(taps),
+        "--target-macs",
+        str(target),
+        "--round-to",
+        str(args.round_to),
+        "--finetune-epochs",
+        str(args.epochs),
+        "--finetune-test-every-epoch",
+        "--seed",
+        str(seed),
+        "--data",
+        args.data,
+        *args.finetune_flags.split(),
+        "-o",
+        str(checkpoint),
+        threads=args.threads,
+    )
+    checkpoint.unlink(missing_ok=True)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return mean, se
+
+
+def summarise(out: Path, args) -> list[dict]:
+    """Per target and criterion: accuracy right after pruning, after epoch 1 and the last,
+    mean ± SE over seeds, and the paired difference to the baseline at the last epoch."""
+    rows = []
+    for target in args.targets:
+        results = {}
+        for criterion in args.criteria:
+            for seed in args.seeds:
+                path = out / "runs" / f"{criterion}-t{target}-s{seed}.json"
+                if path.exists():
+                    results[criterion, seed] = json.loads(path.read_text())
+        for criterion in args.criteria:
+            runs = {s: results[criterion, s] for s in args.seeds if (criterion, s) in results}
+            if not runs:
+                continue
+            history = {s: r["history"] for s, r in runs.items()}
+            last = {s: r["accuracy_after"] for s, r in runs.items()}
+            paired = [
+                last[s] - results[BASELINE, s]["accuracy_after"]
+                for s in runs
+                if (BASELINE, s) in results
+            ]
+            rows.append(
+                {
+                    "target": target,
+                    "criterion": criterion,
+                    "seeds": sorted(runs),
+                    "mac_ratio": statistics.fmean(r["size"]["mac_ratio"] for r in runs.values()),
+                    "pruned": mean_se([r["accuracy_before"] for r in runs.values()]),
+                    "epoch1": mean_se([h[0]["test_accuracy"] for h in history.values()]),
+                    "last": mean_se(list(last.values())),
+                    "vs_baseline": mean_se(paired) if paired else None,
+                    "dense": next(iter(runs.values()))["dense_accuracy"],
+                }
+            )
+    return rows
+
+
+def print_tables(rows: list[dict], epochs: int) -> None:
+    cell = lambda pair: f"{pair[0]:.4f} ± {pair[1]:.4f}"  # noqa: E731
+    for target in sorted({r["target"] for r in rows}, reverse=True):
+        subset_rows = [r for r in rows if r["target"] == target]
+        print(f"\ntarget {target} of the MACs; dense {subset_rows[0]['dense']:.4f}")
+        print(f"| criterion | seeds | MACs | pruned | 1 epoch | {epochs} epochs | vs {BASELINE} |")
+        print("|---|---|---|---|---|---|---|")
+        for r in sorted(subset_rows, key=lambda r: -r["last"][0]):
+            paired = cell(r["vs_baseline"]) if r["vs_baseline"] else "-"
+            print(
+                f"| {r['criterion']} | {len(r['seeds'])} | {r['mac_ratio']:.3f} | "
+                f"{cell(r['pruned'])} | {cell(r['epoch1'])} | {cell(r['last'])} | {paired} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--network", choices=("resnet20", "vgg11h"), default="resnet20")
+    parser.add_argument("--checkpoint", type=Path, help="vgg11h: the trained checkpoint")
+    parser.add_argument("--matrices", type=Path, help="vgg11h: its clustered matrices")
+    parser.add_argument(
+        "--layers",
+        default="features.6,features.10,features.13,features.17,"
+        "features.20,features.24,features.27",
+        help="vgg11h: the pruned taps",
+    )
+    parser.add_argument("--targets", default="0.5,0.65,0.8")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--criteria", default=",".join(CRITERIA))
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
+    parser.add_argument("--train-n", type=int, default=0, help="fine-tune on the first N (0: all)")
+    parser.add_argument("--analysis-n", type=int, default=10000)
+    parser.add_argument("--probe-epochs", type=int, default=5)
+    parser.add_argument("--round-to", type=int, default=1)
+    parser.add_argument("--finetune-flags", default="--lr 0.01 --lr-decay 0.7 --augment")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each if > 1)")
+    args = parser.parse_args()
+    args.targets = [float(t) for t in args.targets.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.criteria = args.criteria.split(",")
+    unknown = set(args.criteria) - set(CRITERIA)
+    if unknown:
+        parser.error(f"unknown criteria {sorted(unknown)}; known: {', '.join(CRITERIA)}")
+    args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
+    out = args.out
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    data = SHARED / "data"
+    train = subset(data / "cifar10_train.npz", out / "train.npz", args.train_n)
+    analysis = subset(data / "cifar10_train.npz", out / "analysis.npz", args.analysis_n)
+    test = data / "cifar10_test.npz"
+    args.data, args.analysis_data = f"npz:{train},{test}", f"npz:{analysis},{test}"
+    if args.network == "resnet20":
+        model, matrices, taps = resnet20(out, args)
+    else:
+        if not (args.checkpoint and args.matrices):
+            parser.error("vgg11h needs --checkpoint and --matrices (cifar_layer_table.sh)")
+        model, matrices, taps = args.checkpoint, args.matrices, args.layers.split(",")
+    cells = [(c, t, s) for t in args.targets for s in args.seeds for c in args.criteria]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for future in [
+            pool.submit(run_one, out, args, model, matrices, taps, *cell) for cell in cells
+        ]:
+            future.result()
+    rows = summarise(out, args)
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+    print_tables(rows, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
