@@ -6,13 +6,15 @@ weight criteria on one network, several MAC targets and fine-tuning seeds, every
     python examples/benchmarks/criteria_screen.py OUT --network vgg11h \\
         --checkpoint runs/vgg/vgg11h-cifar.best.safetensors --matrices runs/vgg/matrices.h5
 
-`resnet20` imports the third-party ResNet-20 (../shared/checkpoints), probes its stage outputs
-and every block's inner channels on the first `--analysis-n` training images and clusters the
-matrices; `vgg11h` takes a checkpoint and clustered matrices (cifar_layer_table.sh) and prunes
-the convs of `--layers`. Each run prunes to a target, tests on the full test set right after
+`resnet20` (or `resnet56`, the confirmation) imports the third-party ResNet
+(../shared/checkpoints), probes its stage outputs and every block's inner channels on the first
+`--analysis-n` training images and clusters the matrices; `vgg11h` takes a checkpoint and
+clustered matrices (cifar_layer_table.sh) and prunes the convs of `--layers`. Each run prunes to a target, tests on the full test set right after
 pruning and after every fine-tuning epoch (`--finetune-test-every-epoch`), and leaves its JSON
 in OUT/runs/ (a run whose JSON exists is skipped, so an interrupted screen resumes; the pruned
-checkpoints are deleted). Targets run in the order given, so the first finishes first.
+checkpoints are deleted). OUT keeps only small files (JSON, the ResNet's matrices), so it can be
+committed and resumed on another day; the data subsets, the model and the probes go to
+--cache. Targets run in the order given, so the first finishes first.
 `summary.json` and the printed tables give, per target and criterion, mean ± standard error
 over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
 """
@@ -92,52 +94,66 @@ def subset(source: Path, output: Path, count: int) -> Path:
     return output
 
 
-def resnet20(out: Path, args) -> tuple[Path, Path, list[str]]:
-    """The imported ResNet-20, its clustered matrices and the taps the criteria prune."""
-    model = out / "resnet20.safetensors"
-    step(
-        out / "import.json",
-        "import",
-        str(SHARED / "checkpoints" / "akamaster_resnet20-12fca82f.th"),
-        "--arch",
-        f"{HERE.parent / 'third_party' / 'cifar_resnet.py'}:resnet20",
-        "--data",
-        args.data,
-        "--mean",
-        "0.485,0.456,0.406",
-        "--std",
-        "0.229,0.224,0.225",
-        "-o",
-        str(model),
-    )
-    inner = [f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(3)]
-    taps = ["layer1.2", "layer2.2", "layer3.2", *inner]
-    probes, matrices = out / "probes.safetensors", out / "matrices.h5"
-    analysis = ["--data", args.analysis_data]
-    step(
-        out / "probe.json",
-        "probe",
-        str(model),
-        *analysis,
-        "--layer",
-        ",".join(taps),
-        "--epochs",
-        str(args.probe_epochs),
-        "-o",
-        str(probes),
-    )
-    step(
-        out / "matrix.json",
-        "matrix",
-        str(model),
-        str(probes),
-        *analysis,
-        "--split",
-        "train",
-        "-o",
-        str(matrices),
-    )
-    step(out / "clusters.json", "clusters", str(matrices), "--threshold", "0.3")
+THIRD_PARTY = {  # network → (akamaster's file, blocks per stage)
+    "resnet20": ("akamaster_resnet20-12fca82f.th", 3),
+    "resnet56": ("akamaster_resnet56-4bfd9763.th", 9),
+}
+
+
+def cifar_resnet(out: Path, cache: Path, args) -> tuple[Path, Path, list[str]]:
+    """The imported third-party ResNet, its clustered matrices and the taps the criteria prune
+    (the stage outputs and every block's inner channels). The matrices and the analysis JSON
+    live in OUT (small: kept with the results, so a later screen ranks by the same matrices);
+    the model and the probes in the cache."""
+    weights, blocks = THIRD_PARTY[args.network]
+    model = cache / f"{args.network}.safetensors"
+    if not model.exists():
+        snptool(
+            "import",
+            str(SHARED / "checkpoints" / weights),
+            "--arch",
+            f"{HERE.parent / 'third_party' / 'cifar_resnet.py'}:{args.network}",
+            "--data",
+            args.data,
+            "--mean",
+            "0.485,0.456,0.406",
+            "--std",
+            "0.229,0.224,0.225",
+            "-o",
+            str(model),
+            threads=2,
+        )
+    inner = [f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(blocks)]
+    taps = [f"layer{s}.{blocks - 1}" for s in (1, 2, 3)] + inner
+    probes, matrices = cache / "probes.safetensors", out / "matrices.h5"
+    if not (matrices.exists() and (out / "clusters.json").exists()):
+        analysis = ["--data", args.analysis_data]
+        for name in ("probe", "matrix", "clusters"):
+            (out / f"{name}.json").unlink(missing_ok=True)
+        step(
+            out / "probe.json",
+            "probe",
+            str(model),
+            *analysis,
+            "--layer",
+            ",".join(taps),
+            "--epochs",
+            str(args.probe_epochs),
+            "-o",
+            str(probes),
+        )
+        step(
+            out / "matrix.json",
+            "matrix",
+            str(model),
+            str(probes),
+            *analysis,
+            "--split",
+            "train",
+            "-o",
+            str(matrices),
+        )
+        step(out / "clusters.json", "clusters", str(matrices), "--threshold", "0.3")
     return model, matrices, taps
 
 
@@ -236,7 +252,7 @@ def print_tables(rows: list[dict], epochs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--network", choices=("resnet20", "vgg11h"), default="resnet20")
+    parser.add_argument("--network", choices=(*THIRD_PARTY, "vgg11h"), default="resnet20")
     parser.add_argument("--checkpoint", type=Path, help="vgg11h: the trained checkpoint")
     parser.add_argument("--matrices", type=Path, help="vgg11h: its clustered matrices")
     parser.add_argument(
@@ -254,6 +270,7 @@ def main() -> None:
     parser.add_argument("--probe-epochs", type=int, default=5)
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--finetune-flags", default="--lr 0.01 --lr-decay 0.7 --augment")
+    parser.add_argument("--cache", type=Path, help="large intermediates (runs/criteria-cache/NET)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each if > 1)")
     args = parser.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
@@ -263,15 +280,18 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown criteria {sorted(unknown)}; known: {', '.join(CRITERIA)}")
     args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
-    out = args.out
+    out, cache = args.out, args.cache or Path("runs") / "criteria-cache" / args.network
     (out / "runs").mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     data = SHARED / "data"
-    train = subset(data / "cifar10_train.npz", out / "train.npz", args.train_n)
-    analysis = subset(data / "cifar10_train.npz", out / "analysis.npz", args.analysis_n)
+    train = subset(data / "cifar10_train.npz", cache / f"train{args.train_n}.npz", args.train_n)
+    analysis = subset(
+        data / "cifar10_train.npz", cache / f"analysis{args.analysis_n}.npz", args.analysis_n
+    )
     test = data / "cifar10_test.npz"
     args.data, args.analysis_data = f"npz:{train},{test}", f"npz:{analysis},{test}"
-    if args.network == "resnet20":
-        model, matrices, taps = resnet20(out, args)
+    if args.network in THIRD_PARTY:
+        model, matrices, taps = cifar_resnet(out, cache, args)
     else:
         if not (args.checkpoint and args.matrices):
             parser.error("vgg11h needs --checkpoint and --matrices (cifar_layer_table.sh)")
@@ -279,7 +299,7 @@ def main() -> None:
     cells = [(c, t, s) for t in args.targets for s in args.seeds for c in args.criteria]
     with ThreadPoolExecutor(args.jobs) as pool:
         for future in [
-            pool.submit(run_one, out, args, model, matrices, taps, *cell) for cell in cells
+            pool.submit(run_one, out, cache, args, model, matrices, taps, *cell) for cell in cells
         ]:
             future.result()
     rows = summarise(out, args)
