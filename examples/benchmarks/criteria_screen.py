@@ -9,12 +9,13 @@ weight criteria on one network, several MAC targets and fine-tuning seeds, every
 `resnet20` (or `resnet56`, the confirmation) imports the third-party ResNet
 (../shared/checkpoints), probes its stage outputs and every block's inner channels on the first
 `--analysis-n` training images and clusters the matrices; `vgg11h` takes a checkpoint and
-clustered matrices (cifar_layer_table.sh) and prunes the convs of `--layers`. Each run prunes
-to a target, tests on the full test set right after pruning and after every fine-tuning epoch (`--finetune-test-every-epoch`), and leaves its JSON
-in OUT/runs/ (a run whose JSON exists is skipped, so an interrupted screen resumes; the pruned
-checkpoints are deleted). OUT keeps only small files (JSON, the ResNet's matrices), so it can be
-committed and resumed on another day; the data subsets, the model and the probes go to
---cache. Targets run in the order given, so the first finishes first.
+clustered matrices (cifar_layer_table.sh) and prunes the convs of `--layers`. Each run prunes to
+a target, tests on the full test set right after pruning and after every fine-tuning epoch
+(`--finetune-test-every-epoch`), and leaves its JSON in OUT/runs/ (a run whose JSON exists is
+skipped, so an interrupted screen resumes; the pruned checkpoints are deleted). OUT keeps only
+small files (JSON, the ResNet's matrices), so it can be committed and resumed on another day;
+the data subsets, the model and the probes go to --cache. Targets run in the order given, so the
+first finishes first.
 `summary.json` and the printed tables give, per target and criterion, mean ± standard error
 over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
 """
