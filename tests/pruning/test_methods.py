@@ -15,7 +15,7 @@ def test_every_method_has_one_row_in_config_order():
 
 
 def test_the_rows_say_what_each_method_needs():
-    weights = {"magnitude-channels", "taylor", "lamp"}
+    weights = {"magnitude-channels", "taylor", "lamp", "group-norm", "random-channels"}
     assert {n for n, m in METHODS.items() if not m.needs_clusters} == weights
     assert {n for n, m in METHODS.items() if m.needs_batches} == {"taylor"}
     assert {n for n, m in METHODS.items() if m.removes_channels} == weights | {"units"}
