@@ -159,10 +159,18 @@ def cifar_resnet(out: Path, cache: Path, args) -> tuple[Path, Path, list[str]]:
 
 
 def run_one(
-    out: Path, args, model: Path, matrices: Path, taps, criterion: str, target: float, seed: int
+    out: Path,
+    cache: Path,
+    args,
+    model: Path,
+    matrices: Path,
+    taps,
+    criterion: str,
+    target: float,
+    seed: int,
 ) -> None:
     name = f"{criterion}-t{target}-s{seed}"
-    checkpoint = out / "runs" / f"{name}.safetensors"
+    checkpoint = cache / f"{name}.safetensors"
     step(
         out / "runs" / f"{name}.json",
         "prune",
