@@ -199,9 +199,10 @@ def run_one(
     checkpoint.unlink(missing_ok=True)
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and standard error (None for one value)."""
     mean = statistics.fmean(values)
-    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else None
     return mean, se
 
 
@@ -244,7 +245,7 @@ def summarise(out: Path, args) -> list[dict]:
 
 
 def print_tables(rows: list[dict], epochs: int) -> None:
-    cell = lambda pair: f"{pair[0]:.4f} ± {pair[1]:.4f}"  # noqa: E731
+    cell = lambda pair: f"{pair[0]:.4f}" + (f" ± {pair[1]:.4f}" if pair[1] is not None else "")  # noqa: E731
     for target in sorted({r["target"] for r in rows}, reverse=True):
         subset_rows = [r for r in rows if r["target"] == target]
         print(f"\ntarget {target} of the MACs; dense {subset_rows[0]['dense']:.4f}")
@@ -280,6 +281,9 @@ def main() -> None:
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--finetune-flags", default="--lr 0.01 --lr-decay 0.7 --augment")
     parser.add_argument("--cache", type=Path, help="large intermediates (runs/criteria-cache/NET)")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="tabulate the runs in OUT without running any"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each if > 1)")
     args = parser.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
@@ -290,6 +294,10 @@ def main() -> None:
         parser.error(f"unknown criteria {sorted(unknown)}; known: {', '.join(CRITERIA)}")
     args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
     out, cache = args.out, args.cache or Path("runs") / "criteria-cache" / args.network
+    if args.summary_only:
+        rows = summarise(out, args)
+        (out / "summary.json").write_text(json.dumps(rows, indent=1))
+        return print_tables(rows, args.epochs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)
     data = SHARED / "data"
