@@ -146,8 +146,8 @@ def run_prune(
     together, e.g. the feed-forward layers of every transformer block; default: every layer
     in the clusters file, as one chain. With `config.connections.classifier == "probe"` the
     network is cut after the last listed layer and classified by that layer's probe (from
-    `probes_path`), as in the authors' code. The weight criteria (`magnitude-channels`,
-    `taylor`, `lamp`) need no clusters file (`clusters_path=None`) when `layers` names the taps.
+    `probes_path`), as in the authors' code. The weight criteria (`config.WEIGHT_CRITERIA`)
+    need no clusters file (`clusters_path=None`) when `layers` names the taps.
     """
     config = config or PruneConfig()
     method = METHODS[config.method]
