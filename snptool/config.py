@@ -367,15 +367,8 @@ PRUNE_METHODS = (
     "heads",
     *STRUCTURED_METHODS,
 )
-UNIT_RANKING_KEYS = (
-    "labels",
-    "maximum",
-    "noise",
-    "margin",
-    "margin-worst",
-    "margin-positive",
-    "magnitude",
-)
+MARGIN_RANKING_KEYS = ("margin", "margin-worst", "margin-positive")  # importance.unit_margins
+UNIT_RANKING_KEYS = ("labels", "maximum", "noise", *MARGIN_RANKING_KEYS, "magnitude")
 ALLOCATIONS = ("deepest-first", "uniform")
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 

@@ -21,10 +21,9 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
+from snptool.config import MARGIN_RANKING_KEYS
+
 Batches = list[tuple[torch.Tensor, torch.Tensor]]  # prepared images, labels
-
-
-MARGIN_KEYS = ("margin", "margin-worst", "margin-positive")
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def unit_margins(matrices: np.ndarray, priors: np.ndarray | None = None) -> dict
     the strongest wrong label, max_{k≠c}; `margin-positive`: only the labels the unit helps,
     Σ_c π_c max(0, M[u, c, c] − mean_{k≠c} M[u, c, k]). `priors` π are the class frequencies
     (default uniform)."""
-    units, classes, _ = matrices.shape
+    classes = matrices.shape[1]
     priors = np.full(classes, 1 / classes) if priors is None else priors / priors.sum()
     diagonal = np.einsum("ucc->uc", matrices)
     wrong = matrices.copy()
@@ -83,7 +82,7 @@ def removal_order(
         "noise": -np.mean([s.noise for s in scores], axis=0),
         "magnitude": magnitude,
     }
-    for key in set(ranking) & set(MARGIN_KEYS):
+    for key in set(ranking) & set(MARGIN_RANKING_KEYS):
         if any(s.margins is None for s in scores):
             raise ValueError(f"the {key} ranking needs the units' matrices")
         keys[key] = np.mean([s.margins[key] for s in scores], axis=0)

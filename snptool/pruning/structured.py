@@ -55,7 +55,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from snptool.config import InputSpec, RemovalConfig
+from snptool.config import MARGIN_RANKING_KEYS, InputSpec, RemovalConfig
 from snptool.core import console
 from snptool.core.channel_maps import (
     CUSTOMIZED_PRUNERS,
@@ -70,7 +70,6 @@ from snptool.core.taps import resolve_taps
 from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
 from snptool.pruning.connections import execution_order
 from snptool.pruning.importance import (
-    MARGIN_KEYS,
     Batches,
     UnitScores,
     UnitsImportance,
@@ -625,7 +624,7 @@ def prune_structured(
     plans, left = select_plans(model, shape, names, config, fill=fill)
     units = None
     if by_units:
-        margins = bool(set(config.ranking) & set(MARGIN_KEYS))
+        margins = bool(set(config.ranking) & set(MARGIN_RANKING_KEYS))
         scores = read_unit_scores(clusters_path, names, margins)
         taps_of = {model.get_submodule(p.root): p.taps for p in plans}
         units = UnitsImportance(scores, taps_of, config.ranking, config.coverage)
