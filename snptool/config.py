@@ -369,7 +369,7 @@ PRUNE_METHODS = (
 )
 MARGIN_RANKING_KEYS = ("margin", "margin-worst", "margin-positive")  # importance.unit_margins
 UNIT_RANKING_KEYS = ("labels", "maximum", "noise", *MARGIN_RANKING_KEYS, "magnitude")
-ALLOCATIONS = ("deepest-first", "uniform")
+ALLOCATIONS = ("deepest-first", "uniform", "global", "margin-mass")  # pruning/allocation.py
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
@@ -442,7 +442,7 @@ class RemovalConfig:
     took more than a few seconds on a network it could prune, and runs without end on Swin);
     `allocation` `deepest-first` steps the deepest groups down to their next rounded width until
     the MACs meet `target_macs` where the uniform share overshoots it, `uniform` keeps the
-    uniform share.
+    uniform share, `global` and `margin-mass` let the groups' shares differ (allocation.py).
     """
 
     remove_fraction: float = setting(
@@ -477,8 +477,10 @@ class RemovalConfig:
     )
     allocation: str = setting(
         "deepest-first",
-        "units, …: deepest-first (step the deepest groups down to meet --target-macs) or "
-        "uniform (every group the same share).",
+        "units, …: how --target-macs is shared among the groups: deepest-first (step the "
+        "deepest groups down to meet it), uniform (every group the same share), global (one "
+        "threshold on the criterion's group-normalised scores) or margin-mass (every group "
+        "keeps the same share of its correct-label margin; reads --clusters).",
     )
 
     def __post_init__(self) -> None:

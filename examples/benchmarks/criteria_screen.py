@@ -50,6 +50,12 @@ CRITERIA = {
     "margin-positive": ["--method", "units", "--ranking", "margin-positive"],
     "l1-coverage2": ["--method", "units", "--ranking", "magnitude", "--coverage", "2"],
     "margin-coverage2": ["--method", "units", "--ranking", "margin", "--coverage", "2"],
+    # where to prune (hypothesis 3): the groups' shares differ (snptool/pruning/allocation.py)
+    "magnitude-global": ["--method", "magnitude-channels", "--allocation", "global"],
+    "lamp-global": ["--method", "lamp", "--allocation", "global"],
+    "margin-global": ["--method", "units", "--ranking", "margin", "--allocation", "global"],
+    "l1-margin-mass": ["--method", "magnitude-channels", "--allocation", "margin-mass"],
+    "margin-mass": ["--method", "units", "--ranking", "margin", "--allocation", "margin-mass"],
 }
 BASELINE = "magnitude"
 
@@ -285,6 +291,9 @@ def main() -> None:
         "--summary-only", action="store_true", help="tabulate the runs in OUT without running any"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each if > 1)")
+    parser.add_argument(
+        "--threads", type=int, help="threads per run (default: 1 if --jobs > 1, else all cores)"
+    )
     args = parser.parse_args()
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -292,7 +301,8 @@ def main() -> None:
     unknown = set(args.criteria) - set(CRITERIA)
     if unknown:
         parser.error(f"unknown criteria {sorted(unknown)}; known: {', '.join(CRITERIA)}")
-    args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
+    if args.threads is None:
+        args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
     out, cache = args.out, args.cache or Path("runs") / "criteria-cache" / args.network
     if args.summary_only:
         rows = summarise(out, args)

@@ -81,7 +81,8 @@ def prune(
         console.log(
             f"MACs {size['macs']:,} of {size['dense_macs']:,} "
             f"({size['mac_ratio']:.3f}), parameters {size['params']:,} of "
-            f"{size['dense_params']:,}, {size['fraction']:.3f} of each group's channels removed"
+            f"{size['dense_params']:,}, {size['removed_share']:.3f} of the groups' channels "
+            "removed"
         )
     if json_output:
         console.emit_json(result.to_json())

@@ -21,8 +21,6 @@ import torch.nn.functional as F
 import torch_pruning as tp
 from torch import nn
 
-from snptool.config import MARGIN_RANKING_KEYS
-
 Batches = list[tuple[torch.Tensor, torch.Tensor]]  # prepared images, labels
 
 
@@ -73,21 +71,36 @@ def removal_order(
     Several taps on one group: the label sets are united, the other scores averaged.
     `coverage` r > 0 moves a channel to the end when removing it would leave a label served
     by fewer than r channels (`covered_order`)."""
-    label_sets = [
-        set().union(*(s.label_sets[c] for s in scores)) for c in range(len(scores[0].label_sets))
-    ]
-    keys = {
-        "labels": np.array([len(labels) for labels in label_sets], dtype=float),
-        "maximum": np.mean([s.maximum for s in scores], axis=0),
-        "noise": -np.mean([s.noise for s in scores], axis=0),
-        "magnitude": magnitude,
-    }
-    for key in set(ranking) & set(MARGIN_RANKING_KEYS):
-        if any(s.margins is None for s in scores):
-            raise ValueError(f"the {key} ranking needs the units' matrices")
-        keys[key] = np.mean([s.margins[key] for s in scores], axis=0)
+    keys = ranking_keys(scores, ranking, magnitude)
     order = np.lexsort([keys[k] for k in reversed(ranking)])
-    return covered_order(order, label_sets, coverage) if coverage else order
+    return covered_order(order, united_label_sets(scores), coverage) if coverage else order
+
+
+def united_label_sets(scores: list[UnitScores]) -> list[set[int]]:
+    """Each channel's labels, united over the taps that read the group."""
+    channels = range(len(scores[0].label_sets))
+    return [set().union(*(s.label_sets[c] for s in scores)) for c in channels]
+
+
+def ranking_keys(
+    scores: list[UnitScores], ranking: tuple[str, ...], magnitude: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The values of the `ranking` keys per channel, larger keeps longer (`removal_order`)."""
+    keys = {}
+    for key in ranking:
+        if key == "labels":
+            keys[key] = np.array([len(s) for s in united_label_sets(scores)], dtype=float)
+        elif key == "maximum":
+            keys[key] = np.mean([s.maximum for s in scores], axis=0)
+        elif key == "noise":
+            keys[key] = -np.mean([s.noise for s in scores], axis=0)
+        elif key == "magnitude":
+            keys[key] = magnitude
+        else:
+            if any(s.margins is None for s in scores):
+                raise ValueError(f"the {key} ranking needs the units' matrices")
+            keys[key] = np.mean([s.margins[key] for s in scores], axis=0)
+    return keys
 
 
 def covered_order(order: np.ndarray, label_sets: list[set[int]], coverage: int) -> np.ndarray:
@@ -138,6 +151,18 @@ class UnitsImportance(tp.importance.Importance):
         importance = torch.empty(len(order), dtype=torch.float64)
         importance[torch.as_tensor(order)] = torch.arange(len(order), dtype=torch.float64)
         return importance
+
+    @torch.no_grad()
+    def leading_scores(self, group) -> np.ndarray:
+        """The first ranking key's values of the group's channels over their mean magnitude
+        (the group normalisation Torch-Pruning gives its own scores): what `global`
+        allocation compares across groups."""
+        taps = self.taps_of[group[0].dep.target.module]
+        lead = self.ranking[0]
+        magnitude = group_magnitude(group) if lead == "magnitude" else None
+        values = ranking_keys([self.scores[t] for t in taps], (lead,), magnitude)[lead]
+        scale = np.abs(values).mean()
+        return values / scale if scale > 0 else values
 
 
 def l1_importance() -> tp.importance.Importance:

@@ -227,7 +227,15 @@ def run_prune(
     write_checkpoint(output, model, meta, extras)
     size = plan.record.get("structured")
     if size is not None:
-        keys = ("dense_macs", "macs", "mac_ratio", "dense_params", "params", "fraction")
+        keys = (
+            "dense_macs",
+            "macs",
+            "mac_ratio",
+            "dense_params",
+            "params",
+            "fraction",
+            "removed_share",
+        )
         size = {key: size[key] for key in keys}
     return PruneResult(
         str(output),

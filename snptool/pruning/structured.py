@@ -17,7 +17,8 @@ noise averaged. `magnitude-channels` (L1 of the group's weights, Li et al. 2017)
 fraction, for a side-by-side comparison.
 
 Every group loses the same share of its channels (one always stays): `remove_fraction`, or the
-share that brings the model's MACs to `target_macs` × the dense MACs (bisection); `round_to`
+share that brings the model's MACs to `target_macs` × the dense MACs (bisection; `global` and
+`margin-mass` allocation give the groups different shares, allocation.py); `round_to`
 rounds every group's kept count to a multiple (onnxruntime's NCHWc convolutions work in blocks
 of 16 channels on AVX-512, 8 on AVX2: ResNet-56 at 0.50 of the MACs ran at 0.72 of the dense
 p50 with widths 8/16/32, at 0.82 with 8/15/31 and at 0.62 with 16/16/32).
@@ -56,7 +57,6 @@ import torch_pruning as tp
 from torch import nn
 
 from snptool.config import MARGIN_RANKING_KEYS, InputSpec, RemovalConfig
-from snptool.core import console
 from snptool.core.channel_maps import (
     CUSTOMIZED_PRUNERS,
     ChannelMap,
@@ -68,6 +68,12 @@ from snptool.core.macs import count_macs, count_parameters
 from snptool.core.resizing import merge_resized, module_attributes, resized_record, tensor_shapes
 from snptool.core.taps import resolve_taps
 from snptool.errors import ArchitectureError, LayerError, UsageError, first_line
+from snptool.pruning.allocation import (
+    fraction_for_macs,
+    global_threshold,
+    margin_mass_share,
+    step_down_deepest,
+)
 from snptool.pruning.connections import execution_order
 from snptool.pruning.importance import (
     Batches,
@@ -108,6 +114,7 @@ class GroupPlan:
     multiple: int = 1  # the kept count stays a multiple of this (attention heads)
     order: np.ndarray | None = None  # the channels, first to remove first
     criterion: str = ""
+    scores: np.ndarray | None = None  # group-normalised, larger keeps longer (`global`)
 
 
 def _member_channels(graph: tp.DependencyGraph, module: Any, handler: str) -> int | None:
@@ -395,12 +402,16 @@ class Search:
         self.meta = _shape_copy(model)  # each trial copies this, which holds no data
         self.dense = dense_macs
 
-    def counts(self, fraction: float, overrides: dict[str, int] | None = None) -> dict[str, int]:
+    def counts(
+        self, fraction: float | dict[str, float], overrides: dict[str, int] | None = None
+    ) -> dict[str, int]:
+        """The removal counts at `fraction` of every group (or the fraction of each group, by
+        root), rounded by the configuration; `overrides` replace some."""
         config = self.config
         counts = {
             p.root: removed_count(
                 p.channels,
-                fraction,
+                fraction[p.root] if isinstance(fraction, dict) else fraction,
                 config.round_to,
                 step=math.lcm(p.blocks, p.multiple),
                 min_channels=config.min_channels,
@@ -446,61 +457,6 @@ def _shape_copy(model: nn.Module) -> nn.Module:
         return copy.deepcopy(model, memo)
 
 
-def fraction_for_macs(search: Search, target: float, steps: int = 12) -> tuple[float, float]:
-    """(low, high): the smallest uniform fraction whose pruned copy has at most `target` × the
-    MACs (`high`), and the largest found above the target (`low`); raise when removing the most
-    that every group allows still leaves more."""
-    most = search.counts(1.0)
-    best = search.ratio(most)
-    if best > target:
-        floor, reachable = search.config.min_channels, math.ceil(best * 1e3) / 1e3
-        raise UsageError(
-            f"--target-macs {target:g} cannot be reached: removing the most that the "
-            f"{len(search.plans)} prunable groups allow (at least {floor} channels kept each) "
-            f"leaves {best:.3f} of the dense MACs; ask for at least {reachable:g}, "
-            "lower --min-channels, or prune more groups (list more layers, or drop --layers "
-            "with a weight criterion)."
-        )
-    low, high = 0.0, 1.0
-    with console.progress("prune: MAC search", steps) as task:
-        for _ in range(steps):
-            middle = (low + high) / 2
-            if search.ratio(search.counts(middle)) <= target:
-                high = middle
-            else:
-                low = middle
-            task.advance()
-    return low, high
-
-
-def step_down_deepest(
-    search: Search, execution: list[str], target: float, fractions: tuple[float, float]
-) -> dict[str, int]:
-    """Removal counts that meet `target` × the dense MACs with the fewest groups moved from
-    their width at `fractions[0]` (above the target) to their width at `fractions[1]`, the
-    deepest groups first (bisection over how many move); empty when all must move (the
-    uniform share at `fractions[1]`)."""
-    above, below = (search.counts(f) for f in fractions)
-    order = {name: i for i, name in enumerate(execution)}
-    moving = sorted(
-        (p.root for p in search.plans if above[p.root] != below[p.root]),
-        key=lambda root: order.get(root, -1),
-        reverse=True,
-    )
-
-    def removals(count: int) -> dict[str, int]:
-        return {root: below[root] for root in moving[:count]}
-
-    fewest, most = 0, len(moving)  # `most` moved always meets the target
-    while most - fewest > 1:
-        middle = (fewest + most) // 2
-        if search.ratio(search.counts(fractions[0], removals(middle))) <= target:
-            most = middle
-        else:
-            fewest = middle
-    return removals(most) if most < len(moving) else {}  # all moved: the uniform share
-
-
 def order_groups(
     model: nn.Module,
     shape: tuple[int, ...],
@@ -509,9 +465,11 @@ def order_groups(
     weight_criterion: str | None,
     batches: Batches | None,
     seed: int = 0,
+    allocation: str = "uniform",
 ) -> None:
     """Give every plan its removal order, each through a Torch-Pruning `Importance`: the
-    matrices' (`units`) for the groups a tap reads, else the weight criterion's."""
+    matrices' (`units`) for the groups a tap reads, else the weight criterion's; for `global`
+    allocation also the scores it compares across groups."""
     weights = None
     if weight_criterion is not None and any(units is None or not p.taps for p in plans):
         weights = weight_importance(weight_criterion, model, batches or [], seed)
@@ -524,6 +482,9 @@ def order_groups(
         by_units = units is not None and bool(plan.taps)
         plan.order = importance_order(group, units if by_units else weights)
         plan.criterion = "units" if by_units else weight_criterion
+        if allocation == "global":
+            score = units.leading_scores(group) if by_units else weights(group)
+            plan.scores = np.asarray(torch.as_tensor(score).detach().cpu(), dtype=np.float64)
     model.zero_grad(set_to_none=True)
 
 
@@ -597,6 +558,22 @@ def select_plans(
     return plans, left
 
 
+def group_margins(
+    plans: list[GroupPlan], scores: dict[str, UnitScores] | None, clusters_path
+) -> dict[str, np.ndarray]:
+    """Each group's channels' `margin` (`unit_margins`), averaged over the taps that read it,
+    for `margin-mass` allocation: every pruned group needs a tap with matrices."""
+    blind = [p.root for p in plans if not p.taps]
+    if scores is None or blind:
+        where = f"the groups of {', '.join(blind[:3])} have none" if blind else "none given"
+        raise UsageError(
+            "--allocation margin-mass divides the removal by the matrices of every pruned "
+            f"group ({where}); give --clusters and list a tap of every group with --layers, "
+            "or use another --allocation."
+        )
+    return {p.root: np.mean([scores[t].margins["margin"] for t in p.taps], axis=0) for p in plans}
+
+
 def _wrapped_copy(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
     trial = _shape_copy(model)
     wrap_channel_maps(trial, shape)
@@ -622,19 +599,29 @@ def prune_structured(
     dense = (module_attributes(model), tensor_shapes(model))
     fill = by_units and weight_criterion is not None
     plans, left = select_plans(model, shape, names, config, fill=fill)
-    units = None
-    if by_units:
-        margins = bool(set(config.ranking) & set(MARGIN_RANKING_KEYS))
+    allocation = config.allocation if config.target_macs is not None else "uniform"
+    units, scores = None, None
+    margins = allocation == "margin-mass" or (
+        by_units and bool(set(config.ranking) & set(MARGIN_RANKING_KEYS))
+    )
+    if by_units or margins:
         scores = read_unit_scores(clusters_path, names, margins)
+    if by_units:
         taps_of = {model.get_submodule(p.root): p.taps for p in plans}
         units = UnitsImportance(scores, taps_of, config.ranking, config.coverage)
-    order_groups(model, shape, plans, units, weight_criterion, batches, seed)
+    order_groups(model, shape, plans, units, weight_criterion, batches, seed, allocation)
     dense_macs, dense_params = count_macs(model, shape), count_parameters(model)
     search = Search(model, shape, plans, config, dense_macs)
-    fraction, overrides = config.remove_fraction, {}
-    if config.target_macs is not None:
+    fraction, overrides, parameter = config.remove_fraction, {}, None
+    if allocation == "global":
+        by_root = {p.root: p.scores for p in plans}
+        fraction, parameter = global_threshold(search, by_root, config.target_macs)
+    elif allocation == "margin-mass":
+        by_root = group_margins(plans, scores, clusters_path)
+        fraction, parameter = margin_mass_share(search, by_root, config.target_macs)
+    elif config.target_macs is not None:
         low, fraction = fraction_for_macs(search, config.target_macs)
-        if config.allocation == "deepest-first":
+        if allocation == "deepest-first":
             execution = execution_order(model, shape)
             overrides = step_down_deepest(search, execution, config.target_macs, (low, fraction))
             fraction = low if overrides else fraction
@@ -649,12 +636,14 @@ def prune_structured(
     record = {
         "channel_groups": [g.to_json() for g in groups],
         "left_dense": left,
-        "fraction": fraction,
+        "fraction": fraction if isinstance(fraction, float) else None,  # uniform shares
+        "removed_share": 1 - sum(len(g.kept) for g in groups) / sum(g.channels for g in groups),
         "ranking": list(config.ranking) if by_units else None,
         "coverage": config.coverage if by_units else None,
         "fill": weight_criterion if by_units else None,
         "target_macs": config.target_macs,
-        "allocation": config.allocation if config.target_macs is not None else "uniform",
+        "allocation": allocation,
+        "allocation_parameter": parameter,  # global: the score threshold; margin-mass: q
         "stepped_down": sorted(overrides),
         "round_to": config.round_to,
         "min_channels": config.min_channels,

@@ -473,6 +473,90 @@ def test_deepest_groups_step_down_where_the_uniform_share_overshoots(
     assert (sizes["uniform"] < sizes["deepest-first"]) == bool(stepped)
 
 
+def margin_clusters_file(path: Path, taps: dict[str, list[float]]) -> Path:
+    """A clustered matrix file whose unit u sends `margins[u]` to the correct label of every
+    label and nothing to the wrong ones: its `margin` is exactly margins[u]."""
+    with h5py.File(path, "w") as handle:
+        create_matrix_file(handle, [str(i) for i in range(CLASSES)], {"split": "train"})
+        for order, (tap, margins) in enumerate(taps.items()):
+            attrs = {"layer": tap, "unit": "channel", "units": len(margins), "positions": 1}
+            dataset = create_layer(handle, tap, len(margins), CLASSES, {**attrs, "accuracy": 0.5})
+            dataset[...] = np.asarray(margins, dtype=np.float32)[:, None, None] * np.eye(CLASSES)
+            dataset.parent.attrs["order"] = order
+    run_clusters(path, ClustersConfig(threshold=0.3))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uneven_margins(tmp_path_factory) -> Path:
+    """The tiny ResNet's stream carried by channel 0 alone, its inner channels all alike."""
+    stream = [8.0] + [0.1] * 7
+    taps = {"layer1.0": stream, "layer1.1": stream, "layer1.1.relu1": [1.0] * 8}
+    return margin_clusters_file(tmp_path_factory.mktemp("margins") / "m.h5", taps)
+
+
+def kept_widths(path: Path) -> dict[str, int]:
+    return {root: len(group["kept"]) for root, group in groups_of(path).items()}
+
+
+def test_margin_mass_prunes_the_group_whose_margin_few_channels_carry(
+    resnet, uneven_margins, tmp_path
+):
+    widths, records = {}, {}
+    for allocation in ("uniform", "margin-mass"):
+        output = tmp_path / f"{allocation}.safetensors"
+        result = prune(
+            resnet["dense"],
+            uneven_margins,
+            output,
+            method="magnitude-channels",
+            target_macs=0.7,
+            allocation=allocation,
+        )
+        assert result.size["macs"] <= 0.7 * result.size["dense_macs"]
+        widths[allocation] = kept_widths(output)
+        records[allocation] = read_checkpoint(output).metadata["pruning"]["structured"]
+    assert widths["uniform"]["conv1"] == widths["uniform"]["layer1.1.conv1"]
+    assert widths["margin-mass"]["conv1"] < widths["margin-mass"]["layer1.1.conv1"]
+    record = records["margin-mass"]
+    assert record["allocation"] == "margin-mass" and 0 < record["allocation_parameter"] < 1
+    assert record["fraction"] is None and 0 < record["removed_share"] < 1
+
+
+def test_global_allocation_removes_the_lowest_normalised_scores_first(
+    resnet, uneven_margins, tmp_path
+):
+    # normalised margins: stream channel 0 ≈ 7.4, the other seven ≈ 0.09; inner channels 1.0
+    output = tmp_path / "global.safetensors"
+    result = prune(
+        resnet["dense"],
+        uneven_margins,
+        output,
+        ranking=("margin",),
+        target_macs=0.8,
+        allocation="global",
+    )
+    assert result.size["macs"] <= 0.8 * result.size["dense_macs"]
+    widths = kept_widths(output)
+    assert widths["layer1.1.conv1"] == 8 and widths["conv1"] < 8
+    assert 0 in groups_of(output)["conv1"]["kept"]  # the stream's one strong channel
+    record = read_checkpoint(output).metadata["pruning"]["structured"]
+    assert record["allocation"] == "global" and 0.09 < record["allocation_parameter"] <= 1.0
+
+
+def test_margin_mass_needs_matrices_on_every_pruned_group(resnet, tmp_path):
+    with pytest.raises(UsageError, match="margin-mass"):
+        prune(
+            resnet["dense"],
+            resnet["clusters"],
+            tmp_path / "out.safetensors",
+            ["layer1.1.relu1", "layer1.1"],
+            target_macs=0.7,
+            allocation="margin-mass",
+            fill="magnitude-channels",
+        )
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="target MACs"):
         PruneConfig(method="units", removal=RemovalConfig(target_macs=1.5))
