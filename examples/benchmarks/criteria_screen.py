@@ -16,6 +16,12 @@ skipped, so an interrupted screen resumes; the pruned checkpoints are deleted). 
 small files (JSON, the ResNet's matrices), so it can be committed and resumed on another day;
 the data subsets, the model and the probes go to --cache. Targets run in the order given, so the
 first finishes first.
+The criteria include other allocations of the target among the layers (`magnitude-global`,
+`lamp-global`, `margin-global`: one threshold over the model; `l1-margin-mass`, `margin-mass`:
+every layer keeps the same share of its correct-label margin) and iterative pruning
+(`magnitude-iter2`, `margin-iter2`: two prunes of √target each, half the epochs after each, the
+margin re-analysed on the pruned model in between; the `pruned` column is then the accuracy
+right after the last prune, `1 epoch` the first epoch after the first).
 `summary.json` and the printed tables give, per target and criterion, mean ± standard error
 over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
 """
@@ -56,6 +62,13 @@ CRITERIA = {
     "margin-global": ["--method", "units", "--ranking", "margin", "--allocation", "global"],
     "l1-margin-mass": ["--method", "magnitude-channels", "--allocation", "margin-mass"],
     "margin-mass": ["--method", "units", "--ranking", "margin", "--allocation", "margin-mass"],
+}
+# iterative pruning (hypothesis 4): name → (criterion, steps). Each step prunes by the same
+# ratio (target^(1/steps) of the MACs it starts from) and fine-tunes epochs/steps; the matrices'
+# criteria re-analyse the pruned model before every later step (probe, matrix, clusters).
+ITERATIVE = {
+    "magnitude-iter2": ("magnitude", 2),
+    "margin-iter2": ("margin", 2),
 }
 BASELINE = "magnitude"
 
@@ -164,6 +177,99 @@ def cifar_resnet(out: Path, cache: Path, args) -> tuple[Path, Path, list[str]]:
     return model, matrices, taps
 
 
+def analyse(checkpoint: Path, taps, args, prefix: Path) -> Path:
+    """Probe, matrix and clusters of `checkpoint` at `taps`: its clustered matrix file."""
+    probes, matrices = prefix.with_suffix(".probes.safetensors"), prefix.with_suffix(".h5")
+    analysis = ["--data", args.analysis_data]
+    layers = ["--layer", ",".join(taps), "--epochs", str(args.probe_epochs)]
+    snptool("probe", str(checkpoint), *analysis, *layers, "-o", str(probes), threads=args.threads)
+    snptool(
+        "matrix",
+        str(checkpoint),
+        str(probes),
+        *analysis,
+        "--split",
+        "train",
+        "-o",
+        str(matrices),
+        threads=args.threads,
+    )
+    snptool("clusters", str(matrices), "--threshold", "0.3", threads=args.threads)
+    probes.unlink(missing_ok=True)
+    return matrices
+
+
+def run_iterative(
+    out: Path,
+    cache: Path,
+    args,
+    model: Path,
+    matrices: Path,
+    taps,
+    name: str,
+    target: float,
+    seed: int,
+) -> None:
+    """`steps` prunes of ratio target^(1/steps), each fine-tuned epochs/steps, the matrices'
+    criteria re-analysed in between; one JSON like a single run's (`steps` holds each step's)."""
+    output = out / "runs" / f"{name}-t{target}-s{seed}.json"
+    if output.exists():
+        return
+    criterion, count = ITERATIVE[name]
+    by_matrices = "units" in CRITERIA[criterion]
+    current, steps = model, []
+    for number in range(1, count + 1):
+        checkpoint = cache / f"{name}-t{target}-s{seed}-step{number}.safetensors"
+        clusters = matrices
+        if number > 1 and by_matrices:
+            clusters = analyse(current, taps, args, checkpoint.with_suffix(""))
+        steps.append(
+            snptool(
+                "prune",
+                str(current),
+                *(["--clusters", str(clusters)] if by_matrices else []),
+                *CRITERIA[criterion],
+                "--layers",
+                ",".join(taps),
+                "--target-macs",
+                f"{target ** (1 / count):.6f}",
+                "--round-to",
+                str(args.round_to),
+                "--finetune-epochs",
+                str(args.epochs // count),
+                "--finetune-test-every-epoch",
+                "--seed",
+                str(seed),
+                "--data",
+                args.data,
+                *args.finetune_flags.split(),
+                "-o",
+                str(checkpoint),
+                threads=args.threads,
+            )
+        )
+        if current != model:
+            current.unlink(missing_ok=True)
+            if by_matrices:
+                clusters.unlink(missing_ok=True)
+        current = checkpoint
+    current.unlink(missing_ok=True)
+    first, last = steps[0], steps[-1]
+    size = {**last["size"], "dense_macs": first["size"]["dense_macs"]}
+    size["mac_ratio"] = size["macs"] / size["dense_macs"]
+    result = {
+        **last,
+        "dense_accuracy": first["dense_accuracy"],
+        "size": size,
+        "history": [row for step in steps for row in step["history"]],
+        "seconds": sum(step["seconds"] for step in steps),
+        "steps": steps,
+    }
+    temporary = output.with_suffix(".tmp")
+    temporary.write_text(json.dumps(result, indent=1))
+    temporary.replace(output)
+
+
 def run_one(
     out: Path,
     cache: Path,
@@ -175,6 +281,8 @@ def run_one(
     target: float,
     seed: int,
 ) -> None:
+    if criterion in ITERATIVE:
+        return run_iterative(out, cache, args, model, matrices, taps, criterion, target, seed)
     name = f"{criterion}-t{target}-s{seed}"
     checkpoint = cache / f"{name}.safetensors"
     step(
@@ -279,7 +387,7 @@ def main() -> None:
     )
     parser.add_argument("--targets", default="0.5,0.65,0.8")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--criteria", default=",".join(CRITERIA))
+    parser.add_argument("--criteria", default=",".join([*CRITERIA, *ITERATIVE]))
     parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs")
     parser.add_argument("--train-n", type=int, default=0, help="fine-tune on the first N (0: all)")
     parser.add_argument("--analysis-n", type=int, default=10000)
@@ -298,9 +406,10 @@ def main() -> None:
     args.targets = [float(t) for t in args.targets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.criteria = args.criteria.split(",")
-    unknown = set(args.criteria) - set(CRITERIA)
+    unknown = set(args.criteria) - set(CRITERIA) - set(ITERATIVE)
     if unknown:
-        parser.error(f"unknown criteria {sorted(unknown)}; known: {', '.join(CRITERIA)}")
+        known = ", ".join([*CRITERIA, *ITERATIVE])
+        parser.error(f"unknown criteria {sorted(unknown)}; known: {known}")
     if args.threads is None:
         args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
     out, cache = args.out, args.cache or Path("runs") / "criteria-cache" / args.network
