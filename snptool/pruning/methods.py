@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from snptool.config import PRUNE_METHODS, PruneConfig
+from snptool.config import PRUNE_METHODS, STRUCTURED_METHODS, PruneConfig
 from snptool.core.architectures import ProbeHeadModel
 from snptool.core.checkpoint import Checkpoint
 from snptool.core.matrix_file import (
@@ -108,6 +108,12 @@ class PruneMethod:
         if self.keeps_classifier and config.connections.classifier == "probe":
             raise UsageError(
                 f"--method {self.name} keeps the model's classifier; drop --classifier probe."
+            )
+        if config.removal.target_macs is not None and not self.removes_channels:
+            raise UsageError(
+                f"--target-macs sizes channel removal (--method {', '.join(STRUCTURED_METHODS)}); "
+                f"--method {self.name} is sized by its own rule (the label sets, --groups, "
+                "--remove-fraction), so drop --target-macs."
             )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from snptool.config import PRUNE_METHODS, ConnectionConfig, PruneConfig
+from snptool.config import PRUNE_METHODS, ConnectionConfig, PruneConfig, RemovalConfig
 from snptool.errors import UsageError
 from snptool.pruning.methods import METHODS, PrunePlan
 
@@ -33,6 +33,14 @@ def test_a_method_that_keeps_the_classifier_refuses_the_probe_classifier(name):
     config = PruneConfig(method=name, connections=ConnectionConfig(classifier="probe"))
     with pytest.raises(UsageError, match="keeps the model's classifier"):
         METHODS[name].check(config, "clusters.h5")
+
+
+@pytest.mark.parametrize("name", ["afcc", "afcc-grouped", "magnitude", "heads"])
+def test_a_method_that_does_not_remove_channels_refuses_a_mac_target(name):
+    config = PruneConfig(method=name, removal=RemovalConfig(target_macs=0.5))
+    with pytest.raises(UsageError, match=f"--method {name} is sized by its own rule"):
+        METHODS[name].check(config, "clusters.h5")
+    METHODS["units"].check(PruneConfig(method="units", removal=config.removal), "clusters.h5")
 
 
 def test_a_plan_names_its_parts():
