@@ -432,7 +432,9 @@ class RemovalConfig:
     label a group serves), `remove_fraction` of every group or the share that brings the MACs
     to `target_macs` × the dense MACs; `magnitude-channels`, `taylor` (on `taylor_batches`
     training batches), `lamp`, `group-norm` and `random-channels` (drawn with the seed) rank
-    the same groups by Torch-Pruning's importance estimators, as baselines; `round_to`
+    the same groups by Torch-Pruning's importance estimators, as baselines (`group-norm` after
+    `sparsity_epochs` of training with its sparsity regulariser of strength `sparsity_reg`, as
+    DepGraph prescribes, when asked: sparsity.py); `round_to`
     rounds every group's kept channels to a multiple (faster kernels) and keeps at least
     `min_channels` per group (a target that the floor makes unreachable is refused, never
     chased by collapsing groups); the weight criteria prune every prunable group when no taps
@@ -461,6 +463,12 @@ class RemovalConfig:
         "units: keep at least this many channels serving every label in every group (0: off).",
     )
     taylor_batches: int = setting(4, "taylor: training batches whose gradients score channels.")
+    sparsity_epochs: int = setting(
+        0,
+        "group-norm: first train the dense model this many epochs with Torch-Pruning's "
+        "group-norm sparsity regulariser (0: off).",
+    )
+    sparsity_reg: float = setting(5e-4, "group-norm: the sparsity regulariser's strength.")
     round_to: int = setting(1, "units, …: keep a multiple of this many channels per group.")
     min_channels: int = setting(
         8,
@@ -499,6 +507,11 @@ class RemovalConfig:
             ),
             (self.coverage >= 0, f"coverage must be >= 0, not {self.coverage}"),
             (self.taylor_batches >= 1, f"taylor batches must be >= 1, not {self.taylor_batches}"),
+            (
+                self.sparsity_epochs >= 0 and self.sparsity_reg >= 0,
+                "sparsity epochs and regulariser must be >= 0, not "
+                f"{self.sparsity_epochs} and {self.sparsity_reg}",
+            ),
             (self.round_to >= 1, f"round to must be >= 1, not {self.round_to}"),
             (self.min_channels >= 1, f"min channels must be >= 1, not {self.min_channels}"),
             (

@@ -2,7 +2,8 @@
 
 Each caller yields its own prepared batches (preprocessing, augmentation, mixing, a teacher's
 logits, tapped features) and says how to score the forward pass's output; the loop runs the
-forward pass (under autocast where the runtime asks for it), one optimiser step, the caller's
+forward pass (under autocast where the runtime asks for it), the backward pass, the caller's
+`before_step` hook (a regulariser edits the gradients there), one optimiser step, the caller's
 `after_step` hook (fine-tuning re-applies its masks there) and sums the loss, and the correct
 predictions where the output is one logits tensor, on the device, so no step waits for the host.
 """
@@ -34,13 +35,24 @@ class Runtime:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+    def backward_step(
+        self,
+        loss: torch.Tensor,
+        optimizer: torch.optim.Optimizer,
+        before_step: Callable[[], None] | None = None,
+    ) -> None:
+        """Backward pass, `before_step` (it may edit the gradients), optimiser step."""
         optimizer.zero_grad(set_to_none=True)
         if self.scaler is None:
             loss.backward()
+            if before_step is not None:
+                before_step()
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        if before_step is not None:
+            self.scaler.unscale_(optimizer)
+            before_step()
         self.scaler.step(optimizer)
         self.scaler.update()
 
@@ -68,8 +80,10 @@ def run_steps(
     *,
     after_step: Callable[[], None] | None = None,
     on_step: Callable[[StepTotals], None] | None = None,
+    before_step: Callable[[], None] | None = None,
 ) -> StepTotals:
-    """One optimiser step per batch; `after_step` runs after each step, `on_step` gets the
+    """One optimiser step per batch; `before_step` runs between the backward pass and the step
+    (a regulariser edits the gradients there), `after_step` after each step, `on_step` gets the
     running totals (progress, timing). Correct predictions count where the output is a
     [B, classes] tensor of logits."""
     totals = StepTotals(
@@ -80,7 +94,7 @@ def run_steps(
         with runtime.autocast():
             output = runtime.forward(x)
             loss = loss_of(output, targets)
-        runtime.backward_step(loss, optimizer)
+        runtime.backward_step(loss, optimizer, before_step)
         if after_step is not None:
             after_step()
         totals.loss += loss.detach().double() * len(labels)

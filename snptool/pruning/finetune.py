@@ -61,12 +61,15 @@ def finetune(
     *,
     seed: int = 0,
     test: Callable[[nn.Module], float] | None = None,
+    regularize: Callable[[], None] | None = None,
+    description: str = "fine-tune",
 ) -> list[dict]:
     """Train `train_modules` with the masks re-applied after every step; everything else frozen.
 
     `augmentation` (translation in pixels, flip) is the one the model was trained with;
     `teacher` (the dense model, eval mode) is distilled from when config.distill > 0. Returns
     one row per epoch (lr, mean loss, training accuracy, and `test`'s accuracy when given).
+    `regularize` edits the gradients before every step (sparsity.py).
     """
     translate, flip = augmentation
     seed_everything(seed)
@@ -85,7 +88,7 @@ def finetune(
     runtime = Runtime(model, device)
     history: list[dict] = []
     steps = config.epochs * train_data.num_batches(config.batch_size)
-    with console.progress("fine-tune", steps) as task:
+    with console.progress(description, steps) as task:
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = config.learning_rate * config.lr_decay**epoch
@@ -118,6 +121,7 @@ def finetune(
                 lambda logits, targets: finetune_loss(logits.float(), *targets, config),
                 after_step=lambda: apply_masks(model, masks),
                 on_step=lambda totals: task.advance(),
+                before_step=regularize,
             )
             row = {
                 "epoch": epoch + 1,

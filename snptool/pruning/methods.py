@@ -109,6 +109,11 @@ class PruneMethod:
             raise UsageError(
                 f"--method {self.name} keeps the model's classifier; drop --classifier probe."
             )
+        if config.removal.sparsity_epochs and self.name != "group-norm":
+            raise UsageError(
+                "--sparsity-epochs trains with Torch-Pruning's group-norm regulariser, which "
+                f"serves --method group-norm only, not {self.name}; drop --sparsity-epochs."
+            )
         if config.removal.target_macs is not None and not self.removes_channels:
             raise UsageError(
                 f"--target-macs sizes channel removal (--method {', '.join(STRUCTURED_METHODS)}); "

@@ -53,6 +53,7 @@ from snptool.pruning.methods import (
     layer_chains,
     read_label_sets,
 )
+from snptool.pruning.sparsity import regularised_model
 from snptool.training.evaluate import evaluate_model
 
 
@@ -166,13 +167,17 @@ def run_prune(
             clusters_path, checkpoint, flat, config, method.label_sets
         )
     train_data = None
-    if config.finetune.epochs or method.needs_batches:
+    sparse = config.removal.sparsity_epochs > 0
+    if config.finetune.epochs or method.needs_batches or sparse:
         train_data = load_checkpoint_data(checkpoint, data_spec, "train", data_config)
     batches = None
     if method.needs_batches:
         batches = taylor_batches(checkpoint, train_data, config, device)
+    ranked, sparsity_history = checkpoint, []
+    if sparse:
+        ranked, sparsity_history = regularised_model(checkpoint, train_data, config, device)
     inputs = PruneInputs(
-        checkpoint, clusters_path, names, chains or [names], label_sets, probes_path, batches
+        ranked, clusters_path, names, chains or [names], label_sets, probes_path, batches
     )
     plan = method.plan(inputs, config)
     model, masks = plan.model, plan.masks
@@ -209,6 +214,7 @@ def run_prune(
         "accuracy_before": before,
         "accuracy_after": after,
         "finetune_history": history,
+        "sparsity_history": sparsity_history,
         "config": config_to_dict(config),
         **plan.record,
     }

@@ -557,6 +557,40 @@ def test_margin_mass_needs_matrices_on_every_pruned_group(resnet, tmp_path):
         )
 
 
+def test_group_norm_sparsity_training_shrinks_the_weights_it_ranks(resnet, tmp_path):
+    norms = {}
+    for reg in (0.0, 0.5):
+        output = tmp_path / f"reg{reg}.safetensors"
+        result = prune(
+            resnet["dense"],
+            resnet["clusters"],
+            output,
+            method="group-norm",
+            target_macs=0.6,
+            sparsity_epochs=1,
+            sparsity_reg=reg,
+        )
+        assert result.size["macs"] <= 0.6 * result.size["dense_macs"]
+        pruning = read_checkpoint(output).metadata["pruning"]
+        assert [row["epoch"] for row in pruning["sparsity_history"]] == [1]
+        assert pruning["config"]["removal"]["sparsity_reg"] == reg
+        weights = read_checkpoint(output).model.state_dict()
+        norms[reg] = sum(float(w.square().sum()) for n, w in weights.items() if "conv" in n)
+    assert norms[0.5] < 0.9 * norms[0.0]
+
+
+def test_sparsity_training_serves_group_norm_only(resnet, tmp_path):
+    with pytest.raises(UsageError, match="--sparsity-epochs"):
+        prune(
+            resnet["dense"],
+            resnet["clusters"],
+            tmp_path / "out.safetensors",
+            method="magnitude-channels",
+            target_macs=0.6,
+            sparsity_epochs=1,
+        )
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="target MACs"):
         PruneConfig(method="units", removal=RemovalConfig(target_macs=1.5))
