@@ -27,7 +27,7 @@ training (`--sparsity-epochs 1 --sparsity-reg 0.1`: the regulariser's dose of De
 schedules packed into one epoch), which counts in the budget: it fine-tunes one epoch less.
 `afcc-grouped2` prunes connections into grouped convolutions of two label groups (hypothesis
 5): its size is set by the groups, not the target (the run's MACs come from its export), so
-compare it at its own ratio (0.6044 of the MACs on the VGG's seven taps: `--targets 0.6044`).
+compare it at its own ratio (0.574 of the MACs on the VGG's seven taps: `--targets 0.574`).
 `summary.json` and the printed tables give, per target and criterion, mean ± standard error
 over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
 """

@@ -312,7 +312,11 @@ def group_model(
     index = {n: i for i, n in enumerate(order)}
     rows: dict[str, torch.Tensor] = {}
     columns: dict[str, tuple[torch.Tensor, int]] = {}
+    restored: dict[str, torch.Tensor] = {}  # module → the order its output is put back in
+    sources = {c.source for c in chain}
     for connection in chain:
+        if connection.target is not None and connection.target not in sources:
+            _permute_chain_end(model, order, connection, permutation, rows, restored)
         producer_index = max(i for i in weights if i < index[connection.module])
         between = order[producer_index + 1 : index[connection.module]]
         if not all(isinstance(model.get_submodule(n), PER_CHANNEL) for n in between):
@@ -343,7 +347,43 @@ def group_model(
                 model, name, count, masks[name + ".weight"], rows[name], columns[name][0]
             )
             report.grouped[name] = count
+    for name, inverse in restored.items():
+        _replace(model, name, nn.Sequential(model.get_submodule(name), ChannelOrder(inverse)))
     return model, report
+
+
+class ChannelOrder(nn.Module):
+    """Reorders the channels (dim 1) by a fixed index: puts a grouped conv's label-ordered
+    outputs back in the order the rest of the network reads (a residual addition)."""
+
+    def __init__(self, index: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("index", index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.index_select(1, self.index)
+
+
+def _permute_chain_end(model, order, connection, permutation, rows, restored) -> None:
+    """The last connection of a chain (its target feeds no listed layer, e.g. the norm before
+    a residual addition): its conv's outputs and the per-channel modules up to the target are
+    ordered by label group too, so the conv can be grouped, and the target's output is put back
+    in the original order (ChannelOrder) for whatever reads it."""
+    module = model.get_submodule(connection.module)
+    inside = [i for i, n in enumerate(order) if n == connection.target]
+    inside += [i for i, n in enumerate(order) if n.startswith(connection.target + ".")]
+    if not isinstance(module, nn.Conv2d) or not inside:
+        return
+    start, end = order.index(connection.module), max(inside)
+    between = order[start + 1 : end + 1]
+    if not all(isinstance(model.get_submodule(n), PER_CHANNEL) for n in between):
+        return
+    perm = permutation[connection.target]
+    rows[connection.module] = perm
+    for name in between:
+        if isinstance(model.get_submodule(name), nn.modules.batchnorm._BatchNorm):
+            rows[name] = perm
+    restored[order[end]] = torch.argsort(perm)
 
 
 def _to_grouped_conv(model, name, count, mask, rows, columns) -> None:

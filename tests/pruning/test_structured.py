@@ -591,6 +591,33 @@ def test_sparsity_training_serves_group_norm_only(resnet, tmp_path):
         )
 
 
+def test_afcc_grouped_groups_the_inner_conv_of_a_residual_block(tmp_path):
+    # the block's second conv reads the inner channels and writes the norm before the addition:
+    # grouped by label, its outputs put back in order for the addition
+    from snptool.pruning.compact import compact_model
+
+    dense = untrained(TINY_RESNET, tmp_path)
+    layers = ["layer1.1.relu1", "layer1.1.bn2"]
+    clusters = clusters_file(tmp_path / "m.h5", {tap: (8, set()) for tap in layers})
+    output = tmp_path / "grouped.safetensors"
+    config = PruneConfig(
+        method="afcc-grouped",
+        connections=ConnectionConfig(groups=2, label_grouping="contiguous"),
+        finetune=FinetuneConfig(epochs=0),
+        device="cpu",
+    )
+    run_prune(dense, clusters, output, config, layers=layers)
+    checkpoint = read_checkpoint(output)
+    compact, report = compact_model(checkpoint)
+    assert report.grouped == {"layer1.1.conv2": 2}
+    assert compact.get_submodule("layer1.1.conv2").groups == 2
+    x = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), checkpoint.model.eval()(x), rtol=1e-5, atol=1e-5)
+    result = run_export(output, tmp_path / "grouped.onnx")
+    assert result.max_abs_diff <= 1e-4 and result.macs < result.dense_macs
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(UsageError, match="target MACs"):
         PruneConfig(method="units", removal=RemovalConfig(target_macs=1.5))
