@@ -28,6 +28,8 @@ schedules packed into one epoch), which counts in the budget: it fine-tunes one 
 `afcc-grouped2` prunes connections into grouped convolutions of two label groups (hypothesis
 5): its size is set by the groups, not the target (the run's MACs come from its export), so
 compare it at its own ratio (0.574 of the MACs on the VGG's seven taps: `--targets 0.574`).
+On a ResNet it groups the inner conv of every block (one chain `relu1` → `bn2` per block, from
+matrices of those taps made once: OUT/inner-matrices.h5).
 `summary.json` and the printed tables give, per target and criterion, mean ± standard error
 over the seeds and the paired difference to `magnitude` (Torch-Pruning's L1) seed by seed.
 """
@@ -291,6 +293,30 @@ def run_iterative(
     temporary.replace(output)
 
 
+def inner_matrices(out: Path, cache: Path, args, model: Path, blocks: list[str]) -> Path:
+    """The clustered matrices of every block's inner activation and the norm before its
+    addition (OUT/inner-matrices.h5, made once): what groups the blocks' inner convs."""
+    matrices = out / "inner-matrices.h5"
+    if not (out / "inner-clusters.json").exists():
+        taps = [f"{b}.{layer}" for b in blocks for layer in ("relu1", "bn2")]
+        probes, analysis = cache / "inner-probes.safetensors", ["--data", args.analysis_data]
+        layers = ["--layer", ",".join(taps), "--epochs", str(args.probe_epochs)]
+        snptool("probe", str(model), *analysis, *layers, "-o", str(probes), threads=args.threads)
+        snptool(
+            "matrix",
+            str(model),
+            str(probes),
+            *analysis,
+            "--split",
+            "train",
+            "-o",
+            str(matrices),
+            threads=args.threads,
+        )
+        step(out / "inner-clusters.json", "clusters", str(matrices), "--threshold", "0.3")
+    return matrices
+
+
 def run_grouped(
     out: Path, cache: Path, args, model: Path, matrices: Path, taps, name, target, seed
 ) -> None:
@@ -299,14 +325,19 @@ def run_grouped(
     if output.exists():
         return
     checkpoint = cache / f"{name}-t{target}-s{seed}.safetensors"
+    if args.network in THIRD_PARTY:  # the inner conv of every block: one chain relu1 → bn2
+        blocks = [t.removesuffix(".relu1") for t in taps if t.endswith(".relu1")]
+        chains = [f"{b}.relu1,{b}.bn2" for b in blocks]
+        matrices = inner_matrices(out, cache, args, model, blocks)
+    else:
+        chains = [",".join(taps)]
     result = snptool(
         "prune",
         str(model),
         "--clusters",
         str(matrices),
         *GROUPED[name],
-        "--layers",
-        ",".join(taps),
+        *[flag for chain in chains for flag in ("--layers", chain)],
         "--finetune-epochs",
         str(args.epochs),
         "--finetune-test-every-epoch",
