@@ -162,6 +162,41 @@ def test_units_ranks_the_analysed_groups_and_fills_the_rest(zoo_checkpoint, tmp_
     assert len(tapped) < len(groups) and all(g["taps"] for g in tapped)
 
 
+@pytest.mark.parametrize("spec", ["torchvision:mnasnet0_5", "timm:resnet18d"])
+def test_global_allocation_prunes_a_foreign_model_to_half_its_macs(spec, zoo_checkpoint, tmp_path):
+    prune_export_check(zoo_checkpoint(spec), tmp_path, allocation="global")
+    record = read_checkpoint(tmp_path / "pruned.safetensors").metadata["pruning"]["structured"]
+    shares = {1 - len(g["kept"]) / g["channels"] for g in record["channel_groups"]}
+    assert record["allocation"] == "global" and len(shares) > 1  # the groups' shares differ
+
+
+@pytest.mark.long
+def test_the_margin_criteria_prune_a_foreign_model_where_it_was_analysed(zoo_checkpoint, tmp_path):
+    dense = zoo_checkpoint("timm:resnet18d")
+    taps = ["layer2.0.act1", "layer3.0.act1", "layer4.0.act1"]  # three blocks' inner channels
+    probes, matrices = tmp_path / "probes.safetensors", tmp_path / "matrices.h5"
+    run_probe(dense, taps, probes, ProbeConfig(epochs=1, device="cpu"))
+    run_matrix(dense, probes, matrices, MatrixConfig(device="cpu"))
+    run_clusters(matrices)
+    for method, allocation, ranking in (
+        ("units", "global", {"ranking": ("margin",)}),  # the matrices rank and allocate
+        ("magnitude-channels", "margin-mass", {}),  # the matrices allocate, L1 ranks
+    ):
+        pruned = tmp_path / f"{allocation}.safetensors"
+        removal = RemovalConfig(target_macs=0.8, allocation=allocation, **ranking)
+        config = PruneConfig(method=method, removal=removal, device="cpu")
+        result = run_prune(dense, matrices, pruned, config, layers=taps)
+        assert result.size["mac_ratio"] <= 0.8
+        record = read_checkpoint(pruned).metadata["pruning"]["structured"]
+        assert record["allocation"] == allocation and record["allocation_parameter"] is not None
+        shares = {1 - len(g["kept"]) / g["channels"] for g in record["channel_groups"]}
+        assert len(record["channel_groups"]) == 3 and len(shares) > 1
+        exported = run_export(
+            pruned, tmp_path / f"{allocation}.onnx", ExportConfig(parity_samples=4)
+        )
+        assert exported.max_abs_diff <= 1e-3 and exported.macs == result.size["macs"]
+
+
 def test_an_unreachable_target_is_refused_and_writes_nothing(zoo_checkpoint, tmp_path):
     dense = zoo_checkpoint("torchvision:squeezenet1_1")
     output = tmp_path / "pruned.safetensors"
