@@ -115,10 +115,29 @@ def step(output: Path, *args: str, threads: int = 2) -> dict:
     if output.exists():
         return json.loads(output.read_text())
     result = snptool(*args, threads=threads)
+    write_json(output, result)
+    return result
+
+
+def write_json(output: Path, result) -> None:
+    """`result` as JSON in OUTPUT, written atomically."""
     temporary = output.with_suffix(".tmp")
     temporary.write_text(json.dumps(result, indent=1))
     temporary.replace(output)
-    return result
+
+
+def finetuning(args, epochs: int, seed: int) -> list[str]:
+    """`snptool prune`'s fine-tuning flags of a run: every epoch tested on the test split."""
+    return [
+        "--finetune-epochs",
+        str(epochs),
+        "--finetune-test-every-epoch",
+        "--seed",
+        str(seed),
+        "--data",
+        args.data,
+        *args.finetune_flags.split(),
+    ]
 
 
 def subset(source: Path, output: Path, count: int) -> Path:
@@ -202,7 +221,8 @@ def cifar_resnet(out: Path, cache: Path, args) -> tuple[Path, Path, list[str]]:
 
 def analyse(checkpoint: Path, taps, args, prefix: Path) -> Path:
     """Probe, matrix and clusters of `checkpoint` at `taps`: its clustered matrix file."""
-    probes, matrices = prefix.with_suffix(".probes.safetensors"), prefix.with_suffix(".h5")
+    probes = prefix.with_name(prefix.name + ".probes.safetensors")
+    matrices = prefix.with_name(prefix.name + ".h5")
     analysis = ["--data", args.analysis_data]
     layers = ["--layer", ",".join(taps), "--epochs", str(args.probe_epochs)]
     snptool("probe", str(checkpoint), *analysis, *layers, "-o", str(probes), threads=args.threads)
@@ -258,14 +278,7 @@ def run_iterative(
                 f"{target ** (1 / count):.6f}",
                 "--round-to",
                 str(args.round_to),
-                "--finetune-epochs",
-                str(args.epochs // count),
-                "--finetune-test-every-epoch",
-                "--seed",
-                str(seed),
-                "--data",
-                args.data,
-                *args.finetune_flags.split(),
+                *finetuning(args, args.epochs // count, seed),
                 "-o",
                 str(checkpoint),
                 threads=args.threads,
@@ -288,9 +301,7 @@ def run_iterative(
         "seconds": sum(step["seconds"] for step in steps),
         "steps": steps,
     }
-    temporary = output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=1))
-    temporary.replace(output)
+    write_json(output, result)
 
 
 def inner_matrices(out: Path, cache: Path, args, model: Path, blocks: list[str]) -> Path:
@@ -338,14 +349,7 @@ def run_grouped(
         str(matrices),
         *GROUPED[name],
         *[flag for chain in chains for flag in ("--layers", chain)],
-        "--finetune-epochs",
-        str(args.epochs),
-        "--finetune-test-every-epoch",
-        "--seed",
-        str(seed),
-        "--data",
-        args.data,
-        *args.finetune_flags.split(),
+        *finetuning(args, args.epochs, seed),
         "-o",
         str(checkpoint),
         threads=args.threads,
@@ -356,9 +360,7 @@ def run_grouped(
     result["size"]["mac_ratio"] = export["macs"] / export["dense_macs"]
     checkpoint.unlink(missing_ok=True)
     onnx.unlink(missing_ok=True)
-    temporary = output.with_suffix(".tmp")
-    temporary.write_text(json.dumps(result, indent=1))
-    temporary.replace(output)
+    write_json(output, result)
 
 
 def run_one(
@@ -391,14 +393,7 @@ def run_one(
         str(target),
         "--round-to",
         str(args.round_to),
-        "--finetune-epochs",
-        str(args.epochs - SPENT_EPOCHS.get(criterion, 0)),
-        "--finetune-test-every-epoch",
-        "--seed",
-        str(seed),
-        "--data",
-        args.data,
-        *args.finetune_flags.split(),
+        *finetuning(args, args.epochs - SPENT_EPOCHS.get(criterion, 0), seed),
         "-o",
         str(checkpoint),
         threads=args.threads,

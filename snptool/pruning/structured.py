@@ -494,7 +494,6 @@ __all__ = [
     "read_unit_scores",
     "ChannelGroup",
     "count_macs",
-    "fraction_for_macs",
     "remove_channels",
 ]
 
