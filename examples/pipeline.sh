@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the embedded digits data set (no download): train a model of the research,
 # evaluate it, list its analysable layers, fit a probe on every layer, compute every unit's
-# labels × labels matrix and its clusters, remove the channels and nodes that serve the fewest
-# labels until half the MACs are left (`prune --method units`, every layer keeping a multiple of
+# labels × labels matrix and its clusters, remove the channels and nodes with the weakest
+# weights while every label keeps two channels per layer, until half the MACs are left
+# (`prune --method units`, its default ranking; every layer keeping a multiple of
 # ROUND_TO channels: onnxruntime's convolutions work in blocks of 16 channels on AVX-512, 8 on
 # AVX2), fine-tune, export the dense and the pruned model to ONNX, quantize both to int8
 # (onnxruntime's static QDQ, CALIBRATION training images), time the four side by side in

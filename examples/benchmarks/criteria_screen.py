@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -75,19 +76,23 @@ CRITERIA = {
         "--sparsity-reg",
         "0.002",
     ],
-    "units": ["--method", "units"],
-    "units-l1": ["--method", "units", "--ranking", "labels,magnitude"],
-    "margin": ["--method", "units", "--ranking", "margin"],
-    "margin-worst": ["--method", "units", "--ranking", "margin-worst"],
-    "margin-positive": ["--method", "units", "--ranking", "margin-positive"],
+    "units": ["--method", "units", "--ranking", "labels,maximum,noise", "--coverage", "0"],
+    "units-l1": ["--method", "units", "--ranking", "labels,magnitude", "--coverage", "0"],
+    "margin": ["--method", "units", "--ranking", "margin", "--coverage", "0"],
     "l1-coverage2": ["--method", "units", "--ranking", "magnitude", "--coverage", "2"],
     "margin-coverage2": ["--method", "units", "--ranking", "margin", "--coverage", "2"],
     # where to prune (hypothesis 3): the groups' shares differ (snptool/pruning/allocation.py)
     "magnitude-global": ["--method", "magnitude-channels", "--allocation", "global"],
     "lamp-global": ["--method", "lamp", "--allocation", "global"],
-    "margin-global": ["--method", "units", "--ranking", "margin", "--allocation", "global"],
+    "margin-global": [
+        *("--method", "units", "--ranking", "margin", "--coverage", "0"),
+        *("--allocation", "global"),
+    ],
     "l1-margin-mass": ["--method", "magnitude-channels", "--allocation", "margin-mass"],
-    "margin-mass": ["--method", "units", "--ranking", "margin", "--allocation", "margin-mass"],
+    "margin-mass": [
+        *("--method", "units", "--ranking", "margin", "--coverage", "0"),
+        *("--allocation", "margin-mass"),
+    ],
 }
 # iterative pruning (hypothesis 4): name → (criterion, steps). Each step prunes by the same
 # ratio (target^(1/steps) of the MACs it starts from) and fine-tunes epochs/steps; the matrices'
@@ -417,21 +422,24 @@ def mean_se(values: list[float]) -> tuple[float, float | None]:
     return mean, se
 
 
-def summarise(out: Path, args) -> list[dict]:
-    """Per target and criterion: accuracy right after pruning, after epoch 1 and the last,
-    mean ± SE over seeds, and the paired difference to the baseline at the last epoch."""
+RUN_NAME = re.compile(r"^(?P<criterion>.+)-t(?P<target>[0-9.]+)-s(?P<seed>\d+)\.json$")
+
+
+def summarise(out: Path) -> list[dict]:
+    """Per target and criterion of every run in OUT/runs: accuracy right after pruning, after
+    epoch 1 and the last, mean ± SE over seeds, and the paired difference to the baseline at
+    the last epoch."""
+    found = {}
+    for path in (out / "runs").glob("*.json"):
+        match = RUN_NAME.match(path.name)
+        if match:
+            key = (float(match["target"]), match["criterion"], int(match["seed"]))
+            found[key] = json.loads(path.read_text())
     rows = []
-    for target in args.targets:
-        results = {}
-        for criterion in args.criteria:
-            for seed in args.seeds:
-                path = out / "runs" / f"{criterion}-t{target}-s{seed}.json"
-                if path.exists():
-                    results[criterion, seed] = json.loads(path.read_text())
-        for criterion in args.criteria:
-            runs = {s: results[criterion, s] for s in args.seeds if (criterion, s) in results}
-            if not runs:
-                continue
+    for target in sorted({t for t, _, _ in found}, reverse=True):
+        results = {(c, s): run for (t, c, s), run in found.items() if t == target}
+        for criterion in sorted({c for c, _ in results}):
+            runs = {s: run for (c, s), run in sorted(results.items()) if c == criterion}
             history = {s: r["history"] for s, r in runs.items()}
             last = {s: r["accuracy_after"] for s, r in runs.items()}
             paired = [
@@ -511,7 +519,7 @@ def main() -> None:
         args.threads = 1 if args.jobs > 1 else os.cpu_count() or 1
     out, cache = args.out, args.cache or Path("runs") / "criteria-cache" / args.network
     if args.summary_only:
-        rows = summarise(out, args)
+        rows = summarise(out)
         (out / "summary.json").write_text(json.dumps(rows, indent=1))
         return print_tables(rows, args.epochs)
     (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -535,7 +543,7 @@ def main() -> None:
             pool.submit(run_one, out, cache, args, model, matrices, taps, *cell) for cell in cells
         ]:
             future.result()
-    rows = summarise(out, args)
+    rows = summarise(out)
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
     print_tables(rows, args.epochs)
 

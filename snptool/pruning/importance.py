@@ -26,36 +26,27 @@ Batches = list[tuple[torch.Tensor, torch.Tensor]]  # prepared images, labels
 
 @dataclass(frozen=True)
 class UnitScores:
-    """What the matrices say about one tap's units (from `clusters`); `margins`: the
-    `unit_margins` of its matrices, by key."""
+    """What the matrices say about one tap's units (from `clusters`); `margin`: the
+    `unit_margins` of its matrices."""
 
     label_sets: list[set[int]]
     maximum: np.ndarray
     noise: np.ndarray
-    margins: dict[str, np.ndarray] | None = None
+    margin: np.ndarray | None = None
 
 
-def unit_margins(matrices: np.ndarray, priors: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def unit_margins(matrices: np.ndarray, priors: np.ndarray | None = None) -> np.ndarray:
     """Each unit's first-order share of the probe's correct-label margin, from its matrix
     M[u, c, k] (the field unit u alone sends to output k, averaged over inputs of label c):
-    removing u moves the margin of label c by about −(M[u, c, c] − M[u, c, k]).
-
-    `margin`: Σ_c π_c (M[u, c, c] − mean_{k≠c} M[u, c, k]); `margin-worst`: the same against
-    the strongest wrong label, max_{k≠c}; `margin-positive`: only the labels the unit helps,
-    Σ_c π_c max(0, M[u, c, c] − mean_{k≠c} M[u, c, k]). `priors` π are the class frequencies
-    (default uniform)."""
+    removing u moves the margin of label c by about −(M[u, c, c] − M[u, c, k]), so its share
+    is Σ_c π_c (M[u, c, c] − mean_{k≠c} M[u, c, k]), with `priors` π the class frequencies
+    (default uniform). (Two variants lost to it and to L1 on both screened networks and were
+    deleted: against the strongest wrong label, and counting only the labels the unit helps.)"""
     classes = matrices.shape[1]
     priors = np.full(classes, 1 / classes) if priors is None else priors / priors.sum()
     diagonal = np.einsum("ucc->uc", matrices)
-    wrong = matrices.copy()
-    wrong[:, np.arange(classes), np.arange(classes)] = -np.inf
     mean_wrong = (matrices.sum(axis=2) - diagonal) / (classes - 1)
-    against_mean = diagonal - mean_wrong
-    return {
-        "margin": against_mean @ priors,
-        "margin-worst": (diagonal - wrong.max(axis=2)) @ priors,
-        "margin-positive": np.maximum(against_mean, 0) @ priors,
-    }
+    return (diagonal - mean_wrong) @ priors
 
 
 def removal_order(
@@ -66,8 +57,8 @@ def removal_order(
 ) -> np.ndarray:
     """The group's channels, first to remove first: `ranking` keys in priority order
     (`labels`: fewest served first; `maximum`: weakest first; `noise`: most noise first;
-    `margin`, `margin-worst`, `margin-positive`: smallest share of the correct-label margin
-    first (`unit_margins`); `magnitude`: smallest L1 norm of the group's weights first).
+    `margin`: smallest share of the correct-label margin first (`unit_margins`);
+    `magnitude`: smallest L1 norm of the group's weights first).
     Several taps on one group: the label sets are united, the other scores averaged.
     `coverage` r > 0 moves a channel to the end when removing it would leave a label served
     by fewer than r channels (`covered_order`)."""
@@ -97,9 +88,9 @@ def ranking_keys(
         elif key == "magnitude":
             keys[key] = magnitude
         else:
-            if any(s.margins is None for s in scores):
+            if any(s.margin is None for s in scores):
                 raise ValueError(f"the {key} ranking needs the units' matrices")
-            keys[key] = np.mean([s.margins[key] for s in scores], axis=0)
+            keys[key] = np.mean([s.margin for s in scores], axis=0)
     return keys
 
 

@@ -22,6 +22,7 @@ import torch
 
 from snptool.analysis.clusters import run_clusters
 from snptool.config import (
+    RESEARCH_RANKING,
     ClustersConfig,
     ConnectionConfig,
     FinetuneConfig,
@@ -106,6 +107,9 @@ def logits(path: Path, x: torch.Tensor) -> torch.Tensor:
         return read_checkpoint(path).model.eval()(x)
 
 
+RESEARCH = {"ranking": RESEARCH_RANKING, "coverage": 0}  # what these tests' label sets exercise
+
+
 def prune(
     checkpoint: Path,
     clusters: Path,
@@ -120,7 +124,7 @@ def prune(
     config = PruneConfig(
         method=method,
         connections=ConnectionConfig(classifier=classifier),
-        removal=RemovalConfig(**{"min_channels": 1, **removal}),
+        removal=RemovalConfig(**{**RESEARCH, "min_channels": 1, **removal}),
         finetune=FinetuneConfig(epochs=finetune_epochs),
         device="cpu",
     )
@@ -248,7 +252,24 @@ def test_magnitude_ranking_key_orders_channels_as_torch_prunings_l1(resnet, tmp_
     assert record["ranking"] == ["magnitude"]
 
 
-@pytest.mark.parametrize("ranking", [("margin",), ("margin-worst", "magnitude")])
+def test_units_ranks_by_l1_with_two_channels_per_label_by_default(resnet, tmp_path):
+    # the best ranking of the criteria screen. Every live unit here is its label's only
+    # channel, so the coverage keeps them after the channels serving no label; L1 alone mixes
+    units, l1 = tmp_path / "units.safetensors", tmp_path / "l1.safetensors"
+    removal = RemovalConfig(remove_fraction=0.5, min_channels=1)  # the default ranking
+    config = PruneConfig(method="units", removal=removal, device="cpu")
+    run_prune(resnet["dense"], resnet["clusters"], units, config)
+    prune(resnet["dense"], resnet["clusters"], l1, ranking=("magnitude",), remove_fraction=0.5)
+    record = read_checkpoint(units).metadata["pruning"]["structured"]
+    assert (record["ranking"], record["coverage"]) == (["magnitude"], 2)
+    for root, dead in (("conv1", RESNET_DEAD_STREAM), ("layer1.1.conv1", RESNET_DEAD_INNER)):
+        removed = set(range(8)) - set(groups_of(units)[root]["kept"])
+        assert dead < removed and len(removed) == 4
+    l1_removed = set(range(8)) - set(groups_of(l1)["conv1"]["kept"])
+    assert not RESNET_DEAD_STREAM.issubset(l1_removed)
+
+
+@pytest.mark.parametrize("ranking", [("margin",), ("margin", "magnitude")])
 def test_margin_rankings_remove_the_dead_units_first_and_keep_the_logits(resnet, tmp_path, ranking):
     output = tmp_path / "margin.safetensors"
     prune(
