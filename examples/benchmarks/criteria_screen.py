@@ -233,10 +233,9 @@ def cifar_resnet(out: Path, cache: Path, args) -> tuple[Path, Path, list[str]]:
     return model, matrices, taps
 
 
-def analyse(checkpoint: Path, taps, args, prefix: Path) -> Path:
-    """Probe, matrix and clusters of `checkpoint` at `taps`: its clustered matrix file."""
-    probes = prefix.with_name(prefix.name + ".probes.safetensors")
-    matrices = prefix.with_name(prefix.name + ".h5")
+def analyse(checkpoint: Path, taps, args, probes: Path, matrices: Path) -> list:
+    """Probe (to PROBES), matrix (to MATRICES) and clusters of `checkpoint` at `taps` on the
+    analysis data; the clusters' JSON."""
     analysis = ["--data", args.analysis_data]
     layers = ["--layer", ",".join(taps), "--epochs", str(args.probe_epochs)]
     snptool("probe", str(checkpoint), *analysis, *layers, "-o", str(probes), threads=args.threads)
@@ -251,9 +250,7 @@ def analyse(checkpoint: Path, taps, args, prefix: Path) -> Path:
         str(matrices),
         threads=args.threads,
     )
-    snptool("clusters", str(matrices), "--threshold", "0.3", threads=args.threads)
-    probes.unlink(missing_ok=True)
-    return matrices
+    return snptool("clusters", str(matrices), "--threshold", "0.3", threads=args.threads)
 
 
 def run_iterative(
@@ -279,7 +276,11 @@ def run_iterative(
         checkpoint = cache / f"{name}-t{target}-s{seed}-step{number}.safetensors"
         clusters = matrices
         if number > 1 and by_matrices:
-            clusters = analyse(current, taps, args, checkpoint.with_suffix(""))
+            prefix = checkpoint.with_suffix("")
+            probes = prefix.with_name(prefix.name + ".probes.safetensors")
+            clusters = prefix.with_name(prefix.name + ".h5")
+            analyse(current, taps, args, probes, clusters)
+            probes.unlink(missing_ok=True)
         steps.append(
             snptool(
                 "prune",
@@ -324,21 +325,8 @@ def inner_matrices(out: Path, cache: Path, args, model: Path, blocks: list[str])
     matrices = out / "inner-matrices.h5"
     if not (out / "inner-clusters.json").exists():
         taps = [f"{b}.{layer}" for b in blocks for layer in ("relu1", "bn2")]
-        probes, analysis = cache / "inner-probes.safetensors", ["--data", args.analysis_data]
-        layers = ["--layer", ",".join(taps), "--epochs", str(args.probe_epochs)]
-        snptool("probe", str(model), *analysis, *layers, "-o", str(probes), threads=args.threads)
-        snptool(
-            "matrix",
-            str(model),
-            str(probes),
-            *analysis,
-            "--split",
-            "train",
-            "-o",
-            str(matrices),
-            threads=args.threads,
-        )
-        step(out / "inner-clusters.json", "clusters", str(matrices), "--threshold", "0.3")
+        rows = analyse(model, taps, args, cache / "inner-probes.safetensors", matrices)
+        write_json(out / "inner-clusters.json", rows)
     return matrices
 
 

@@ -205,7 +205,11 @@ def weight_importance(
     return WEIGHT_IMPORTANCE[criterion](model, batches, seed)
 
 
+def importance_scores(group, importance: tp.importance.Importance) -> np.ndarray:
+    """The group's channel scores (larger keeps longer), one call of `importance`."""
+    return importance(group).detach().cpu().numpy().astype(np.float64)
+
+
 def importance_order(group, importance: tp.importance.Importance) -> np.ndarray:
     """The group's channels by importance, least important (first removed) first."""
-    score = importance(group)
-    return np.argsort(score.detach().cpu().numpy(), kind="stable")
+    return np.argsort(importance_scores(group, importance), kind="stable")

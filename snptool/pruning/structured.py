@@ -81,7 +81,7 @@ from snptool.pruning.importance import (
     Batches,
     UnitScores,
     UnitsImportance,
-    importance_order,
+    importance_scores,
     unit_margins,
     weight_importance,
 )
@@ -482,11 +482,11 @@ def order_groups(
         handler = graph.get_pruner_of_module(module).prune_out_channels
         group = graph.get_pruning_group(module, handler, idxs=list(range(plan.channels)))
         by_units = units is not None and bool(plan.taps)
-        plan.order = importance_order(group, units if by_units else weights)
+        score = importance_scores(group, units if by_units else weights)  # one draw: random
+        plan.order = np.argsort(score, kind="stable")
         plan.criterion = "units" if by_units else weight_criterion
-        if allocation == "global":
-            score = units.leading_scores(group) if by_units else weights(group)
-            plan.scores = np.asarray(torch.as_tensor(score).detach().cpu(), dtype=np.float64)
+        if allocation == "global":  # the units' score is a rank: compare their leading key
+            plan.scores = units.leading_scores(group) if by_units else score
     model.zero_grad(set_to_none=True)
 
 
@@ -560,7 +560,7 @@ def select_plans(
 
 
 def group_margins(
-    plans: list[GroupPlan], scores: dict[str, UnitScores] | None, clusters_path
+    plans: list[GroupPlan], scores: dict[str, UnitScores] | None
 ) -> dict[str, np.ndarray]:
     """Each group's channels' `margin` (`unit_margins`), averaged over the taps that read it,
     for `margin-mass` allocation: every pruned group needs a tap with matrices."""
@@ -616,7 +616,7 @@ def prune_structured(
         by_root = {p.root: p.scores for p in plans}
         fraction, parameter = global_threshold(search, by_root, config.target_macs)
     elif allocation == "margin-mass":
-        by_root = group_margins(plans, scores, clusters_path)
+        by_root = group_margins(plans, scores)
         fraction, parameter = margin_mass_share(search, by_root, config.target_macs)
     elif config.target_macs is not None:
         low, fraction = fraction_for_macs(search, config.target_macs)
