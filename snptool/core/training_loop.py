@@ -18,6 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from snptool.errors import UsageError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # `--amp` mode → autocast dtype
+
+
+def check_amp(amp: str, device: torch.device, flag: str = "--amp") -> None:
+    """Refuse fp16 autocast off CUDA (`flag` names the option in the error)."""
+    if amp == "fp16" and device.type != "cuda":
+        raise UsageError(f"{flag} fp16 needs a CUDA device, not {device}; use {flag} bf16.")
+
 
 @dataclass
 class Runtime:
@@ -34,6 +44,15 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    @classmethod
+    def with_amp(
+        cls, forward: nn.Module, device: torch.device, amp: str, *, flag: str = "--amp", **kwargs
+    ) -> Runtime:
+        """A runtime under the `amp` mode (off, bf16, or fp16 with a gradient scaler)."""
+        check_amp(amp, device, flag)
+        scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+        return cls(forward, device, AMP_DTYPES.get(amp), scaler, **kwargs)
 
     def backward_step(
         self,

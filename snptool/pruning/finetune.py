@@ -85,7 +85,7 @@ def finetune(
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
     )
-    runtime = Runtime(model, device)
+    runtime = Runtime.with_amp(model, device, config.amp, flag="--finetune-amp")
     history: list[dict] = []
     steps = config.epochs * train_data.num_batches(config.batch_size)
     with console.progress(description, steps) as task:

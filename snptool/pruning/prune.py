@@ -42,6 +42,7 @@ from snptool.core.checkpoint import (
 )
 from snptool.core.devices import resolve_device
 from snptool.core.files import check_output_path, provenance
+from snptool.core.training_loop import check_amp
 from snptool.data.checkpoint_data import load_checkpoint_data
 from snptool.data.datasets import DataSplit, prepare_batch
 from snptool.pruning.finetune import apply_masks, dense_teacher, finetune, trainable_modules
@@ -156,6 +157,7 @@ def run_prune(
     check_output_path(output, checkpoint_path, clusters_path, probes_path)
     started = time.perf_counter()
     device = resolve_device(config.device)
+    check_amp(config.finetune.amp, device, "--finetune-amp")  # before any work
     checkpoint = read_checkpoint(checkpoint_path, device)
     spec = checkpoint.input_spec
     chains = layer_chains(layers)

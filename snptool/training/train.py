@@ -27,7 +27,7 @@ from snptool.core.checkpoint import Checkpoint, make_metadata, read_checkpoint, 
 from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import check_output_path, provenance
 from snptool.core.seeds import seed_everything, stream_seed
-from snptool.core.training_loop import Runtime, StepTotals, run_steps
+from snptool.core.training_loop import Runtime, StepTotals, check_amp, run_steps
 from snptool.data.checkpoint_data import check_classes
 from snptool.data.datasets import DataSplit, augment_batch, load_data, prepare_batch
 from snptool.data.mixing import apply_mix, draw_mix, mixing_rng
@@ -37,7 +37,6 @@ from snptool.training.evaluate import evaluate_model
 OPTIMIZER_PREFIX = "snptool/optimizer/"  # + state key + "/" + parameter name
 LEGACY_MOMENTUM_PREFIX = "snptool/momentum/"  # + parameter name: SGD files before AdamW
 ADAMW_BETAS = (0.9, 0.999)
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 RANK_SEED_STRIDE = 7_919  # per-rank offset of the augmentation and dropout seeds
 
 
@@ -174,8 +173,7 @@ def run_train(
     config = config or TrainConfig()
     data_config = data_config or DataConfig()
     device = distributed.setup(resolve_device(config.device))
-    if config.amp == "fp16" and device.type != "cuda":
-        raise UsageError(f"--amp fp16 needs a CUDA device, not {device}; use --amp bf16 on CPU.")
+    check_amp(config.amp, device)
     best_output = Path(best_output) if best_output else best_output_path(output)
     distributed.check_agreement(
         {
@@ -290,8 +288,7 @@ def _runtime(model: nn.Module, config: TrainConfig, device: torch.device) -> Run
     if distributed.is_distributed():
         device_ids = [device] if device.type == "cuda" else None
         forward = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
-    return Runtime(forward, device, AMP_DTYPES.get(config.amp), scaler, channels_last)
+    return Runtime.with_amp(forward, device, config.amp, channels_last=channels_last)
 
 
 def epoch_shard(data: DataSplit, config: TrainConfig, epoch: int) -> np.ndarray:

@@ -317,6 +317,49 @@ def test_distillation_pulls_the_pruned_model_towards_the_dense_one(
         assert not weights[name][~mask].any(), f"{name} regrew pruned weights while distilling"
 
 
+def test_bf16_fine_tuning_keeps_fp32_weights_and_the_masks(
+    checkpoint_path, clusters_path, tmp_path
+):
+    output = tmp_path / "bf16.safetensors"
+    config = PruneConfig(
+        method="afcc-grouped",
+        connections=ConnectionConfig(groups=2),
+        finetune=FinetuneConfig(epochs=2, learning_rate=0.02, amp="bf16"),
+        device="cpu",
+    )
+    result = run_prune(checkpoint_path, clusters_path, output, config, layers=LAYERS[1:])
+    assert result.accuracy_after > result.accuracy_before  # it trained under autocast
+    pruned = read_checkpoint(output)
+    assert pruned.metadata["pruning"]["config"]["finetune"]["amp"] == "bf16"
+    weights = dict(pruned.model.named_parameters())
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    for name, mask in masks_of(pruned).items():
+        assert not weights[name][~mask].any(), f"{name} regrew pruned weights under bf16"
+
+
+def test_fp16_fine_tuning_on_cpu_is_one_line(checkpoint_path, clusters_path, tmp_path):
+    output = tmp_path / "fp16.safetensors"
+    result = invoke(
+        "prune",
+        str(checkpoint_path),
+        "--clusters",
+        str(clusters_path),
+        "--finetune-epochs",
+        "1",
+        "--finetune-amp",
+        "fp16",
+        "--device",
+        "cpu",
+        "-o",
+        str(output),
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --finetune-amp fp16 needs a CUDA device, not cpu; use --finetune-amp bf16."
+    )
+    assert not output.exists()
+
+
 def test_train_layers_are_named_as_in_the_original_network(
     checkpoint_path, clusters_path, tmp_path
 ):
