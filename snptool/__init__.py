@@ -57,6 +57,7 @@ _EXPORTS = {
     "Checkpoint": "snptool.core.checkpoint",
     "load_data": "snptool.data.datasets",
     "build_model": "snptool.core.architectures",
+    "trust_code": "snptool.core.trust",
     "TrainConfig": "snptool.config",
     "EvaluateConfig": "snptool.config",
     "ImportConfig": "snptool.config",

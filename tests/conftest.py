@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from snptool.config import ClustersConfig, InputSpec, MatrixConfig, ProbeConfig,
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, write_checkpoint
 from snptool.core.matrix_file import create_layer, create_matrix_file
+from snptool.core.trust import trust_code
 from snptool.training.train import InputOverrides, TrainResult, run_train
 
 TESTS = Path(__file__).resolve().parent  # the helper files (_tiny_resnet.py, …) lie here
@@ -73,6 +74,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+THIRD_PARTY = REPO_ROOT / "examples" / "third_party"
+TINY_RESNET = f"{TESTS / '_tiny_resnet.py'}:tiny_resnet"
+TINY_CONVNEXT = f"{TESTS / '_tiny_convnext.py'}:tiny_convnext"
+FIXED_WIDTH = f"{TESTS / '_fixed_width.py'}:fixed_width"
+# The code specs of the project's own test helpers and examples: a checkpoint may make snptool
+# run a module or file factory only when the user trusts it (core/trust.py), and every test
+# trusts these, as a user passing `--arch SPEC` would. tests/core/test_trust.py checks that
+# other specs are refused.
+TRUSTED_SPECS = (
+    TINY_VIT,
+    TINY_RESNET,
+    TINY_CONVNEXT,
+    FIXED_WIDTH,
+    *(
+        f"{THIRD_PARTY / name}"
+        for name in ("cifar_resnet.py:resnet20", "cifar_resnet.py:resnet56", "tutorial_net.py:net")
+    ),
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _trust_the_test_helpers() -> Iterator[None]:
+    with trust_code(*TRUSTED_SPECS):
+        yield
 
 
 @pytest.fixture(scope="session")

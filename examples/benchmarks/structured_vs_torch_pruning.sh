@@ -60,28 +60,29 @@ PY
 DATA=npz:$OUT/train.npz,$OUT/test.npz
 ANALYSIS=npz:$OUT/analysis.npz,$OUT/test.npz
 MODEL=$OUT/resnet56.safetensors
+ARCH=$HERE/../third_party/cifar_resnet.py:resnet56  # later steps trust it by naming it again
 step "$MODEL" snptool import "$SHARED/checkpoints/akamaster_resnet56-4bfd9763.th" \
-    --arch "$HERE/../third_party/cifar_resnet.py:resnet56" --data "$DATA" \
+    --arch "$ARCH" --data "$DATA" \
     --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 -o "$MODEL"
 
 INNER=$(python3 -c 'print(",".join(f"layer{s}.{b}.relu1" for s in (1, 2, 3) for b in range(9)))')
-step "$OUT/probes.safetensors" snptool probe "$MODEL" --data "$ANALYSIS" \
+step "$OUT/probes.safetensors" snptool probe "$MODEL" --arch "$ARCH" --data "$ANALYSIS" \
     --layer "layer1.8,layer2.8,layer3.8,$INNER" --epochs "$PROBE_EPOCHS" -o "$OUT/probes.safetensors"
-step "$OUT/matrices.h5" snptool matrix "$MODEL" "$OUT/probes.safetensors" --data "$ANALYSIS" \
+step "$OUT/matrices.h5" snptool matrix "$MODEL" "$OUT/probes.safetensors" --arch "$ARCH" --data "$ANALYSIS" \
     --split train -o "$OUT/matrices.h5"
 step "$OUT/clusters" snptool clusters "$OUT/matrices.h5" --threshold 0.3
 
-step "$OUT/dense.onnx" snptool export "$MODEL" -o "$OUT/dense.onnx"
+step "$OUT/dense.onnx" snptool export "$MODEL" --arch "$ARCH" -o "$OUT/dense.onnx"
 for method in units units-l1 magnitude-channels taylor; do
     case $method in
         units-l1) criterion=(--method units --ranking labels,magnitude) ;;
         *) criterion=(--method "$method") ;;
     esac
-    step "$OUT/$method.safetensors" snptool prune "$MODEL" --clusters "$OUT/matrices.h5" \
+    step "$OUT/$method.safetensors" snptool prune "$MODEL" --arch "$ARCH" --clusters "$OUT/matrices.h5" \
         "${criterion[@]}" --layers "layer1.8,layer2.8,layer3.8,$INNER" \
         --target-macs "$TARGET" --round-to "$ROUND_TO" --finetune-epochs "$FT" "${FLAGS[@]}" \
         -o "$OUT/$method.safetensors"
-    step "$OUT/$method.onnx" snptool export "$OUT/$method.safetensors" -o "$OUT/$method.onnx"
+    step "$OUT/$method.onnx" snptool export "$OUT/$method.safetensors" --arch "$ARCH" -o "$OUT/$method.onnx"
 done
 step "$OUT/latency" snptool latency "$OUT/dense.onnx" "$OUT/units.onnx" "$OUT/units-l1.onnx" \
     "$OUT/magnitude-channels.onnx" "$OUT/taylor.onnx" --batch 1 --threads 1 --warmup 20 \

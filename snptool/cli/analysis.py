@@ -13,6 +13,8 @@ from snptool.cli.options import (
     JsonOpt,
     LayerOpt,
     OutputOpt,
+    TrustCodeOpt,
+    TrustedArchOpt,
     layer_list,
 )
 from snptool.config import (
@@ -40,6 +42,8 @@ def probe(
     *,
     config: ProbeConfig,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Fit a linear probe per layer on the frozen network: the layer accuracy (METHODS.md §4).
@@ -91,6 +95,8 @@ def matrix(
     *,
     config: MatrixConfig,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Write every unit's labels × labels matrix M[u, c, k] to HDF5 (METHODS.md §5).
@@ -256,6 +262,8 @@ def committee(
     *,
     config: CommitteeConfig,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Accuracy of the soft committee (mean softmax) of several classifiers vs each member.

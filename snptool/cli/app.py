@@ -112,9 +112,25 @@ def _reports_errors(command: Callable) -> Callable:
     return wrapper
 
 
+def _applies_trust(command: Callable) -> Callable:
+    """Run the command trusting the code spec its `--arch` names, or all with `--trust-code`
+    (core/trust.py): the only code a file may make snptool run."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from snptool.core.trust import trust_code
+
+        arch = kwargs.get("arch")
+        named = arch if isinstance(arch, str) else None
+        with trust_code(named, everything=kwargs.get("trust_code") is True):
+            return command(*args, **kwargs)
+
+    return wrapper
+
+
 def command(name: str | None = None) -> Callable:
     def register(function: Callable) -> Callable:
-        return app.command(name)(_reports_errors(function))
+        return app.command(name)(_reports_errors(_applies_trust(function)))
 
     return register
 

@@ -17,6 +17,8 @@ from snptool.cli.options import (
     OutputOpt,
     SizeOpt,
     StdOpt,
+    TrustCodeOpt,
+    TrustedArchOpt,
     batch_sizes,
     foreign_input_spec,
 )
@@ -39,6 +41,8 @@ def export(
         ),
     ] = None,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Export a checkpoint to one ONNX file, checked against torch in onnxruntime.

@@ -22,6 +22,22 @@ ArchKwargsOpt = Annotated[
         "--arch-kwargs", help="Architecture keyword arguments: JSON '{\"k\": v}' or k=v pairs."
     ),
 ]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Run any module or file factory a checkpoint's architecture names "
+        "(docs/file-formats.md#security).",
+    ),
+]
+TrustedArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="The code spec (module:factory, file.py:factory) the checkpoint was built with, "
+        "trusted to run; without it or --trust-code a checkpoint runs registered builders only.",
+    ),
+]
 SizeOpt = Annotated[str | None, typer.Option("--input-size", help="Model input size: S or HxW.")]
 ChannelsOpt = Annotated[
     int | None, typer.Option("--channels", help="Model input channels: 1 or 3.")

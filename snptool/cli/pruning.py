@@ -12,6 +12,8 @@ from snptool.cli.config_flags import config_flags
 from snptool.cli.options import (
     JsonOpt,
     OutputOpt,
+    TrustCodeOpt,
+    TrustedArchOpt,
     layer_list,
 )
 from snptool.config import DataConfig, PruneConfig
@@ -48,6 +50,8 @@ def prune(
         str | None, typer.Option("--data", help="Data spec (default: the checkpoint's).")
     ] = None,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Prune connections by the labels units serve (AFCC, METHODS.md §8), or remove whole

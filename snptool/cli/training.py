@@ -18,6 +18,8 @@ from snptool.cli.options import (
     ResizeOpt,
     SizeOpt,
     StdOpt,
+    TrustCodeOpt,
+    TrustedArchOpt,
     floats,
     foreign_input_spec,
     input_size_of,
@@ -55,6 +57,7 @@ def train(
     std: StdOpt = None,
     resize: ResizeOpt = None,
     data_config: DataConfig,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Train a model with the research's recipe; writes the last and the best epoch.
@@ -193,6 +196,8 @@ def layers(
             "--taps-only", help="Only the probe taps (declared, else the stages' outputs)."
         ),
     ] = False,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """List the layers whose units can be analysed, with shape, unit kind and unit count.
@@ -243,6 +248,8 @@ def evaluate(
     mean: MeanOpt = None,
     std: StdOpt = None,
     data_config: DataConfig,
+    arch: TrustedArchOpt = None,
+    trust_code: TrustCodeOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Top-1 accuracy of a checkpoint or an ONNX file, overall and per class.

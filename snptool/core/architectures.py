@@ -6,6 +6,10 @@ A spec is one of
   timm:NAME               any timm model, untrained (needs `pip install snptool[timm]`)
   path/to/file.py:FACTORY a factory function in a user's Python file
   package.module:FACTORY  a factory function in an importable module
+
+The last two are code: a spec the user gives runs, but one read from a file's record runs
+only when the user trusts it (core/trust.py), and a file factory only if its sha256 is the
+recorded one.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import nn
 import model_defs
 from model_defs._blocks import HeadOutputs
 from snptool.core.attention import HeadedMultiheadAttention, expose_heads
+from snptool.core.trust import current_trust
 from snptool.errors import ArchitectureError, UsageError, first_line
 
 
@@ -89,16 +94,21 @@ def build_model(
     *,
     num_classes: int | None = None,
     search_dirs: tuple[Path, ...] = (),
+    factory: Callable | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build an untrained model from a spec; return it with its metadata record.
 
     `num_classes` is passed to factories that accept it unless kwargs already set it. The
     record (spec, kwargs actually passed, and the source file's sha256 for file specs) is
     what `build_model_from_record` needs to rebuild the same model. Every attention gets a
-    head tap (`expose_heads`: same parameter names, same outputs).
+    head tap (`expose_heads`: same parameter names, same outputs). `factory`, when given, is
+    the one `resolve_factory` found for `spec` (the record then gets no new source hash).
     """
     kwargs = dict(kwargs or {})
-    factory, source = resolve_factory(spec, search_dirs)
+    source = None
+    if factory is None:
+        factory, source = resolve_factory(spec, search_dirs)
+    refuse_loading_kwargs(spec, kwargs)
     if num_classes is not None and "num_classes" not in kwargs and accepts(factory, "num_classes"):
         kwargs["num_classes"] = num_classes
     try:
@@ -119,14 +129,25 @@ def build_model(
 
 
 def build_model_from_record(
-    record: dict[str, Any], search_dirs: tuple[Path, ...] = ()
+    record: dict[str, Any], search_dirs: tuple[Path, ...] = (), *, where: str = "the checkpoint"
 ) -> nn.Module:
-    """Rebuild the model a checkpoint's architecture record describes."""
+    """Rebuild the model a file's architecture record describes.
+
+    A code spec (module or file factory) runs only when trusted (core/trust.py), a file
+    factory only from a file with the recorded sha256; `where` names the file in errors.
+    """
+    spec = record["spec"]
     source = record.get("source") or {}
+    if is_code_spec(spec) and not current_trust().allows(spec):
+        raise ArchitectureError(
+            f"{where} builds its model with code, {spec}, which snptool runs only when you "
+            f"trust it: pass --arch {spec} if you do, or --trust-code."
+        )
     dirs = search_dirs
     if source.get("path"):
         dirs = (*dirs, Path(source["path"]).parent)
-    model, _ = build_model(record["spec"], record.get("kwargs", {}), search_dirs=dirs)
+    factory, _ = resolve_factory(spec, dirs, expected_sha256=source.get("sha256"), where=where)
+    model, _ = build_model(spec, record.get("kwargs", {}), factory=factory)
     head = record.get("head")
     if head:
         model = ProbeHeadModel(model, head["tap"], head["in_features"], head["num_classes"])
@@ -272,8 +293,44 @@ def accepts(factory: Callable, name: str) -> bool:
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
-def resolve_factory(spec: str, search_dirs: tuple[Path, ...] = ()) -> tuple[Callable, dict | None]:
-    """Return (factory, source record or None) for an architecture spec."""
+def is_code_spec(spec: str) -> bool:
+    """Whether a spec names a module or file factory (code) rather than a registered builder."""
+    prefix, sep, _ = spec.partition(":")
+    return bool(sep) and prefix not in ("torchvision", "timm")
+
+
+# Builder arguments that read files or fetch weights: never from a record, never from --arch.
+LOADING_KWARGS = {
+    "torchvision": ("weights", "weights_backbone", "progress"),
+    "timm": (
+        "pretrained",
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "checkpoint_path",
+        "cache_dir",
+    ),
+}
+
+
+def refuse_loading_kwargs(spec: str, kwargs: dict[str, Any]) -> None:
+    """Refuse the builder arguments that would make a zoo builder read or download weights."""
+    loading = [k for k in LOADING_KWARGS.get(spec.partition(":")[0], ()) if k in kwargs]
+    if loading:
+        raise ArchitectureError(
+            f"architecture {spec} is built untrained, without {', '.join(loading)}; "
+            "drop it from the kwargs and bring the weights with `snptool import`."
+        )
+
+
+def resolve_factory(
+    spec: str,
+    search_dirs: tuple[Path, ...] = (),
+    *,
+    expected_sha256: str | None = None,
+    where: str = "the checkpoint",
+) -> tuple[Callable, dict | None]:
+    """Return (factory, source record or None) for an architecture spec; a file factory must
+    have `expected_sha256` where one is given."""
     if not spec:
         raise UsageError("no architecture given; pass --arch NAME (see `snptool models`).")
     prefix, sep, rest = spec.partition(":")
@@ -282,7 +339,7 @@ def resolve_factory(spec: str, search_dirs: tuple[Path, ...] = ()) -> tuple[Call
     if sep and prefix == "timm":
         return _timm_factory(rest), None
     if sep and (prefix.endswith(".py") or "/" in prefix or "\\" in prefix):
-        return _file_factory(prefix, rest, search_dirs)
+        return _file_factory(prefix, rest, search_dirs, expected_sha256, where)
     if sep:
         return _module_factory(prefix, rest), None
     if spec not in model_defs.list_models():
@@ -319,16 +376,29 @@ def _timm_factory(name: str) -> Callable:
 
 
 def _file_factory(
-    file_name: str, factory_name: str, search_dirs: tuple[Path, ...]
+    file_name: str,
+    factory_name: str,
+    search_dirs: tuple[Path, ...],
+    expected_sha256: str | None,
+    where: str,
 ) -> tuple[Callable, dict]:
     candidates = [Path(file_name)] + [d / Path(file_name).name for d in search_dirs]
-    path = next((p for p in candidates if p.is_file()), None)
-    if path is None:
+    found = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in candidates if p.is_file()}
+    if not found:
         raise ArchitectureError(
             f"architecture file {file_name} does not exist; check the path in --arch."
         )
-    source = path.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()
+    if expected_sha256 is None:
+        path, digest = next(iter(found.items()))
+    else:
+        path = next((p for p, d in found.items() if d == expected_sha256), None)
+        if path is None:
+            other, digest = next(iter(found.items()))
+            raise ArchitectureError(
+                f"{where} was built with {file_name} of sha256 {expected_sha256[:16]}…, but "
+                f"{other} has sha256 {digest[:16]}…; restore the file it was built with."
+            )
+        digest = expected_sha256
     module_name = f"snptool_user_arch_{digest[:16]}"
     module = sys.modules.get(module_name)
     if module is None:

@@ -159,7 +159,9 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     tensors = read_tensors(path)
     weights = {k: v for k, v in tensors.items() if EXTRA_SEPARATOR not in k}
     extras = {k: v for k, v in tensors.items() if EXTRA_SEPARATOR in k}
-    model = build_model_from_record(metadata["arch"], search_dirs=(path.resolve().parent,))
+    model = build_model_from_record(
+        metadata["arch"], search_dirs=(path.resolve().parent,), where=f"checkpoint {path}"
+    )
     load_weights(model, weights, source=str(path), arch=metadata["arch"]["spec"])
     model.to(device).eval()
     return Checkpoint(model, metadata, path, sha256_file(path), extras)

@@ -28,6 +28,7 @@ from snptool.core.devices import resolve_device, to_device
 from snptool.core.files import check_output_path, provenance
 from snptool.core.seeds import seed_everything, stream_seed
 from snptool.core.training_loop import Runtime, StepTotals, check_amp, run_steps
+from snptool.core.trust import trust_code
 from snptool.data.checkpoint_data import check_classes
 from snptool.data.datasets import DataSplit, augment_batch, load_data, prepare_batch
 from snptool.data.mixing import apply_mix, draw_mix, mixing_rng
@@ -418,7 +419,8 @@ def _training_record(config, history, kind, train_data, test_data) -> dict[str, 
 def _resume_state(
     resume: str | Path, arch: str | None, optimizer: str, device: torch.device
 ) -> Checkpoint:
-    state = read_checkpoint(resume, device)
+    with trust_code(arch):  # the spec named here may run, as when training started
+        state = read_checkpoint(resume, device)
     if arch and arch != state.metadata["arch"]["spec"]:
         raise UsageError(
             f"--arch {arch} differs from {resume}'s {state.metadata['arch']['spec']}; drop --arch."

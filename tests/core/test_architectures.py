@@ -20,6 +20,7 @@ from snptool.core.checkpoint import (
     write_checkpoint,
 )
 from snptool.core.files import sha256_file
+from snptool.core.trust import trust_code
 from snptool.errors import (
     ArchitectureError,
     UsageError,
@@ -94,7 +95,8 @@ def test_file_spec_records_source_and_rebuilds(tmp_path: Path) -> None:
         "sha256": sha256_file(arch_file),
     }
     assert _logits_shape(model) == (2, 3)
-    rebuilt = build_model_from_record(json.loads(json.dumps(record)))
+    with trust_code(f"{arch_file}:factory"):
+        rebuilt = build_model_from_record(json.loads(json.dumps(record)))
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
         k: v.shape for k, v in model.state_dict().items()
     }
@@ -118,7 +120,8 @@ def test_file_spec_is_found_beside_the_checkpoint_after_a_move(tmp_path: Path) -
     write_checkpoint(path, model, metadata)
     shutil.move(str(arch_file), second / "moved_arch.py")
 
-    checkpoint = read_checkpoint(path)
+    with trust_code(f"{arch_file}:factory"):  # the moved file has the recorded sha256
+        checkpoint = read_checkpoint(path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(checkpoint.model.state_dict()[name], tensor)
 

@@ -17,15 +17,12 @@ from snptool.config import InputSpec, MatrixConfig, ProbeConfig
 from snptool.core.architectures import build_model
 from snptool.core.taps import UNIT_KINDS, TapRecorder, UnitKind, resolve_taps
 from snptool.errors import LayerError
-from tests.conftest import TESTS
+from tests.conftest import TINY_CONVNEXT
 
 SPEC = InputSpec()  # 3×32×32
 
 
 SMALL = InputSpec(height=8, width=8)
-
-
-TINY_CONVNEXT = f"{TESTS / '_tiny_convnext.py'}:tiny_convnext"
 
 
 @pytest.fixture

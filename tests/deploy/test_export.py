@@ -21,6 +21,7 @@ from snptool.config import ExportConfig, ImportConfig, InputSpec
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, read_checkpoint, write_checkpoint
 from snptool.core.files import sha256_file
+from snptool.core.trust import trust_code
 from snptool.deploy.checked_export import INPUT_NAME, OUTPUT_NAME, count_graph_macs, count_params
 from snptool.deploy.export import ExportResult, run_export
 from snptool.errors import ExportError, UsageError
@@ -229,13 +230,17 @@ EXPORT_AWARE = """
 def test_an_unexportable_operator_is_one_line_and_writes_nothing(tmp_path: Path, capfd) -> None:
     checkpoint = write_file_arch_checkpoint(tmp_path, UNEXPORTABLE, "bessel")
     output = tmp_path / "bessel.onnx"
-    with pytest.raises(ExportError, match=r"cannot export .*aten::special_i0e.*--opset"):
+    with (
+        trust_code(everything=True),
+        pytest.raises(ExportError, match=r"cannot export .*aten::special_i0e.*--opset"),
+    ):
         run_export(checkpoint, output, ExportConfig(fallback=False))
     assert capfd.readouterr().out == ""  # the exporter's graph dump stays off stdout
-    result = invoke("export", checkpoint, "-o", output, "--json", "--no-fallback")
+    trusted = ("--trust-code",)
+    result = invoke("export", checkpoint, "-o", output, "--json", "--no-fallback", *trusted)
     line = assert_one_error(result, contains=f"cannot export {checkpoint} to ONNX: ")
     assert "aten::special_i0e" in line and line.endswith("try another --opset or --dynamo.")
-    result = invoke("export", checkpoint, "-o", output, "--json")  # both exporters tried
+    result = invoke("export", checkpoint, "-o", output, "--json", *trusted)  # both exporters
     line = assert_one_error(
         result, contains=f"cannot export {checkpoint} to ONNX with either exporter"
     )
@@ -249,7 +254,10 @@ def test_a_parity_failure_leaves_the_old_output(tmp_path: Path) -> None:
     checkpoint = write_file_arch_checkpoint(tmp_path, EXPORT_AWARE, "shifty")
     output = tmp_path / "shifty.onnx"
     output.write_bytes(b"previous")
-    with pytest.raises(ExportError, match=r"differs from torch by up to 1 on 64 inputs"):
+    with (
+        trust_code(everything=True),
+        pytest.raises(ExportError, match=r"differs from torch by up to 1 on 64 inputs"),
+    ):
         run_export(checkpoint, output)
     assert output.read_bytes() == b"previous"
     assert leftovers(tmp_path) == ["shifty.onnx"]

@@ -38,9 +38,8 @@ from snptool.deploy.export import run_export
 from snptool.errors import ArchitectureError, LayerError, UsageError
 from snptool.pruning.prune import run_prune
 from snptool.pruning.structured import removed_count
-from tests.conftest import REPO_ROOT, TESTS
+from tests.conftest import REPO_ROOT, TINY_RESNET
 
-TINY_RESNET = str(TESTS / "_tiny_resnet.py") + ":tiny_resnet"
 CIFAR_RESNET = REPO_ROOT / "examples" / "third_party" / "cifar_resnet.py"
 CLASSES = 10
 
@@ -190,8 +189,9 @@ def test_pruned_resnet_reloads_in_a_fresh_process(resnet, tmp_path):
     script = (
         "import sys, torch\n"
         "from snptool.core.checkpoint import read_checkpoint\n"
+        "from snptool.core.trust import trust_code\n"
         "x = torch.load(sys.argv[2], weights_only=True)\n"
-        "with torch.no_grad():\n"
+        "with torch.no_grad(), trust_code(sys.argv[4]):\n"
         "    y = read_checkpoint(sys.argv[1]).model(x)\n"
         "torch.save(y, sys.argv[3])\n"
     )
@@ -204,6 +204,7 @@ def test_pruned_resnet_reloads_in_a_fresh_process(resnet, tmp_path):
             str(resnet["pruned"]),
             str(tmp_path / "x.pt"),
             str(tmp_path / "y.pt"),
+            TINY_RESNET,
         ],
         check=True,
         cwd=tmp_path,
@@ -657,6 +658,7 @@ def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, 
     root = str(REPO_ROOT)
     environment = {"PYTHONPATH": root, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     command = [sys.executable, "-m", "snptool", "--quiet", "prune", str(resnet["dense"])]
+    command += ["--arch", TINY_RESNET]  # the checkpoint's file factory, trusted by name
     command += ["--clusters", str(resnet["clusters"]), "--method", "magnitude-channels"]
     command += ["--min-channels", "1"]
     output = tmp_path / "cli.safetensors"
@@ -677,7 +679,8 @@ def test_cli_prunes_to_the_mac_target_and_refuses_bad_input_in_one_line(resnet, 
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "target MACs" in bad.stderr
-    no_clusters = [sys.executable, "-m", "snptool", "prune", str(resnet["dense"]), "--method"]
+    no_clusters = [sys.executable, "-m", "snptool", "prune", str(resnet["dense"]), "--trust-code"]
+    no_clusters += ["--method"]
     bad = subprocess.run(
         [*no_clusters, "units", "-o", str(tmp_path / "bad.safetensors")],
         capture_output=True,

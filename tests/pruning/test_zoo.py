@@ -38,7 +38,7 @@ from snptool.deploy.export import run_export
 from snptool.deploy.latency import run_latency
 from snptool.errors import ArchitectureError, UsageError
 from snptool.pruning.prune import run_prune
-from tests.conftest import TESTS
+from tests.conftest import FIXED_WIDTH
 
 SMALL = {  # kwargs that keep a model small at 32×32 (ViTs are built for their input size)
     "torchvision:vit_b_16": {"image_size": 32},
@@ -239,7 +239,7 @@ def test_a_grouping_that_does_not_finish_is_refused_in_one_line(zoo_checkpoint, 
 
 
 def test_a_network_that_no_longer_runs_is_refused_in_one_line(untrained_checkpoint, tmp_path):
-    dense = untrained_checkpoint(str(TESTS / "_fixed_width.py") + ":fixed_width")
+    dense = untrained_checkpoint(FIXED_WIDTH)
     output = tmp_path / "pruned.safetensors"
     config = PruneConfig(
         method="magnitude-channels", removal=RemovalConfig(target_macs=0.5, min_channels=1)

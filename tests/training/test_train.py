@@ -359,8 +359,8 @@ def test_resume_of_a_mixed_adamw_cosine_run_repeats_it(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         run_train(arch, "digits", tmp_path / "first.safetensors", config, inputs=inputs)
     assert read_metadata(tmp_path / "first.safetensors")["training"]["epochs_done"] == 1
-    resumed = run_train(
-        None, None, tmp_path / "resumed.safetensors", config, resume=tmp_path / "first.safetensors"
+    resumed = run_train(  # naming the file factory trusts it in the resumed checkpoint
+        arch, None, tmp_path / "resumed.safetensors", config, resume=tmp_path / "first.safetensors"
     )
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
     for ours, theirs in zip(resumed.history, straight.history, strict=True):
@@ -379,7 +379,7 @@ def test_resume_of_a_mixed_adamw_cosine_run_repeats_it(tmp_path: Path) -> None:
 
     sgd = dataclasses.replace(config, optimizer="sgd", epochs=4)
     with pytest.raises(UsageError, match="trained with --optimizer adamw; resume it with the same"):
-        run_train(None, None, tmp_path / "x.safetensors", sgd, resume=straight.output)
+        run_train(arch, None, tmp_path / "x.safetensors", sgd, resume=straight.output)
 
 
 def test_files_with_the_older_momentum_keys_resume_their_momentum() -> None:
