@@ -14,6 +14,7 @@ recorded one.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import importlib
@@ -129,9 +130,14 @@ def build_model(
 
 
 def build_model_from_record(
-    record: dict[str, Any], search_dirs: tuple[Path, ...] = (), *, where: str = "the checkpoint"
+    record: dict[str, Any],
+    search_dirs: tuple[Path, ...] = (),
+    *,
+    where: str = "the checkpoint",
+    device: str | None = None,
 ) -> nn.Module:
-    """Rebuild the model a file's architecture record describes.
+    """Rebuild the model a file's architecture record describes (its modules created on
+    `device`, e.g. "meta" to learn its shapes without allocating them).
 
     A code spec (module or file factory) runs only when trusted (core/trust.py), a file
     factory only from a file with the recorded sha256; `where` names the file in errors.
@@ -147,7 +153,14 @@ def build_model_from_record(
     if source.get("path"):
         dirs = (*dirs, Path(source["path"]).parent)
     factory, _ = resolve_factory(spec, dirs, expected_sha256=source.get("sha256"), where=where)
-    model, _ = build_model(spec, record.get("kwargs", {}), factory=factory)
+    with torch.device(device) if device else contextlib.nullcontext():
+        model, _ = build_model(spec, record.get("kwargs", {}), factory=factory)
+        return _apply_pruning_records(model, record)
+
+
+def _apply_pruning_records(model: nn.Module, record: dict[str, Any]) -> nn.Module:
+    """The dense `model` with the probe head, resized modules and channel maps a pruned
+    checkpoint's architecture record names."""
     head = record.get("head")
     if head:
         model = ProbeHeadModel(model, head["tap"], head["in_features"], head["num_classes"])
@@ -170,6 +183,14 @@ def build_model_from_record(
     return model
 
 
+_SHAPE_KEYS = (
+    (nn.Conv2d, ("in", "out", "groups")),
+    (nn.Linear, ("in", "out")),
+    (nn.modules.batchnorm._BatchNorm, ("features",)),
+    (nn.LayerNorm, ("features",)),
+)
+
+
 def resize_modules(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> None:
     """Replace the named modules by fresh ones of the recorded channel counts (weights follow
     from the state dict); other settings (kernel, stride, eps, ...) stay the dense model's.
@@ -182,6 +203,13 @@ def resize_modules(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> None:
                 f"the checkpoint resizes {name}, which the architecture does not have; "
                 "rebuild it with the architecture it was pruned from."
             ) from None
+        needed = next((keys for kind, keys in _SHAPE_KEYS if isinstance(module, kind)), ())
+        missing = [key for key in needed if key not in shape]
+        if missing:
+            raise ArchitectureError(
+                f"the checkpoint's arch.shapes.{name} has no {', '.join(missing)}; "
+                "re-create the checkpoint."
+            )
         if isinstance(module, nn.Conv2d):
             new: nn.Module = nn.Conv2d(
                 shape["in"],
@@ -265,10 +293,16 @@ def cut_after(model: nn.Module, tap: str) -> nn.Module:
 
 
 @torch.no_grad()
-def run_dummy_input(model: nn.Module, shape: tuple[int, ...], what: str) -> torch.Tensor:
+def run_dummy_input(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    what: str,
+    *,
+    fix: str = "make --channels, --input-size and --arch-kwargs agree",
+) -> torch.Tensor:
     """Run a batch of two zero inputs of `shape` (C, H, W) in eval mode; return the output.
 
-    A model that cannot take that input gives a one-line UsageError naming `what`.
+    A model that cannot take that input gives a one-line UsageError naming `what` and `fix`.
     """
     was_training = model.training
     model.eval()
@@ -278,8 +312,7 @@ def run_dummy_input(model: nn.Module, shape: tuple[int, ...], what: str) -> torc
     except RuntimeError as error:
         raise UsageError(
             f"{what} does not run on a {'x'.join(map(str, shape))} input "
-            f"({first_line(error)}); "
-            "make --channels, --input-size and --arch-kwargs agree."
+            f"({first_line(error)}); {fix}."
         ) from None
     finally:
         model.train(was_training)

@@ -7,25 +7,228 @@ their state_dict names, which never contain "/".
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from snptool.config import InputSpec
-from snptool.core.architectures import build_model_from_record
+from snptool.core.architectures import build_model_from_record, is_code_spec, run_dummy_input
 from snptool.core.files import atomic_path, read_header, require_file, sha256_file
-from snptool.errors import CheckpointMismatchError, InputFileError, first_line
+from snptool.core.schema import (
+    MAX_WIDTH,
+    Count,
+    Fraction,
+    Index,
+    Name,
+    Record,
+    Sha256,
+    Side,
+    validate_record,
+)
+from snptool.errors import CheckpointMismatchError, InputFileError, SnpError, first_line
 
 FORMAT_VERSION = 1
 METADATA_KEY = "snptool"
 EXTRA_SEPARATOR = "/"
+
+
+# --- the metadata document, as a typed record (docs/file-formats.md#checkpoint) -------------
+
+
+class InputRecord(Record):
+    """What the model expects (config.InputSpec): channels, size, mean/std on [0, 1] pixels."""
+
+    channels: Literal[1, 3]
+    height: Side
+    width: Side
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+    resize: Side | None = None
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_value_per_channel(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        channels = info.data.get("channels", 3)
+        if len(values) not in (1, channels):
+            raise ValueError(f"must be 1 or {channels} numbers, got {len(values)}")
+        return values
+
+    def to_spec(self) -> InputSpec:
+        return InputSpec(
+            self.channels, self.height, self.width, tuple(self.mean), tuple(self.std), self.resize
+        )
+
+
+class SourceRecord(Record):
+    path: Name
+    sha256: Sha256
+
+
+class HeadRecord(Record):
+    """A probe head replacing the classifier (`prune --classifier probe`)."""
+
+    tap: Name
+    in_features: Count
+    num_classes: Count
+
+
+class ChannelMapRecord(Record):
+    in_width: Count
+    out_width: Count
+    kept_in: list[Index]
+    kept_out: list[Index]
+
+    @field_validator("kept_in", "kept_out")
+    @classmethod
+    def _kept_inside(cls, kept: list[int], info: ValidationInfo) -> list[int]:
+        width = info.data.get("in_width" if info.field_name == "kept_in" else "out_width", 0)
+        if len(set(kept)) != len(kept) or any(c >= width for c in kept):
+            raise ValueError(f"must be distinct channels below {width}")
+        return kept
+
+
+class ResizedRecord(Record):
+    modules: dict[str, dict[str, JsonValue]] = {}
+    tensors: dict[str, list[Annotated[int, Field(ge=0, le=MAX_WIDTH)]]] = {}
+
+
+class ArchRecord(Record):
+    """How to rebuild the model (core/architectures.py), and what pruning changed in it."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    spec: Name
+    kwargs: dict[str, JsonValue] = {}
+    source: SourceRecord | None = None
+    head: HeadRecord | None = None
+    shapes: dict[str, dict[str, Count]] | None = None
+    channel_maps: dict[str, ChannelMapRecord] | None = None
+    resized: ResizedRecord | None = None
+
+    @model_validator(mode="after")
+    def _file_factories_have_a_hash(self) -> ArchRecord:
+        prefix = self.spec.partition(":")[0]
+        is_file = prefix.endswith(".py") or "/" in prefix
+        if is_code_spec(self.spec) and is_file and self.source is None:
+            raise ValueError(f"file factory {self.spec} has no source record with its sha256")
+        return self
+
+
+class DataRecord(Record):
+    """The data a split came from (DataSplit.record)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    spec: str | None = None
+    test_fraction: Fraction | None = None
+    split_seed: Index | None = None
+    classes: list[Name] | None = None
+
+
+class EpochRow(Record):
+    """One epoch of a training history; a diverged epoch's NaN loss is kept as it was."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    epoch: Count
+    learning_rate: float | None = None
+    loss: float | None = None
+    train_accuracy: float | None = None
+    test_loss: float | None = None
+    test_accuracy: float | None = None
+    seconds: float | None = None
+    images_per_second: float | None = None
+
+
+class TrainingRecord(Record):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    config: dict[str, JsonValue] | None = None
+    history: list[EpochRow] = []
+    saved: Literal["last", "best"] | None = None
+    epochs_done: Index | None = None
+    best_epoch: Index | None = None
+    best_accuracy: float | None = None
+    final_accuracy: float | None = None
+    train_data: DataRecord | None = None
+    test_data: DataRecord | None = None
+
+
+class ConnectionRecord(Record):
+    """A weight layer whose inputs are an analysed layer's units (pruning/connections.py)."""
+
+    module: Name
+    source: Name
+    target: Name | None
+    inputs_per_unit: Count
+
+
+class HeadRemovalRecord(Record):
+    layer: Name
+    kind: Literal["head", "node"]
+    module: Name
+    kept: list[Index]
+
+
+class GroupsRecord(Record):
+    """afcc-grouped's label groups: every listed layer's units, each given a group."""
+
+    count: Annotated[int, Field(ge=2, le=MAX_WIDTH)]
+    units: dict[str, list[Index]]
+
+    @field_validator("units")
+    @classmethod
+    def _groups_exist(cls, units: dict[str, list[int]], info: ValidationInfo):
+        count = info.data.get("count", 0)
+        for tap, groups in units.items():
+            if any(g >= count for g in groups):
+                raise ValueError(f"{tap} names a group beyond its {count} groups")
+        return units
+
+
+class PruningRecord(Record):
+    """What `snptool prune` did; the parts later steps rebuild from are typed."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    connections: list[ConnectionRecord] | None = None
+    heads: list[HeadRemovalRecord] | None = None
+    groups: GroupsRecord | None = None
+
+
+class CheckpointRecord(Record):
+    """The `snptool` metadata document of a checkpoint."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    format_version: Annotated[int, Field(ge=1, le=FORMAT_VERSION)]
+    arch: ArchRecord
+    num_classes: Count
+    class_names: list[Name]
+    input: InputRecord
+    data: str | None = None
+    training: TrainingRecord | None = None
+    provenance: dict[str, JsonValue] | None = None
+    pruning: PruningRecord | None = None
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_name_per_class(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        return check_class_names(names, info.data.get("num_classes"))
+
+
+def check_class_names(names: list[str], count: int | None) -> list[str]:
+    """`count` distinct class names (a validator's check, raising ValueError)."""
+    if count is not None and len(names) != count:
+        raise ValueError(f"must be {count} names (num_classes), got {len(names)}")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"names {', '.join(map(repr, twice[:3]))} twice")
+    return names
 
 
 @dataclass
@@ -38,10 +241,14 @@ class Checkpoint:
     sha256: str | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    @functools.cached_property
+    def record(self) -> CheckpointRecord:
+        """The metadata as a typed record (validated when the file was read)."""
+        return CheckpointRecord.model_validate(self.metadata)
+
     @property
     def input_spec(self) -> InputSpec:
-        spec = dict(self.metadata["input"])
-        return InputSpec(**{**spec, "mean": tuple(spec["mean"]), "std": tuple(spec["std"])})
+        return self.record.input.to_spec()
 
     @property
     def class_names(self) -> list[str]:
@@ -124,32 +331,15 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path} is a probe file, not a checkpoint; give the checkpoint it was made from."
         )
     version = metadata.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise InputFileError(
             f"{path} has checkpoint format {version!r}, but this snptool reads up to "
             f"{FORMAT_VERSION}; upgrade snptool."
         )
-    problem = metadata_problem(metadata)
-    if problem:
-        raise InputFileError(
-            f"{path} has incomplete snptool metadata ({problem}); re-create the checkpoint."
-        )
+    validate_record(
+        CheckpointRecord, metadata, where=f"checkpoint {path}", fix="re-create the checkpoint"
+    )
     return metadata
-
-
-def metadata_problem(metadata: dict[str, Any]) -> str | None:
-    """What is missing or inconsistent in a checkpoint's metadata document, else None."""
-    arch, names, spec = metadata.get("arch"), metadata.get("class_names"), metadata.get("input")
-    if not isinstance(arch, dict) or not isinstance(arch.get("spec"), str):
-        return "no architecture record 'arch'"
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        return "no list of 'class_names'"
-    if metadata.get("num_classes") != len(names):
-        return f"num_classes {metadata.get('num_classes')!r} but {len(names)} class names"
-    keys = ("channels", "height", "width", "mean", "std")
-    if not isinstance(spec, dict) or any(key not in spec for key in keys):
-        return "no input record 'input' with channels, height, width, mean and std"
-    return None
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
@@ -159,12 +349,48 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     tensors = read_tensors(path)
     weights = {k: v for k, v in tensors.items() if EXTRA_SEPARATOR not in k}
     extras = {k: v for k, v in tensors.items() if EXTRA_SEPARATOR in k}
-    model = build_model_from_record(
-        metadata["arch"], search_dirs=(path.resolve().parent,), where=f"checkpoint {path}"
+    rebuild = functools.partial(
+        build_model_from_record,
+        metadata["arch"],
+        search_dirs=(path.resolve().parent,),
+        where=f"checkpoint {path}",
     )
+    check_shapes_before_building(rebuild, weights, path, metadata["arch"]["spec"])
+    model = rebuild()
     load_weights(model, weights, source=str(path), arch=metadata["arch"]["spec"])
     model.to(device).eval()
-    return Checkpoint(model, metadata, path, sha256_file(path), extras)
+    checkpoint = Checkpoint(model, metadata, path, sha256_file(path), extras)
+    check_input_fits(checkpoint)
+    return checkpoint
+
+
+def check_shapes_before_building(
+    rebuild: Callable[..., nn.Module], weights: dict[str, torch.Tensor], path: Path, arch: str
+) -> None:
+    """Build the model on the meta device (no memory) and compare its tensors with the file's,
+    so a record of absurd widths is refused before its model is allocated. A builder that
+    needs real tensors (`.item()` while building) is left to the real build's checks."""
+    try:
+        model = rebuild(device="meta")
+    except SnpError:
+        raise
+    except Exception:  # any builder error: the real build reports it
+        return
+    require_match(model, weights, source=str(path), arch=arch)
+
+
+def check_input_fits(checkpoint: Checkpoint) -> None:
+    """The model must take its recorded input and give one logit per class name."""
+    spec, where = checkpoint.input_spec, f"checkpoint {checkpoint.path}"
+    fix = "its input record does not fit its network; re-create the checkpoint"
+    logits = run_dummy_input(checkpoint.model, spec.shape, where, fix=fix)
+    expected = (2, checkpoint.num_classes)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CheckpointMismatchError(
+            f"{where}: its model gives {got} outputs for a batch of 2, but it names "
+            f"{checkpoint.num_classes} classes; re-create the checkpoint."
+        )
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -223,14 +449,21 @@ def load_weights(
     model: nn.Module, weights: dict[str, torch.Tensor], *, source: str, arch: str
 ) -> None:
     """Load weights strictly, naming every missing, unexpected or wrongly shaped tensor."""
+    require_match(model, weights, source=source, arch=arch)
+    check_weight_values(model, weights, source)
+    load_state(model, weights)
+
+
+def require_match(
+    model: nn.Module, weights: dict[str, torch.Tensor], *, source: str, arch: str
+) -> None:
+    """Refuse weights whose names or shapes differ from the model's state_dict."""
     match = match_weights(model, weights)
     if not match.is_exact:
         raise CheckpointMismatchError(
             f"the weights in {source} do not match architecture {arch}: {match.describe()}; "
             "check --arch and --arch-kwargs."
         )
-    check_weight_values(model, weights, source)
-    load_state(model, weights)
 
 
 def load_state(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -77,6 +77,9 @@ class EpochRecord:
     images_per_second: float
 
 
+EPOCH_FIELDS = frozenset(f.name for f in dataclasses.fields(EpochRecord))
+
+
 @dataclass(frozen=True)
 class TrainResult:
     output: str
@@ -211,7 +214,9 @@ def run_train(
         check_classes(state, train_data)
         model, metadata = state.model, state.metadata
         spec, arch_record = state.input_spec, metadata["arch"]
-        history = [EpochRecord(**r) for r in metadata["training"]["history"]]
+        history = [
+            EpochRecord(**{k: r[k] for k in EPOCH_FIELDS}) for r in metadata["training"]["history"]
+        ]
     else:
         if not arch:
             raise UsageError("give --arch NAME (or --resume CHECKPOINT).")
@@ -429,6 +434,13 @@ def _resume_state(
     if training.get("saved") != "last":
         raise UsageError(
             f"{resume} is not the last state of a `snptool train` run; resume from its -o file."
+        )
+    incomplete = [r for r in training.get("history") or [] if not r.keys() >= EPOCH_FIELDS]
+    if incomplete or not training.get("history"):
+        raise UsageError(
+            f"{resume}'s training history is empty or lacks "
+            f"{', '.join(sorted(EPOCH_FIELDS - incomplete[0].keys())) if incomplete else 'epochs'}"
+            "; a run can be resumed only from the last state `snptool train` wrote."
         )
     trained_with = (training.get("config") or {}).get("optimizer", "sgd")
     if optimizer != trained_with:

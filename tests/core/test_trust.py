@@ -117,10 +117,17 @@ def test_every_command_refuses_an_untrusted_file_factory(tmp_path: Path) -> None
 
 
 def test_a_factory_beside_the_checkpoint_does_not_run_untrusted(tmp_path: Path) -> None:
-    """A record naming a bare `factory.py:net` found in the checkpoint's own folder."""
-    (tmp_path / "factory.py").write_text(f"{FACTORY_FILE}# {tmp_path}\n")
-    evil = _checkpoint(tmp_path / "beside.safetensors", {"spec": "factory.py:net", "kwargs": {}})
+    """A record naming a bare `factory.py:net` that lies in the checkpoint's own folder, with
+    the file's hash, or without one (which no trust can make run)."""
+    factory = tmp_path / "factory.py"
+    factory.write_text(f"{FACTORY_FILE}# {tmp_path}\n")
+    source = {"path": "factory.py", "sha256": sha256_file(factory)}
+    record = {"spec": "factory.py:net", "kwargs": {}, "source": source}
+    evil = _checkpoint(tmp_path / "beside.safetensors", record)
     assert_one_error(invoke("evaluate", evil), contains="--arch factory.py:net")
+    unhashed = _checkpoint(tmp_path / "unhashed.safetensors", {"spec": "factory.py:net"})
+    line = assert_one_error(invoke("evaluate", unhashed, "--trust-code"))
+    assert "has no source record with its sha256" in line
     assert not (tmp_path / "factory.ran").exists()
 
 

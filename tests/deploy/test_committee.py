@@ -278,10 +278,10 @@ def test_bad_input_is_one_line(members: list[Path], tmp_path: Path) -> None:
     assert_one_error(invoke("committee", a, corrupt), contains="is not a readable safetensors file")
     names = [str(i) for i in range(10)]
     swapped = untrained_member(
-        tmp_path, "swapped.safetensors", [*names[:3], "5", "4", *names[5:]], InputSpec()
+        tmp_path, "swapped.safetensors", [*names[:3], "4", "3", *names[5:]], InputSpec()
     )
     line = assert_one_error(invoke("committee", a, swapped), contains="disagree on the classes")
-    assert "label 3 is '3' vs '5'" in line
+    assert "label 3 is '3' vs '4'" in line
     three = untrained_member(tmp_path, "three.safetensors", ["a", "b", "c"], InputSpec())
     assert_one_error(invoke("committee", a, three), contains="(10 classes vs 3)")
     assert_one_error(invoke("committee", a, a, "--split", "dev"), contains="unknown split 'dev'")

@@ -1,0 +1,65 @@
+"""Typed records of what snptool's files hold, checked with pydantic: every file format's
+reader validates its metadata through `validate_record`, which turns the first problem into one
+line naming the file and the field ("checkpoint m.safetensors: input.mean should be a valid
+list, got 'a'; re-create the checkpoint.")."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from snptool.errors import InputFileError
+
+
+class Record(BaseModel):
+    """A part of a file's metadata: strict types (no "3" for 3), finite numbers, read-only;
+    keys a later snptool added are kept (extra="allow")."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
+
+
+# Sizes above these are not a network's: a crafted record must not make snptool allocate them.
+MAX_SIDE = 1 << 14  # pixels of an input side
+MAX_WIDTH = 1 << 20  # channels, units, features, classes
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Name = Annotated[str, StringConstraints(min_length=1)]
+Count = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
+Index = Annotated[int, Field(ge=0)]
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
+Share = Annotated[float, Field(ge=0, le=1)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def validate_record(record_type: type[R], data: Any, *, where: str, fix: str) -> R:
+    """`data` as a `record_type`, or an InputFileError: "{where}: {field} {problem}; {fix}."."""
+    try:
+        return record_type.model_validate(data)
+    except ValidationError as error:
+        raise InputFileError(f"{where}: {describe_error(error)}; {fix}.") from None
+
+
+def describe_error(error: ValidationError) -> str:
+    """The first problem pydantic found, as "field.path what, got value"."""
+    first = error.errors(include_url=False)[0]
+    kind, field = first["type"], ".".join(str(part) for part in first["loc"])
+    if kind == "missing":
+        return f"{field} is missing"
+    message = first["msg"].removeprefix("Value error, ").removeprefix("Input ")
+    message = re.sub(r" or instance of \w+$", "", message[:1].lower() + message[1:])
+    if kind != "value_error":  # our own checks' messages say what they found
+        message += f", got {short_repr(first.get('input'))}"
+    return f"{field} {message}" if field else message
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr() cut to `limit` characters (a crafted value may be megabytes long)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
