@@ -26,6 +26,7 @@ from snptool.cli import app
 from snptool.config import ClustersConfig, InputSpec, MatrixConfig, ProbeConfig, TrainConfig
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, write_checkpoint
+from snptool.core.files import sha256_file
 from snptool.core.matrix_file import create_layer, create_matrix_file
 from snptool.core.trust import trust_code
 from snptool.training.train import InputOverrides, TrainResult, run_train
@@ -221,17 +222,22 @@ def synthetic_npz(make_npz: Callable[..., Path]) -> Path:
 @pytest.fixture
 def make_matrix_file(tmp_path: Path) -> Callable[..., Path]:
     """Write a matrix file of hand-made [U, C, C] matrices: make_matrix_file({tap: M}, names);
-    `attrs` {tap: {...}} overrides a layer's attributes (unit "channel", accuracy 0.5, …)."""
+    `attrs` {tap: {...}} overrides a layer's attributes (unit "channel", accuracy 0.5, …);
+    `checkpoint` is recorded as the checkpoint they belong to."""
 
     def make(
         layers: dict[str, np.ndarray],
         class_names: list[str],
         name: str = "matrices.h5",
         attrs: dict[str, dict] | None = None,
+        checkpoint: Path | None = None,
     ) -> Path:
         path = tmp_path / name
+        record: dict[str, Any] = {"split": "train"}
+        if checkpoint is not None:
+            record["checkpoint"] = {"path": str(checkpoint), "sha256": sha256_file(checkpoint)}
         with h5py.File(path, "w") as handle:
-            create_matrix_file(handle, class_names, {"split": "train"})
+            create_matrix_file(handle, class_names, record)
             for order, (tap, matrices) in enumerate(layers.items()):
                 units = len(matrices)
                 defaults = {"unit": "channel", "units": units, "positions": 1, "accuracy": 0.5}

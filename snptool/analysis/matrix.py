@@ -22,7 +22,7 @@ import torch
 from snptool.analysis.features import run_sharded_split
 from snptool.config import DataConfig, MatrixConfig, config_to_dict
 from snptool.core import console, distributed
-from snptool.core.checkpoint import read_checkpoint
+from snptool.core.checkpoint import read_checkpoint, read_metadata
 from snptool.core.devices import resolve_device
 from snptool.core.files import atomic_path, check_output_path, provenance, require_file, sha256_file
 from snptool.core.matrix_file import create_layer, create_matrix_file
@@ -164,6 +164,13 @@ def run_matrix(
         raise InputFileError(
             f"{probes_path} was made from another checkpoint than {checkpoint_path}; "
             "probe this checkpoint first."
+        )
+    checkpoint_classes = read_metadata(checkpoint_path)["class_names"]
+    if probes.metadata["class_names"] != checkpoint_classes:
+        raise InputFileError(
+            f"{probes_path} names the classes {', '.join(probes.metadata['class_names'][:4])}…, "
+            f"but {checkpoint_path} names {', '.join(checkpoint_classes[:4])}…; probe this "
+            "checkpoint again."
         )
     names = list(dict.fromkeys(layers or probes.tap_names))  # a layer named twice is one layer
     for name in names:

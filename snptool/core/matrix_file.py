@@ -20,12 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import h5py
 import numpy as np
+from pydantic import ConfigDict, Field
 
+from snptool.core import console
+from snptool.core.checkpoint import check_class_names
 from snptool.core.files import atomic_path, require_file, strict_json
+from snptool.core.probe_file import FileReference
+from snptool.core.schema import Count, Name, Record, record_problem
 from snptool.errors import InputFileError, LayerError, UsageError, first_line
 
 FORMAT_VERSION = 1
@@ -102,6 +107,29 @@ def _read_errors(path: Path) -> Iterator[None]:
         ) from error
 
 
+class MatrixFileRecord(Record):
+    """The root `snptool` attribute: what the matrices were computed from."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    checkpoint: FileReference | None = None
+    probes: FileReference | None = None
+    split: Literal["train", "test", "all"] | None = None
+    data: str | None = None
+
+
+class LayerRecord(Record):
+    """A layer's matrix attributes (create_layer)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    layer: Name | None = None
+    unit: Name | None = None
+    units: Count | None = None
+    positions: Count | None = None
+    samples: Annotated[int, Field(ge=0)] | None = None
+    accuracy: float | None = None
+    order: Annotated[int, Field(ge=0)] = 0
+
+
 def schema_problem(handle: h5py.File) -> str | None:
     """What in an open matrix file departs from the schema (see above), else None."""
     version = handle.attrs["format_version"]
@@ -110,23 +138,55 @@ def schema_problem(handle: h5py.File) -> str | None:
     if "class_names" not in handle.attrs or "snptool" not in handle.attrs:
         return "no class_names or snptool attribute"
     try:
-        if not isinstance(json.loads(handle.attrs["snptool"]), dict):
+        record = json.loads(handle.attrs["snptool"])
+        if not isinstance(record, dict):
             raise ValueError
     except (ValueError, TypeError):
         return "the snptool attribute is not a JSON object"
-    classes = len(class_names(handle))
+    problem = record_problem(MatrixFileRecord, record, "snptool")
+    names = class_names(handle)
+    try:
+        check_class_names(names, None)
+    except ValueError as error:
+        problem = problem or f"class_names {error}"
+    if problem:
+        return problem
     if not isinstance(handle["layers"], h5py.Group):
         return "/layers is not a group"
+    if not len(handle["layers"]):
+        return "/layers holds no layer"
     for name, group in handle["layers"].items():
-        matrix = group.get("matrix") if isinstance(group, h5py.Group) else None
-        if not isinstance(matrix, h5py.Dataset):
-            return f"layer {name} has no matrix dataset"
-        if matrix.dtype.kind != "f" or matrix.ndim != 3 or matrix.shape[1:] != (classes,) * 2:
-            return (
-                f"layer {name}'s matrix is {matrix.dtype} {list(matrix.shape)}, "
-                f"not float [units, {classes}, {classes}]"
-            )
+        problem = _layer_problem(name, group, len(names))
+        if problem:
+            return problem
     return None
+
+
+def _layer_problem(name: str, group: Any, classes: int) -> str | None:
+    matrix = group.get("matrix") if isinstance(group, h5py.Group) else None
+    if not isinstance(matrix, h5py.Dataset):
+        return f"layer {name} has no matrix dataset"
+    if matrix.dtype.kind != "f" or matrix.ndim != 3 or matrix.shape[1:] != (classes,) * 2:
+        return (
+            f"layer {name}'s matrix is {matrix.dtype} {list(matrix.shape)}, "
+            f"not float [units, {classes}, {classes}]"
+        )
+    attributes = {k: _plain(v) for k, v in {**group.attrs, **matrix.attrs}.items()}
+    attributes.pop("DIMENSION_LIST", None)
+    attributes.pop("DIMENSION_LABELS", None)
+    problem = record_problem(LayerRecord, attributes, f"layer {name}")
+    if problem is None and attributes.get("units", len(matrix)) != len(matrix):
+        problem = f"layer {name} says {attributes['units']} units but its matrix has {len(matrix)}"
+    return problem
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as a Python value (numpy scalars → int / float / str)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
 
 
 def read_units(dataset: h5py.Dataset, start: int, stop: int) -> np.ndarray:
@@ -170,6 +230,28 @@ def layer_group(handle: h5py.File, name: str) -> h5py.Group:
 
 def metadata(handle: h5py.File) -> dict[str, Any]:
     return json.loads(handle.attrs["snptool"])
+
+
+def check_made_from(handle: h5py.File, checkpoint: Any) -> None:
+    """The matrices must be those of `checkpoint` (a core.checkpoint.Checkpoint): the sha256
+    the file records, and its classes; a file that records none (matrices made by hand or by
+    other code) is used with a warning."""
+    path, recorded = Path(handle.filename), metadata(handle).get("checkpoint")
+    if not recorded:
+        console.log(
+            f"warning: {path} does not record the checkpoint its matrices were computed from; "
+            f"they are used for {checkpoint.path} unchecked."
+        )
+    elif recorded["sha256"] != checkpoint.sha256:
+        raise InputFileError(
+            f"{path} was computed for another checkpoint than {checkpoint.path}; "
+            "run probe, matrix and clusters on this checkpoint first."
+        )
+    if class_names(handle) != checkpoint.class_names:
+        raise InputFileError(
+            f"{path} names other classes than {checkpoint.path}; make it again with "
+            "`snptool matrix`."
+        )
 
 
 @dataclass
@@ -231,9 +313,50 @@ def write_layer_clusters(group, layer: LayerClusters, threshold: float, statisti
 
 
 def read_layer_clusters(group) -> LayerClusters:
+    """A layer's clusters, checked against its matrix (lengths, offsets, label indices)."""
     if "clusters" not in group:
         raise UsageError(
             "the matrix file has no clusters yet; run `snptool clusters MATRICES.h5` first."
         )
     target = group["clusters"]
-    return LayerClusters(**{name: target[name][()] for name in ARRAYS})
+    missing = [name for name in ARRAYS if not isinstance(target.get(name), h5py.Dataset)]
+    layer = None if missing else LayerClusters(**{name: target[name][()] for name in ARRAYS})
+    units, classes = group["matrix"].shape[:2]
+    problem = f"no {', '.join(missing)}" if missing else clusters_problem(layer, units, classes)
+    if problem:
+        raise InputFileError(
+            f"{group.file.filename}: the clusters of layer {group.name.removeprefix('/layers/')} "
+            f"are damaged ({problem}); run `snptool clusters` on it again."
+        )
+    return layer
+
+
+def clusters_problem(layer: LayerClusters, units: int, classes: int) -> str | None:
+    """What makes a layer's cluster arrays inconsistent with U units and C labels, else None."""
+    for name in ARRAYS:
+        array = getattr(layer, name)
+        if array.ndim != 1 or array.dtype.kind not in ("f" if name == "maximum" else "iu"):
+            return f"{name} is {array.dtype} {list(array.shape)}, not a 1-D array of numbers"
+    per_unit = ("count", "labels", "signal", "noise", "maximum")
+    wrong = [n for n in per_unit if len(getattr(layer, n)) != units]
+    if wrong:
+        return f"{', '.join(wrong)} must hold one value per unit ({units})"
+    if not np.isfinite(layer.maximum).all():
+        return "maximum holds NaN or infinite values"
+    clusters = len(layer.cluster_offsets) - 1
+    for name, offsets, end in (
+        ("unit_offsets", layer.unit_offsets, clusters),
+        ("cluster_offsets", layer.cluster_offsets, len(layer.members)),
+    ):
+        if (
+            len(offsets) < 1
+            or offsets[0] != 0
+            or offsets[-1] != end
+            or (np.diff(offsets) < 0).any()
+        ):
+            return f"{name} must rise from 0 to {end}"
+    if len(layer.unit_offsets) != units + 1:
+        return f"unit_offsets must hold {units + 1} offsets"
+    if len(layer.members) and (layer.members.min() < 0 or layer.members.max() >= classes):
+        return f"members must be labels 0…{classes - 1}"
+    return None

@@ -4,14 +4,72 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from safetensors import safe_open
 
-from snptool.core.checkpoint import read_header
+from snptool.core.checkpoint import check_class_names, read_header
 from snptool.core.files import require_file
+from snptool.core.schema import Count, Name, Record, Sha256, Share, validate_record
 from snptool.errors import InputFileError
+
+FORMAT_VERSION = 1
+
+
+class FileReference(Record):
+    """Another file this one was made from: its path when written and its sha256."""
+
+    path: str | None = None
+    sha256: Sha256
+
+
+class ProbeTapRecord(Record):
+    name: Name
+    layer: Name
+    unit: Name
+    units: Count
+    positions: Count
+    test_accuracy: Share
+    train_accuracy: Share | None = None
+    tap_input: bool = False
+
+
+class SplitRecord(Record):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    spec: Name
+
+
+class ProbeDataRecord(Record):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    train: SplitRecord
+    test: SplitRecord | None = None
+
+
+class ProbeFileRecord(Record):
+    """The `snptool` metadata document of a probe file."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    kind: Literal["probes"]
+    format_version: Annotated[int, Field(ge=1, le=FORMAT_VERSION)] = 1
+    checkpoint: FileReference
+    class_names: list[Name]
+    taps: Annotated[list[ProbeTapRecord], Field(min_length=1)]
+    data: ProbeDataRecord
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct(cls, names: list[str], info: ValidationInfo) -> list[str]:
+        return check_class_names(names, None)
+
+    @field_validator("taps")
+    @classmethod
+    def _distinct_taps(cls, taps: list[ProbeTapRecord], info: ValidationInfo):
+        names = [tap.name for tap in taps]
+        if len(set(names)) != len(names):
+            raise ValueError("names a tap twice")
+        return taps
 
 
 class ProbeFile:
@@ -38,6 +96,12 @@ class ProbeFile:
                 f"{self.path} is not a probe file but a {kind or 'corrupt file'}; "
                 "make one with `snptool probe`."
             )
+        validate_record(
+            ProbeFileRecord,
+            self.metadata,
+            where=f"probe file {self.path}",
+            fix="probe the checkpoint again",
+        )
         problem = probe_file_problem(self.metadata, layout)
         if problem:
             raise InputFileError(
@@ -67,19 +131,11 @@ class ProbeFile:
 
 
 def probe_file_problem(metadata: dict[str, Any], layout: dict[str, tuple[str, list[int]]]):
-    """What is missing or wrongly shaped in a probe file (metadata, {key: (dtype, shape)}),
-    else None."""
-    names, taps = metadata.get("class_names"), metadata.get("taps")
-    if not isinstance(names, list) or not isinstance(metadata.get("checkpoint"), dict):
-        return "no 'class_names' or 'checkpoint' record"
-    if not isinstance(taps, list) or not all(isinstance(t, dict) for t in taps):
-        return "no list of 'taps'"
-    fields = ("name", "layer", "unit", "units", "positions", "test_accuracy")
+    """What is missing or wrongly shaped in the tensors of a probe file whose metadata is valid
+    ({key: (dtype, shape)}), else None."""
+    names, taps = metadata["class_names"], metadata["taps"]
     splits = list(dict.fromkeys(k.split("/")[1] for k in layout if k.startswith("mean/")))
     for tap in taps:
-        missing = [f for f in fields if f not in tap]
-        if missing:
-            return f"tap {tap.get('name', '?')} has no {', '.join(missing)}"
         shape = [len(names), tap["units"], tap["positions"]]
         for key in [f"probe/{tap['name']}", *(f"mean/{s}/{tap['name']}" for s in splits)]:
             if key not in layout:

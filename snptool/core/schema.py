@@ -44,6 +44,15 @@ def validate_record(record_type: type[R], data: Any, *, where: str, fix: str) ->
         raise InputFileError(f"{where}: {describe_error(error)}; {fix}.") from None
 
 
+def record_problem(record_type: type[BaseModel], data: Any, where: str) -> str | None:
+    """What keeps `data` from being a `record_type` ("{where}.{field} …"), else None."""
+    try:
+        record_type.model_validate(data)
+    except ValidationError as error:
+        return f"{where}.{describe_error(error)}"
+    return None
+
+
 def describe_error(error: ValidationError) -> str:
     """The first problem pydantic found, as "field.path what, got value"."""
     first = error.errors(include_url=False)[0]

@@ -24,9 +24,9 @@ from snptool.config import PRUNE_METHODS, STRUCTURED_METHODS, PruneConfig
 from snptool.core.architectures import ProbeHeadModel
 from snptool.core.checkpoint import Checkpoint
 from snptool.core.matrix_file import (
+    check_made_from,
     layer_group,
     layer_names,
-    metadata,
     open_matrix_file,
     read_layer_clusters,
 )
@@ -164,12 +164,7 @@ def read_label_sets(
     """The listed layers (default: all in the file, in file order) and Λ(u) of their units,
     read by the method's `label_sets`."""
     with open_matrix_file(clusters_path) as handle:
-        recorded = metadata(handle).get("checkpoint", {}).get("sha256")
-        if recorded and recorded != checkpoint.sha256:
-            raise InputFileError(
-                f"{clusters_path} was computed for another checkpoint than {checkpoint.path}; "
-                "run probe, matrix and clusters on this checkpoint first."
-            )
+        check_made_from(handle, checkpoint)
         names = layers or layer_names(handle)
         return names, {name: label_sets(layer_group(handle, name), config) for name in names}
 

@@ -275,7 +275,8 @@ def test_the_cli_refuses_the_residual_sum_with_exit_2(
 ):
     layers = ["features.5.0.block.2", "features.5"]
     sets = {layers[0]: unit_sets(32), layers[1]: unit_sets(16)}
-    path = make_matrix_file({t: matrices(s) for t, s in sets.items()}, [str(i) for i in range(10)])
+    names = [str(i) for i in range(10)]
+    path = make_matrix_file({t: matrices(s) for t, s in sets.items()}, names, checkpoint=checkpoint)
     run_clusters(path)
     output = tmp_path / "refused.safetensors"
     result = invoke(
