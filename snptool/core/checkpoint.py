@@ -29,10 +29,11 @@ from snptool.core.schema import (
     Count,
     Fraction,
     Index,
+    InputRecord,
     Name,
     Record,
     Sha256,
-    Side,
+    check_class_names,
     validate_record,
 )
 from snptool.errors import CheckpointMismatchError, InputFileError, SnpError, first_line
@@ -43,30 +44,6 @@ EXTRA_SEPARATOR = "/"
 
 
 # --- the metadata document, as a typed record (docs/file-formats.md#checkpoint) -------------
-
-
-class InputRecord(Record):
-    """What the model expects (config.InputSpec): channels, size, mean/std on [0, 1] pixels."""
-
-    channels: Literal[1, 3]
-    height: Side
-    width: Side
-    mean: list[float]
-    std: list[Annotated[float, Field(gt=0)]]
-    resize: Side | None = None
-
-    @field_validator("mean", "std")
-    @classmethod
-    def _one_value_per_channel(cls, values: list[float], info: ValidationInfo) -> list[float]:
-        channels = info.data.get("channels", 3)
-        if len(values) not in (1, channels):
-            raise ValueError(f"must be 1 or {channels} numbers, got {len(values)}")
-        return values
-
-    def to_spec(self) -> InputSpec:
-        return InputSpec(
-            self.channels, self.height, self.width, tuple(self.mean), tuple(self.std), self.resize
-        )
 
 
 class SourceRecord(Record):
@@ -219,16 +196,6 @@ class CheckpointRecord(Record):
     @classmethod
     def _one_name_per_class(cls, names: list[str], info: ValidationInfo) -> list[str]:
         return check_class_names(names, info.data.get("num_classes"))
-
-
-def check_class_names(names: list[str], count: int | None) -> list[str]:
-    """`count` distinct class names (a validator's check, raising ValueError)."""
-    if count is not None and len(names) != count:
-        raise ValueError(f"must be {count} names (num_classes), got {len(names)}")
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"names {', '.join(map(repr, twice[:3]))} twice")
-    return names
 
 
 @dataclass

@@ -27,10 +27,16 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from snptool.core import console
-from snptool.core.checkpoint import check_class_names
 from snptool.core.files import atomic_path, require_file, strict_json
-from snptool.core.probe_file import FileReference
-from snptool.core.schema import Count, Name, Record, record_problem
+from snptool.core.schema import (
+    Count,
+    FileReference,
+    Name,
+    Record,
+    check_class_names,
+    record_problem,
+    validate_record,
+)
 from snptool.errors import InputFileError, LayerError, UsageError, first_line
 
 FORMAT_VERSION = 1
@@ -329,6 +335,35 @@ def read_layer_clusters(group) -> LayerClusters:
             f"are damaged ({problem}); run `snptool clusters` on it again."
         )
     return layer
+
+
+class ClusterStatistics(Record):
+    """A layer's cluster statistics (`clusters` attribute `statistics`; null: not defined)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    units: Annotated[int, Field(ge=0)]
+    units_without_clusters: Annotated[int, Field(ge=0)]
+    mean_cluster_size: float | None
+    clusters_per_unit: float | None
+    labels_per_unit: float | None
+    noise_per_unit: float | None
+    snr: float | None
+
+
+def read_layer_statistics(group: h5py.Group) -> dict[str, Any]:
+    """The statistics `clusters` wrote for a layer, validated."""
+    read_layer_clusters(group)
+    where = f"{group.file.filename}: the cluster statistics of {group.name.removeprefix('/')}"
+    try:
+        statistics = json.loads(group["clusters"].attrs.get("statistics", ""))
+    except (ValueError, TypeError):
+        raise InputFileError(
+            f"{where} are not JSON; run `snptool clusters` on the file again."
+        ) from None
+    validate_record(
+        ClusterStatistics, statistics, where=where, fix="run `snptool clusters` on the file again"
+    )
+    return statistics
 
 
 def clusters_problem(layer: LayerClusters, units: int, classes: int) -> str | None:

@@ -10,19 +10,19 @@ import torch
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 from safetensors import safe_open
 
-from snptool.core.checkpoint import check_class_names, read_header
-from snptool.core.files import require_file
-from snptool.core.schema import Count, Name, Record, Sha256, Share, validate_record
+from snptool.core.files import read_header, require_file
+from snptool.core.schema import (
+    Count,
+    FileReference,
+    Name,
+    Record,
+    Share,
+    check_class_names,
+    validate_record,
+)
 from snptool.errors import InputFileError
 
 FORMAT_VERSION = 1
-
-
-class FileReference(Record):
-    """Another file this one was made from: its path when written and its sha256."""
-
-    path: str | None = None
-    sha256: Sha256
 
 
 class ProbeTapRecord(Record):

@@ -7,11 +7,22 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from snptool.errors import InputFileError
+
+if TYPE_CHECKING:
+    from snptool.config import InputSpec
 
 
 class Record(BaseModel):
@@ -72,3 +83,49 @@ def short_repr(value: Any, limit: int = 60) -> str:
         return str(value)
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- records several formats share -----------------------------------------------------
+
+
+def check_class_names(names: list[str], count: int | None) -> list[str]:
+    """`count` distinct class names (a validator's check, raising ValueError)."""
+    if count is not None and len(names) != count:
+        raise ValueError(f"must be {count} names (num_classes), got {len(names)}")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"names {', '.join(map(repr, twice[:3]))} twice")
+    return names
+
+
+class InputRecord(Record):
+    """What the model expects (config.InputSpec): channels, size, mean/std on [0, 1] pixels."""
+
+    channels: Literal[1, 3]
+    height: Side
+    width: Side
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+    resize: Side | None = None
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _one_value_per_channel(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        channels = info.data.get("channels", 3)
+        if len(values) not in (1, channels):
+            raise ValueError(f"must be 1 or {channels} numbers, got {len(values)}")
+        return values
+
+    def to_spec(self) -> InputSpec:
+        from snptool.config import InputSpec
+
+        return InputSpec(
+            self.channels, self.height, self.width, tuple(self.mean), tuple(self.std), self.resize
+        )
+
+
+class FileReference(Record):
+    """Another file this one was made from: its path when written and its sha256."""
+
+    path: str | None = None
+    sha256: Sha256

@@ -35,13 +35,13 @@ from snptool.core.files import atomic_path
 from snptool.core.macs import count_macs
 from snptool.data.checkpoint_data import load_checkpoint_data
 from snptool.data.datasets import DataSplit, prepare_batch
+from snptool.deploy.onnx_file import METADATA_KEY
 from snptool.errors import ExportError
 from snptool.pruning.compact import compact_model
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-METADATA_KEY = "snptool"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}

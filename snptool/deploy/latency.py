@@ -18,26 +18,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from snptool.config import LatencyConfig, config_to_dict
 from snptool.core import console
 from snptool.core.files import require_file
+from snptool.deploy.onnx_file import ORT_ERRORS, run_session
 from snptool.errors import InputFileError, UsageError
 
 MIN_BUDGET_RUNS = 3  # a time budget still times every model at least this often
 
-# What onnxruntime raises for a file it cannot load (missing, not protobuf, truncated, a graph
-# that does not check, an operator it lacks).
-_LOAD_ERRORS = (
-    ort_errors.Fail,
-    ort_errors.InvalidArgument,
-    ort_errors.InvalidGraph,
-    ort_errors.InvalidProtobuf,
-    ort_errors.NoModel,
-    ort_errors.NoSuchFile,
-    ort_errors.NotImplemented,
-)
 _DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -131,7 +120,7 @@ def open_model(path: str | Path, config: LatencyConfig) -> _Model:
         session = ort.InferenceSession(
             str(path), sess_options=session_options(config.threads), providers=[config.provider]
         )
-    except _LOAD_ERRORS as error:
+    except ORT_ERRORS as error:
         reason = str(error).splitlines()[0].split("failed:")[-1].strip().rstrip(".")
         raise InputFileError(
             f"{path} is not a readable ONNX model ({reason}); give a complete .onnx file."
@@ -199,6 +188,8 @@ def time_interleaved(
     Runs `config.runs` rounds, or with a time budget rounds until it is spent (at least
     MIN_BUDGET_RUNS).
     """
+    for model, feed in zip(models, feeds, strict=True):  # a graph that fails: one line
+        run_session(model.session, feed, model.path)
     for round_index in range(config.warmup):
         for index in round_order(len(models), round_index):
             models[index].session.run(None, feeds[index])

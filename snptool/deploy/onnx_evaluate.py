@@ -14,8 +14,8 @@ from torch import nn
 
 from snptool.config import DataConfig, EvaluateConfig, InputSpec
 from snptool.data.datasets import DataSplit, load_data
-from snptool.deploy.onnx_file import OnnxFile, read_onnx
-from snptool.errors import DataError, UsageError
+from snptool.deploy.onnx_file import ORT_ERRORS, OnnxFile, read_onnx, run_session
+from snptool.errors import DataError, InputFileError, UsageError, first_line
 from snptool.training.evaluate import EvaluateResult, evaluate_model
 
 
@@ -27,13 +27,21 @@ class OnnxModel(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: onnxruntime's default (the physical cores)
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            file.graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                file.graph.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+        except ORT_ERRORS as error:
+            raise InputFileError(
+                f"onnxruntime cannot load {file.path} ({first_line(error)}); give a complete "
+                ".onnx file."
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
+        self.path = file.path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().numpy()})[:1]
+        feed = {self.input_name: x.detach().cpu().numpy()}
+        (logits,) = run_session(self.session, feed, self.path)[:1]
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
     @property

@@ -14,11 +14,39 @@ from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from pydantic import ConfigDict
 
 from snptool.config import DataConfig, InputSpec
 from snptool.core.files import require_file, sha256_file
-from snptool.deploy.checked_export import METADATA_KEY
+from snptool.core.schema import (
+    Count,
+    Fraction,
+    Index,
+    InputRecord,
+    Name,
+    Record,
+    check_class_names,
+    short_repr,
+    validate_record,
+)
 from snptool.errors import InputFileError, UsageError
+
+METADATA_KEY = "snptool"  # the graph's metadata_props key of the JSON document
+
+# What onnxruntime raises for a file it cannot load or a graph that fails while it runs (missing,
+# not protobuf, truncated, a graph that does not check, an operator it lacks, a shape that breaks).
+ORT_ERRORS = (
+    ort_errors.Fail,
+    ort_errors.InvalidArgument,
+    ort_errors.InvalidGraph,
+    ort_errors.InvalidProtobuf,
+    ort_errors.NoModel,
+    ort_errors.NoSuchFile,
+    ort_errors.NotImplemented,
+    ort_errors.RuntimeException,
+    ort_errors.EPFail,
+)
 
 # Operators that only a quantized graph has (QDQ pairs, QOperator kernels, dynamic integer ops).
 QUANTIZED_OPS = {
@@ -31,6 +59,33 @@ QUANTIZED_OPS = {
     "MatMulInteger",
     "DynamicQuantizeMatMul",
 }
+
+
+class ParityDataRecord(Record):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    spec: Name | None = None
+    test_fraction: Fraction | None = None
+    split_seed: Index | None = None
+    classes: list[Name] | None = None
+
+
+class ParityRecord(Record):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    data: ParityDataRecord | str | None = None  # a string: random inputs (RANDOM_INPUTS)
+
+
+class OnnxRecord(Record):
+    """The `snptool` metadata document of an exported (or quantized, or committee) graph."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+    num_classes: Count | None = None
+    class_names: list[Name] | None = None
+    input: InputRecord | None = None
+    parity: ParityRecord | None = None
+
+    def check_classes(self) -> None:
+        if self.class_names is not None:
+            check_class_names(self.class_names, self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -120,7 +175,63 @@ def read_onnx(path: str | Path) -> OnnxFile:
             raise InputFileError(
                 f"{path} has corrupt snptool metadata; export the checkpoint again."
             ) from None
+        check_metadata(path, graph, metadata)
     return OnnxFile(path, graph, sha256_file(path), metadata)
+
+
+def check_metadata(path: Path, graph: onnx.ModelProto, metadata: Any) -> OnnxRecord:
+    """The metadata as a typed record that agrees with the graph: as many class names as
+    outputs, and the recorded input's shape where the graph fixes one."""
+    where, fix = f"ONNX file {path}", "export the checkpoint again"
+    record = validate_record(OnnxRecord, metadata, where=where, fix=fix)
+    try:
+        record.check_classes()
+    except ValueError as error:
+        raise InputFileError(f"{where}: class_names {error}; {fix}.") from None
+    outputs = _static_dims(graph.graph.output[0]) if graph.graph.output else []
+    if record.class_names and outputs and outputs[-1] not in (None, len(record.class_names)):
+        raise InputFileError(
+            f"{where} names {len(record.class_names)} classes but its graph gives "
+            f"{outputs[-1]} outputs; {fix}."
+        )
+    weights = {t.name for t in graph.graph.initializer}
+    data_input = next((i for i in graph.graph.input if i.name not in weights), None)
+    dims = _static_dims(data_input) if data_input is not None else []
+    if record.input is not None and len(dims) == 4:
+        wanted = (record.input.channels, record.input.height, record.input.width)
+        if any(d is not None and d != w for d, w in zip(dims[1:], wanted, strict=True)):
+            shape = "x".join("?" if d is None else str(d) for d in dims[1:])
+            raise InputFileError(
+                f"{where} records a {'x'.join(map(str, wanted))} input but its graph takes "
+                f"{shape}; {fix}."
+            )
+    return record
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> list[int | None]:
+    """A graph input's or output's dimensions (None where symbolic)."""
+    shape = value.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+def run_session(session: Any, feed: dict[str, Any], path: str | Path) -> list[Any]:
+    """`session.run(None, feed)`, with a graph that fails in onnxruntime as one line."""
+    try:
+        return session.run(None, feed)
+    except ORT_ERRORS as error:
+        raise InputFileError(
+            f"{path} fails in onnxruntime ({ort_reason(error)}); the graph does not run on "
+            "its input, so export it again or check it with onnx.checker."
+        ) from None
+
+
+def ort_reason(error: BaseException) -> str:
+    """The part of an onnxruntime error a user can act on (its status message, not the
+    source location), at most 200 characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text.split("Status Message: ")[-1]
+    text = text.split(" was false. ")[-1]  # after an internal assertion, the explanation
+    return short_repr(text, 200)[1:-1] if len(text) > 200 else text.rstrip(".")
 
 
 def is_onnx_path(path: str | Path) -> bool:

@@ -22,27 +22,20 @@ from typing import Any
 import numpy as np
 
 from snptool.config import ReportConfig
-from snptool.core.files import (
-    atomic_path,
-    provenance,
-    read_header,
-    require_file,
-    write_bytes_atomic,
-)
+from snptool.core.files import atomic_path, check_output_path, provenance, write_bytes_atomic
 from snptool.core.matrix_file import (
     class_names,
     layer_group,
     layer_names,
     open_matrix_file,
     read_layer_clusters,
+    read_layer_statistics,
 )
-from snptool.errors import InputFileError, UsageError
+from snptool.errors import UsageError
 from snptool.report import figures
+from snptool.report.inputs import KINDS, ReportInput, read_input
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 HEAD_UNIT = "head"
-KINDS = "matrix files (with clusters), probe files, pruned checkpoints, or the --json output of "
-KINDS += "prune, latency, export, committee, heads or sweep"
 
 
 @dataclass(frozen=True)
@@ -60,13 +53,6 @@ class Section:
     title: str
     figures: list[Figure] = field(default_factory=list)
     table: tuple[list[str], list[list[str]]] | None = None  # (header, rows)
-
-
-@dataclass(frozen=True)
-class ReportInput:
-    path: Path
-    kind: str
-    content: Any  # parsed JSON or safetensors metadata; None for matrix files
 
 
 @dataclass(frozen=True)
@@ -94,6 +80,7 @@ def run_report(
     started = time.perf_counter()
     if not inputs:
         raise UsageError(f"give the report something to draw: {KINDS}.")
+    check_output_path(output, *inputs)
     read = [read_input(path) for path in inputs]
     sections = [section for group in _group(read) for section in _draw(group, config)]
     record = provenance({f"input{i}": item.path for i, item in enumerate(read)})
@@ -116,71 +103,6 @@ def run_report(
         bytes=len(document.encode()),
         seconds=time.perf_counter() - started,
     )
-
-
-# --- inputs -----------------------------------------------------------------------------------
-
-
-def read_input(path: str | Path) -> ReportInput:
-    """Recognise one input by its content; one clear line for anything else."""
-    path = require_file(path, "report input")
-    with open(path, "rb") as handle:
-        start = handle.read(9)
-    if start[:8] == HDF5_SIGNATURE:
-        with open_matrix_file(path):
-            pass
-        return ReportInput(path, "matrices", None)
-    if path.suffix == ".safetensors" or _looks_like_safetensors(start, path.stat().st_size):
-        return _read_safetensors(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InputFileError(
-            f"{path} is neither HDF5, safetensors nor JSON; give {KINDS}."
-        ) from None
-    kind = json_kind(content)
-    if kind is None:
-        raise InputFileError(f"{path} is JSON of a kind the report does not draw; give {KINDS}.")
-    return ReportInput(path, kind, content)
-
-
-def _looks_like_safetensors(start: bytes, size: int) -> bool:
-    """safetensors: an 8-byte little-endian header length, then the JSON header."""
-    return len(start) == 9 and start[8:] == b"{" and int.from_bytes(start[:8], "little") < size
-
-
-def _read_safetensors(path: Path) -> ReportInput:
-    try:
-        metadata = json.loads(read_header(path)["snptool"])
-    except (KeyError, json.JSONDecodeError):
-        raise InputFileError(f"{path} holds no snptool metadata; give {KINDS}.") from None
-    if metadata.get("kind") == "probes":
-        return ReportInput(path, "probes", metadata)
-    if metadata.get("pruning"):
-        return ReportInput(path, "pruned", metadata)
-    raise InputFileError(
-        f"{path} is a checkpoint without pruning; the report draws pruned checkpoints "
-        "(snptool prune) and the files the analysis writes."
-    )
-
-
-def json_kind(content: Any) -> str | None:
-    """Which command's --json output `content` is, or None."""
-    if isinstance(content, dict):
-        if "committee_accuracy" in content:
-            return "committee"
-        if {"method", "layers", "accuracy_after"} <= set(content):
-            return "prune"
-        if {"max_abs_diff", "macs", "params"} <= set(content):
-            return "export"
-        if {"points", "fit"} <= set(content):
-            return "sweep"
-    elif isinstance(content, list) and content and all(isinstance(r, dict) for r in content):
-        if all("p50_ms" in row for row in content):
-            return "latency"
-        if all("label_heads" in row for row in content):
-            return "heads"
-    return None
 
 
 def _group(read: list[ReportInput]) -> list[tuple[str, list[ReportInput]]]:
@@ -232,7 +154,7 @@ def matrix_sections(path: Path, config: ReportConfig) -> list[Section]:
             group = layer_group(handle, layer)
             dataset = group["matrix"]
             clusters = read_layer_clusters(group)
-            statistics = json.loads(group["clusters"].attrs["statistics"])
+            statistics = read_layer_statistics(group)
             rows.append((layer, float(dataset.attrs.get("accuracy", np.nan)), statistics))
             sizes[layer] = np.diff(clusters.cluster_offsets)
             units = wanted.get(layer) if config.units else _default_units(clusters)
