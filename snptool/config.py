@@ -26,7 +26,40 @@ def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
     return field(default=default, metadata=metadata)
 
 
-@dataclass(frozen=True)
+def settings_class(cls: type) -> type:
+    """`@dataclass(frozen=True)`, whose instances first pass the checks every setting shares
+    (`check_settings`), then their own `__post_init__`."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if own is not None:
+            own(self)
+
+    cls.__post_init__ = __post_init__
+    return dataclass(frozen=True)(cls)
+
+
+MAX_SEED = 2**63 - 1  # what every generator snptool seeds (torch, numpy) accepts
+
+
+def check_settings(config: Any) -> None:
+    """Numbers must be finite, seeds in [0, 2^63), batch sizes at least 1: a flag's value that
+    would end in an overflow or a division by zero deep inside a command is refused here."""
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        flag = item.metadata.get("flag", "--" + item.name.replace("_", "-")).split("/")[0]
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UsageError(f"{flag} must be a finite number, not {value}.")
+        integers = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if item.name.endswith(("seed", "seeds")) and any(not 0 <= v <= MAX_SEED for v in integers):
+            raise UsageError(f"{flag} must be a whole number in [0, 2^63), not {value}.")
+        if item.name.endswith(("batch_size", "batch_sizes")) and any(v < 1 for v in integers):
+            raise UsageError(f"{flag} must be at least 1, not {value}.")
+
+
+@settings_class
 class InputSpec:
     """What the model expects: applied to pixels scaled to [0, 1], then (x - mean) / std.
 
@@ -68,7 +101,7 @@ DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 
 
-@dataclass(frozen=True)
+@settings_class
 class DataConfig:
     """How a data spec becomes train and test splits.
 
@@ -104,6 +137,11 @@ class DataConfig:
     )
     num_classes_subset: int | None = setting(
         None, "Keep only the data set's first N labels (see --classes)."
+    )
+    ignore_class_names: bool = setting(
+        False,
+        "Use data whose class names differ from the checkpoint's, label i as its class i.",
+        flag="--ignore-class-names",
     )
 
     def __post_init__(self) -> None:
@@ -152,7 +190,7 @@ SCHEDULES = ("step", "cosine")
 AMP_MODES = ("off", "bf16", "fp16")
 
 
-@dataclass(frozen=True)
+@settings_class
 class TrainConfig:
     """The research's recipe (METHODS.md §3): SGD + Nesterov, lr × q every Δt epochs, batch 100.
 
@@ -240,7 +278,7 @@ class TrainConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class EvaluateConfig:
     """Top-1 accuracy on one split."""
 
@@ -253,7 +291,7 @@ class EvaluateConfig:
         check_device(self.device)
 
 
-@dataclass(frozen=True)
+@settings_class
 class ImportConfig:
     """How a third-party weights file becomes an snptool checkpoint."""
 
@@ -266,7 +304,7 @@ class ImportConfig:
     strict: bool = True
 
 
-@dataclass(frozen=True)
+@settings_class
 class ProbeConfig:
     """The papers' probe recipe (METHODS.md §4): bias-free linear read-out per tapped layer.
 
@@ -304,7 +342,7 @@ class ProbeConfig:
         return parse_bytes(self.memory_budget)
 
 
-@dataclass(frozen=True)
+@settings_class
 class MatrixConfig:
     """Single-unit matrices (METHODS.md §5). Decision: `split` train (the papers' text) or
     test (the authors' code)."""
@@ -321,7 +359,7 @@ class MatrixConfig:
             raise UsageError("units per chunk must be >= 0 (0 picks it from a 256 MiB budget).")
 
 
-@dataclass(frozen=True)
+@settings_class
 class ClustersConfig:
     """The cluster rule (METHODS.md §6): elements strictly above `threshold` × the unit's max."""
 
@@ -335,7 +373,7 @@ class ClustersConfig:
 OVERLAP_MEASURES = ("jaccard", "coefficient")
 
 
-@dataclass(frozen=True)
+@settings_class
 class HeadsConfig:
     """The head report (METHODS.md §7). Decision: `overlap` of two heads' label sets A, B is
     the Jaccard index |A ∩ B| / |A ∪ B| or the overlap coefficient |A ∩ B| / min(|A|, |B|)."""
@@ -377,7 +415,7 @@ ALLOCATIONS = ("deepest-first", "uniform", "global", "margin-mass")  # pruning/a
 LABEL_GROUPINGS = ("cooccurrence", "contiguous")
 
 
-@dataclass(frozen=True)
+@settings_class
 class ConnectionConfig:
     """The connection methods' settings (METHODS.md §7–§8).
 
@@ -421,7 +459,7 @@ class ConnectionConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class RemovalConfig:
     """How much the head and channel methods remove, and in which order (structured.py).
 
@@ -534,7 +572,7 @@ class RemovalConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class FinetuneConfig:
     """Masked fine-tuning after pruning (finetune.py).
 
@@ -595,7 +633,7 @@ class FinetuneConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class PruneConfig:
     """`snptool prune`: the method (pruning/methods.py) with its settings, and the fine-tuning
     that follows it. `seed` drives the random label sets, label grouping, the Taylor batches
@@ -621,7 +659,7 @@ class PruneConfig:
         check_device(self.device)
 
 
-@dataclass(frozen=True)
+@settings_class
 class ExportConfig:
     """ONNX export (`dynamo`: torch's dynamo exporter instead of the TorchScript one; with
     `fallback` the other exporter is tried when the first cannot export the model or its graph
@@ -663,7 +701,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("uint8", "int8")
 
 
-@dataclass(frozen=True)
+@settings_class
 class QuantizeConfig:
     """int8 quantization of an ONNX file with onnxruntime's own tool (onnxruntime.quantization).
 
@@ -715,7 +753,7 @@ class QuantizeConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class CommitteeConfig:
     """Soft committee (METHODS.md §7): the mean of the members' softmax outputs, scored on
     `split`. Its ONNX export (`opset`, `dynamo`) is checked against torch on the first
@@ -754,7 +792,7 @@ class CommitteeConfig:
         )
 
 
-@dataclass(frozen=True)
+@settings_class
 class LatencyConfig:
     """Interleaved onnxruntime timing: `warmup` untimed rounds, then `runs` timed rounds, or
     rounds until `budget_seconds` is spent (per batch size, at least 3), at each batch size.
@@ -798,7 +836,7 @@ SWEEP_FITS = ("runs", "means")
 LENET5_FC_WIDTHS = (120, 84)  # model_defs.lenet.CLASSIC_FC_WIDTHS (config imports no torch)
 
 
-@dataclass(frozen=True)
+@settings_class
 class SweepConfig:
     """The generalised-LeNet power law (arXiv 2211.11106; METHODS.md §9): error ∝ d1^(−ρ).
 
@@ -864,7 +902,7 @@ class SweepConfig:
         return tuple(second_depth(d1, self.ratio) for d1 in self.d1)
 
 
-@dataclass(frozen=True)
+@settings_class
 class ReportConfig:
     """What `snptool report` draws; `units` (LAYER:INDEX) replace the default heat maps (the
     strongest and the noisiest unit of every layer)."""
@@ -906,7 +944,7 @@ def parse_bytes(text: str | int) -> int:
         amount = float(number)
     except ValueError:
         amount = -1.0
-    if unit not in _UNITS or amount < 0:
+    if unit not in _UNITS or not 0 <= amount * _UNITS.get(unit, 1) < 2**63:
         raise UsageError(f"memory size {text!r} is not a size like 4GiB, 512MiB or 2e9.")
     return int(amount * _UNITS[unit])
 

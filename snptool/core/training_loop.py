@@ -122,4 +122,10 @@ def run_steps(
         totals.seen += len(labels)
         if on_step is not None:
             on_step(totals)
+    if not bool(torch.isfinite(totals.loss)):  # one check a pass: no per-step device sync
+        raise UsageError(
+            f"training diverged: the loss became {float(totals.loss)} in this epoch, so "
+            "nothing of it is written (the files of earlier epochs are kept); lower --lr, "
+            "--weight-decay or the mixing, and train again."
+        )
     return totals

@@ -9,17 +9,35 @@ from snptool.errors import DataError, UsageError
 
 
 def check_classes(checkpoint: Checkpoint, data: DataSplit) -> None:
-    """The data must have as many classes as the checkpoint's output (and its subset's names)."""
-    if data.num_classes != checkpoint.num_classes:
+    """The data must have the checkpoint's classes: as many, and (unless
+    `data.config.ignore_class_names`) the same names in the same order."""
+    check_class_match(checkpoint.class_names, data, f"checkpoint {checkpoint.path}")
+
+
+def check_class_match(model_names: list[str], data: DataSplit, model: str) -> None:
+    """`data`'s classes against those a model (`model` names it) was trained on."""
+    if data.num_classes != len(model_names):
         raise DataError(
-            f"{data.spec} has {data.num_classes} classes but the checkpoint has "
-            f"{checkpoint.num_classes}; use the data set the model was trained on."
+            f"{data.spec} has {data.num_classes} classes but {model} has {len(model_names)}; "
+            "use the data set the model was trained on."
         )
-    if data.class_subset and data.class_names != checkpoint.class_names:
+    if data.class_names == list(model_names):
+        return
+    if data.class_subset:
         raise DataError(
-            f"--classes keeps {', '.join(data.class_names)} but the checkpoint was trained on "
-            f"{', '.join(checkpoint.class_names)}; drop --classes to use the checkpoint's subset."
+            f"--classes keeps {', '.join(data.class_names)} but {model} was trained on "
+            f"{', '.join(model_names)}; drop --classes to use the checkpoint's subset."
         )
+    if not data.config.ignore_class_names:
+        raise DataError(
+            f"{data.spec} names its classes {_first(data.class_names)} but {model} was trained "
+            f"on {_first(model_names)}; give the data it was trained on, or pass "
+            "--ignore-class-names to read label i as its class i."
+        )
+
+
+def _first(names: list[str], count: int = 3) -> str:
+    return ", ".join(names[:count]) + (", …" if len(names) > count else "")
 
 
 def load_checkpoint_data(

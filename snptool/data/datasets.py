@@ -197,6 +197,11 @@ def load_data(spec: str, split: str = "train", config: DataConfig | None = None)
     data = restrict_classes(loader(spec, argument, split, config), config)
     if len(data) == 0:
         raise DataError(f"the {split} split of {spec} holds no images; check the data set.")
+    if data.num_classes < 2:
+        raise DataError(
+            f"{spec} has {data.num_classes} class{'es' if data.num_classes != 1 else ''} "
+            f"({', '.join(data.class_names) or 'none'}); a classifier needs at least two."
+        )
     counts = np.bincount(data.labels.numpy(), minlength=data.num_classes)
     if (counts == 0).any():
         empty = [data.class_names[i] for i in np.flatnonzero(counts == 0)[:3]]
@@ -367,6 +372,7 @@ def _read_npz(argument: str):
         raise DataError(
             f"{path}: 'images' must be uint8 NHWC (or NHW), not {images.dtype} {images.shape}."
         )
+    images = _as_nhwc(images, path)
     if len(images) != len(labels):
         raise DataError(f"{path}: {len(images)} images but {len(labels)} labels.")
     if len(labels) and labels.min() < 0:
@@ -375,6 +381,10 @@ def _read_npz(argument: str):
         images = images[..., None]
     if "class_names" in arrays:
         names = [str(n) for n in arrays["class_names"].reshape(-1)]
+        if not all(names) or len(set(names)) != len(names):
+            raise DataError(
+                f"{path}: 'class_names' must be distinct and non-empty, not {names[:6]}…."
+            )
     else:
         names = [str(i) for i in range(int(labels.max()) + 1 if len(labels) else 0)]
     if len(labels) and labels.max() >= len(names):
@@ -390,6 +400,23 @@ def _read_npz(argument: str):
     )
     shape = (images.shape[3], images.shape[1], images.shape[2])
     return full, labels, names, shape, test_mask, path
+
+
+def _as_nhwc(images: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 images as N×H×W×C with C 1 or 3: NCHW turned round where that is unambiguous (C
+    first and not last), RGBA's alpha dropped; anything else refused."""
+    if images.ndim == 3:
+        return images
+    if images.shape[-1] not in (1, 3, 4) and images.shape[1] in (1, 3, 4):
+        images = images.transpose(0, 2, 3, 1)  # NCHW, as torch stores images
+    if images.shape[-1] == 4:
+        images = images[..., :3]  # RGBA: the colour, without the alpha channel
+    if images.shape[-1] not in (1, 3):
+        raise DataError(
+            f"{path}: 'images' {list(images.shape)} has neither 1, 3 nor 4 channels, last "
+            "(NHWC) or after the count (NCHW); give grey, RGB or RGBA images."
+        )
+    return np.ascontiguousarray(images)
 
 
 def _cifar(spec: str, argument: str, split: str, config: DataConfig) -> DataSplit:
@@ -509,7 +536,7 @@ def _file_images(samples: list[tuple[str, int]]) -> FileImages:
             with Image.open(paths[index]) as image:
                 image.load()
                 return image
-        except OSError as error:  # includes PIL's UnidentifiedImageError
+        except (OSError, Image.DecompressionBombError) as error:  # and UnidentifiedImageError
             raise DataError(
                 f"{paths[index]} is not a readable image ({first_line(error)}); "
                 "replace or remove it."

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from snptool.config import LatencyConfig, config_to_dict
@@ -214,6 +215,43 @@ def _more_rounds(done: int, elapsed_ns: int, runs: int, budget_ns: int | None) -
     return done < MIN_BUDGET_RUNS or elapsed_ns < budget_ns
 
 
+def check_memory(models: Sequence[_Model], batch: int) -> None:
+    """Refuse a batch whose inputs and activations would not fit in the memory available
+    (every session keeps its buffers, so the models' needs add up)."""
+    needed = batch * sum(bytes_per_sample(model.path) for model in models)
+    available = available_memory()
+    if available is not None and needed > 0.8 * available:
+        raise UsageError(
+            f"--batch {batch} needs about {needed / 2**30:.1f} GiB for the inputs and "
+            f"activations of {len(models)} model(s), more than the {available / 2**30:.1f} GiB "
+            "this machine has free; use a smaller --batch."
+        )
+
+
+def bytes_per_sample(path: str | Path) -> int:
+    """A rough peak of one sample's tensors in a graph: its three largest inferred tensors
+    (input, activations, output), 4 bytes an element."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    sizes = []
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        dims = value.type.tensor_type.shape.dim[1:]
+        if all(d.HasField("dim_value") for d in dims):
+            sizes.append(4 * int(np.prod([d.dim_value for d in dims], dtype=np.float64)))
+    return sum(sorted(sizes)[-3:])
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), if known."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def summarize(times_ns: Sequence[int], batch: int) -> dict[str, Any]:
     """Percentiles, mean and (population) standard deviation in ms; throughput in images/s."""
     ms = np.asarray(times_ns, dtype=np.float64) / 1e6
@@ -255,6 +293,7 @@ def run_latency(paths: Sequence[str | Path], config: LatencyConfig | None = None
     check_provider(config.provider)
     models = [open_model(path, config) for path in paths]
     shapes = {b: [input_shape(m, b) for m in models] for b in config.batch_sizes}  # check first
+    check_memory(models, max(config.batch_sizes))
     rng = np.random.default_rng(config.seed)
     rows: list[LatencyRow] = []
     first_orders: list[list[int]] = []

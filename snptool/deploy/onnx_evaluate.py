@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from snptool.config import DataConfig, EvaluateConfig, InputSpec
+from snptool.data.checkpoint_data import check_class_match
 from snptool.data.datasets import DataSplit, load_data
 from snptool.deploy.onnx_file import ORT_ERRORS, OnnxFile, read_onnx, run_session
 from snptool.errors import DataError, InputFileError, UsageError, first_line
@@ -79,11 +80,8 @@ def check_onnx_classes(file: OnnxFile, model: OnnxModel, data: DataSplit) -> Non
             f"{data.spec} has {data.num_classes} classes but {file.path} outputs {classes}; "
             "use the data set the model was trained on."
         )
-    if file.class_names and data.class_subset and list(file.class_names) != data.class_names:
-        raise DataError(
-            f"{file.path} was exported for the classes {', '.join(file.class_names)}; "
-            "pass the same --classes."
-        )
+    if file.class_names:
+        check_class_match(file.class_names, data, str(file.path))
 
 
 def run_evaluate_onnx(

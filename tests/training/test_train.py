@@ -117,7 +117,7 @@ def test_resume_on_data_with_other_classes_is_refused(
     trained: TrainResult, tiny_train: TrainConfig, synthetic_npz: Path, tmp_path: Path
 ) -> None:
     config = dataclasses.replace(tiny_train, epochs=3)
-    with pytest.raises(DataError, match="has 3 classes but the checkpoint has 10"):
+    with pytest.raises(DataError, match="has 3 classes but checkpoint .* has 10"):
         run_train(
             None, f"npz:{synthetic_npz}", tmp_path / "x.safetensors", config, resume=trained.output
         )
