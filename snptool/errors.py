@@ -21,6 +21,10 @@ class InputFileError(SnpError):
     """A file that is missing, unreadable, corrupt or of the wrong kind."""
 
 
+class OutputFileError(SnpError):
+    """An output path that cannot be written (no space, read-only, permission, not a file)."""
+
+
 class CheckpointMismatchError(SnpError):
     """Weights that do not fit the architecture they are loaded into."""
 

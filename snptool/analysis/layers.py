@@ -30,6 +30,7 @@ class LayerInfo:
     calls: int = 1
     probe_tap: bool = False
     default_unit: bool = True
+    not_probeable: str | None = None  # why its units cannot be probed
 
     @property
     def tap(self) -> str:
@@ -47,6 +48,8 @@ class LayerInfo:
             "positions": self.positions,
             "calls": self.calls,
             "probe_tap": self.probe_tap,
+            "probeable": self.not_probeable is None,
+            "not_probeable": self.not_probeable,
         }
 
 
@@ -68,6 +71,11 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     layers = []
     for name, traced in trace_tensors(model, spec).items():
         module = model.get_submodule(name)
+        if traced.folded:
+            kind = type(module).__name__
+            layers.append(LayerInfo(name, kind, traced.shape[1:], "-", 0, 0, traced.calls))
+            layers[-1] = replace(layers[-1], not_probeable=traced.folded)
+            continue
         readings = unit_readings(module, traced.shape, channels_last=traced.channels_last)
         for index, reading in enumerate(readings):
             layers.append(
@@ -122,7 +130,7 @@ def infer_probe_taps(model: nn.Module, layers: list[LayerInfo]) -> list[str]:
     `layers`: `discover_layers(model, spec)`.
     """
     order = list(dict.fromkeys(layer.layer for layer in layers))
-    usable = {layer.layer for layer in layers if layer.calls == 1}
+    usable = {layer.layer for layer in layers if layer.calls == 1 and not layer.not_probeable}
     leaves = [name for name in order if not list(model.get_submodule(name).children())]
     if not leaves:
         return []
@@ -178,6 +186,6 @@ def analysable_layers(model: nn.Module, spec: InputSpec) -> list[str]:
     found = [
         info.layer
         for info in discover_layers(model, spec)
-        if info.layer in leaves and info.calls == 1
+        if info.layer in leaves and info.calls == 1 and not info.not_probeable
     ]
     return list(dict.fromkeys(found))

@@ -24,7 +24,14 @@ from snptool.config import DataConfig, MatrixConfig, config_to_dict
 from snptool.core import console, distributed
 from snptool.core.checkpoint import read_checkpoint, read_metadata
 from snptool.core.devices import resolve_device
-from snptool.core.files import atomic_path, check_output_path, provenance, require_file, sha256_file
+from snptool.core.files import (
+    atomic_path,
+    check_output_path,
+    provenance,
+    require_file,
+    require_space,
+    sha256_file,
+)
 from snptool.core.matrix_file import create_layer, create_matrix_file
 from snptool.core.probe_file import ProbeFile
 from snptool.core.taps import TapRecorder
@@ -190,6 +197,8 @@ def run_matrix(
         "provenance": provenance({"checkpoint": checkpoint_path, "probes": probes_path}),
     }
     results = []
+    units = sum(probes.tap(name)["units"] for name in names)
+    require_space(output, units * classes * classes * 4)  # float32 [U, C, C] per layer
     with _matrix_handle(output) as handle:
         create_matrix_file(handle, class_names, metadata)
         for order, name in enumerate(names):

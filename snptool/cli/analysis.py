@@ -135,7 +135,10 @@ def clusters(
     *,
     config: ClustersConfig,
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Write to a copy instead of MATRICES.")
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write a copy here [default: update MATRICES atomically]."
+        ),
     ] = None,
     layer: Annotated[
         str | None, typer.Option("--layer", help="With --unit: the unit's layer.")
@@ -145,7 +148,8 @@ def clusters(
     ] = None,
     json_output: JsonOpt = False,
 ) -> None:
-    """Clusters, noise and SNR of every unit and layer (METHODS.md §6); adds them to the file.
+    """Clusters, noise and SNR of every unit and layer (METHODS.md §6); adds them to the file
+    (an atomic in-place update), or to a copy with -o.
 
     Example: snptool clusters matrices.h5 --threshold 0.3 --json > summary.json
     """

@@ -12,7 +12,7 @@ import typer
 from typer.core import TyperGroup
 
 from snptool import __version__
-from snptool.core.interrupts import install_interrupt_handlers, interrupt_reported
+from snptool.core.interrupts import interrupt_reported
 from snptool.errors import SnpError, Terminated
 
 # click's exception classes, wherever this typer takes click from (0.2x vendors it privately).
@@ -133,8 +133,3 @@ def command(name: str | None = None) -> Callable:
         return app.command(name)(_reports_errors(_applies_trust(function)))
 
     return register
-
-
-def main() -> None:
-    install_interrupt_handlers()
-    app()

@@ -218,15 +218,13 @@ def layers(
             x.positions,
             x.calls,
             "yes" if x.probe_tap else "",
+            f"not probeable: {x.not_probeable}" if x.not_probeable else "",
         )
         for x in result.layers
     ]
     inferred = " (probe taps inferred: the model declares none)" if result.inferred_taps else ""
-    console.table(
-        f"{checkpoint}{inferred}",
-        ["tap (--layer)", "module", "shape", "unit", "units", "positions", "calls", "probe tap"],
-        rows,
-    )
+    header = ["tap (--layer)", "module", "shape", "unit", "units", "positions", "calls"]
+    console.table(f"{checkpoint}{inferred}", [*header, "probe tap", "note"], rows)
     if json_output:
         console.emit_json(result.to_json())
 

@@ -292,6 +292,9 @@ def cut_after(model: nn.Module, tap: str) -> nn.Module:
     return torch.fx.GraphModule(traced, graph)
 
 
+DUMMY_BATCH = 2  # images in a dummy forward pass: a tap whose first axis differs folds more in
+
+
 @torch.no_grad()
 def run_dummy_input(
     model: nn.Module,
@@ -299,16 +302,21 @@ def run_dummy_input(
     what: str,
     *,
     fix: str = "make --channels, --input-size and --arch-kwargs agree",
+    fill: str = "zeros",
 ) -> torch.Tensor:
-    """Run a batch of two zero inputs of `shape` (C, H, W) in eval mode; return the output.
+    """Run a batch of two inputs of `shape` (C, H, W) in eval mode, zeros or (`fill`
+    "normal") seeded standard normal values; return the output.
 
     A model that cannot take that input gives a one-line UsageError naming `what` and `fix`.
     """
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = torch.zeros(DUMMY_BATCH, *shape)
+    if fill == "normal":
+        x = torch.randn(DUMMY_BATCH, *shape, generator=torch.Generator().manual_seed(0))
     try:
-        return model(torch.zeros(2, *shape, device=device))
+        return model(x.to(device))
     except RuntimeError as error:
         raise UsageError(
             f"{what} does not run on a {'x'.join(map(str, shape))} input "

@@ -350,13 +350,18 @@ def check_input_fits(checkpoint: Checkpoint) -> None:
     """The model must take its recorded input and give one logit per class name."""
     spec, where = checkpoint.input_spec, f"checkpoint {checkpoint.path}"
     fix = "its input record does not fit its network; re-create the checkpoint"
-    logits = run_dummy_input(checkpoint.model, spec.shape, where, fix=fix)
+    logits = run_dummy_input(checkpoint.model, spec.shape, where, fix=fix, fill="normal")
     expected = (2, checkpoint.num_classes)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise CheckpointMismatchError(
             f"{where}: its model gives {got} outputs for a batch of 2, but it names "
             f"{checkpoint.num_classes} classes; re-create the checkpoint."
+        )
+    if not bool(torch.isfinite(logits).all()):
+        raise InputFileError(
+            f"{where}: its model gives NaN or infinite logits for normal inputs; its weights "
+            "are out of range (corrupt, or training diverged), so use another checkpoint."
         )
 
 
@@ -463,6 +468,11 @@ def check_weight_values(model: nn.Module, weights: dict[str, torch.Tensor], sour
             raise InputFileError(
                 f"tensor {name} in {source} holds {int(bad.sum())} NaN or infinite values; "
                 "the weights are corrupt or training diverged, so use an earlier checkpoint."
+            )
+        if name.endswith("running_var") and not bool((torch.isfinite(value) & (value >= 0)).all()):
+            raise InputFileError(
+                f"tensor {name} in {source} holds negative or infinite variances; a BatchNorm "
+                "variance is never either, so the weights are corrupt: use another checkpoint."
             )
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import math
 import os
+import re
 import shlex
+import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -15,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from snptool.core.interrupts import held_interrupts
-from snptool.errors import InputFileError, UsageError, first_line
+from snptool.errors import InputFileError, OutputFileError, UsageError, first_line
 
 _CHUNK = 1 << 20
 
@@ -30,29 +34,65 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
-    """Return `path` as a Path, or raise a one-line error if it is not a readable file."""
+    """Return `path` as a Path, or raise a one-line error if it is not a readable regular file
+    (a FIFO or device would block or never end)."""
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{what} {path} does not exist; check the path.")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise InputFileError(f"{what} {path} does not exist; check the path.") from None
+    except OSError as error:  # a symlink loop, a path through a file, a name too long
+        raise InputFileError(f"{what} {path} cannot be opened ({error.strerror}).") from None
+    if stat.S_ISDIR(info.st_mode):
         raise InputFileError(f"{what} {path} is a directory; give a file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputFileError(
+            f"{what} {path} is not a regular file (a {_file_kind(info.st_mode)}); give a file."
+        )
     if not os.access(path, os.R_OK):
         raise InputFileError(f"{what} {path} is not readable; check its permissions.")
     return path
 
 
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "FIFO", stat.S_ISCHR: "character device", stat.S_ISBLK: "block device"}
+    kinds[stat.S_ISSOCK] = "socket"
+    return next((name for test, name in kinds.items() if test(mode)), "special file")
+
+
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
-    """Refuse an output path that would overwrite one of the inputs or has no directory."""
+    """Refuse an output path that is not a regular file or a new name in an existing, writable
+    directory, that is read-only, or that would overwrite one of the inputs."""
     output = Path(output)
-    if output.is_dir():
+    try:
+        info = output.stat() if output.exists() or output.is_symlink() else None
+    except OSError as error:  # a symlink loop
+        raise OutputFileError(f"output {output} cannot be used ({error.strerror}).") from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
         raise UsageError(f"output {output} is a directory; give a file name.")
-    parent = output.resolve().parent
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise OutputFileError(
+            f"output {output} is a {_file_kind(info.st_mode)}, not a regular file; snptool "
+            "writes only regular files, so give a file name."
+        )
+    if info is not None and not info.st_mode & stat.S_IWUSR:
+        raise OutputFileError(
+            f"output {output} is read-only; make it writable (chmod u+w) or write elsewhere."
+        )
+    parent = output.absolute().parent
     if not parent.is_dir():
         raise UsageError(f"the directory of output {output} does not exist; create it first.")
     for item in inputs:
-        if item is not None and Path(item).exists() and Path(item).resolve() == output.resolve():
+        if item is not None and Path(item).exists() and _same_file(Path(item), output):
             raise UsageError(f"output {output} is also an input; write to another file.")
     return output
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
@@ -68,19 +108,66 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     try:
         with held_interrupts():
             handle, temporary = tempfile.mkstemp(
-                prefix=f".{destination.name}.", suffix=".part", dir=destination.resolve().parent
+                prefix=f".{destination.name}.", suffix=".part", dir=destination.absolute().parent
             )
             temporary_path = Path(temporary)
             os.close(handle)
         yield temporary_path
         with held_interrupts():
-            os.chmod(temporary_path, 0o666 & ~_umask())
+            os.chmod(temporary_path, _mode_for(destination))
             os.replace(temporary_path, destination)
-    except BaseException:
+    except BaseException as error:
         with held_interrupts():
             if temporary_path is not None:
                 temporary_path.unlink(missing_ok=True)
-        raise
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        raise OutputFileError(f"cannot write {destination}: {problem}.") from None
+
+
+def require_space(destination: str | os.PathLike, size: int) -> None:
+    """Refuse to start a write of about `size` bytes that the destination's file system has no
+    room for (HDF5 may crash, not raise, when a disk fills up under it)."""
+    free = shutil.disk_usage(Path(destination).absolute().parent).free
+    needed = int(size * 1.05) + (64 << 10)
+    if needed > free:
+        raise OutputFileError(
+            f"cannot write {destination}: it needs about {needed / 2**20:.1f} MiB and its file "
+            f"system has {free / 2**20:.1f} MiB free; free some space or write elsewhere (-o)."
+        )
+
+
+def _mode_for(destination: Path) -> int:
+    """The permissions a new file gets, or those of the file it replaces."""
+    try:
+        return stat.S_IMODE(destination.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+# What a failed write means for the user (errno → what to do).
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some or write elsewhere (-o)",
+    errno.EDQUOT: "the disk quota is exceeded; free some space or write elsewhere (-o)",
+    errno.EROFS: "the file system is read-only; write elsewhere (-o)",
+    errno.EACCES: "permission denied; check the directory's permissions or write elsewhere",
+    errno.EPERM: "the operation is not permitted; write elsewhere (-o)",
+    errno.EFBIG: "the file grew beyond the size limit (ulimit -f); write a smaller file",
+    errno.ELOOP: "the path is a symlink loop; give another file name",
+    errno.ENAMETOOLONG: "the file name is too long; give a shorter one",
+    errno.EIO: "an input/output error on the device; check it, or write elsewhere (-o)",
+}
+
+
+def write_problem(error: BaseException) -> str | None:
+    """What a write failure means (an OSError, or a library's error that carries its errno,
+    e.g. safetensors' "(os error 28)"), or None for any other error."""
+    number = error.errno if isinstance(error, OSError) else None
+    if number is None:
+        found = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))
+        number = int(found.group(1) or found.group(2)) if found else None
+    return _WRITE_ERRORS.get(number) if number is not None else None
 
 
 def _umask() -> int:
@@ -115,7 +202,8 @@ def command_line() -> str:
 
 
 def provenance(inputs: dict[str, str | os.PathLike | None]) -> dict:
-    """The provenance record every output carries: inputs' sha256, command, version, time."""
+    """The provenance record every output carries: inputs' sha256, command, version, torch's
+    intra-op thread count, time."""
     from snptool import __version__
 
     files = {}
@@ -123,10 +211,12 @@ def provenance(inputs: dict[str, str | os.PathLike | None]) -> dict:
         if path is None:
             continue
         files[role] = {"path": str(path), "sha256": sha256_file(path)}
+    torch = sys.modules.get("torch")  # the thread count decides float sums' order
     return {
         "inputs": files,
         "command": command_line(),
         "snptool_version": __version__,
+        "threads": torch.get_num_threads() if torch is not None else None,
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -20,7 +20,13 @@ from typing import Any
 from snptool.errors import Terminated
 
 REPEAT_SECONDS = 0.5
-_interrupts: dict[str, Any] = {"held": 0, "pending": None, "received": None}
+_interrupts: dict[str, Any] = {
+    "held": 0,
+    "pending": None,
+    "received": None,
+    "last": None,  # the last signal raised as an exception, reported or not
+    "reported": False,
+}
 
 
 def install_interrupt_handlers() -> None:
@@ -45,6 +51,27 @@ def interrupt_reported() -> None:
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, 0)
     _interrupts["received"] = None
+    _interrupts["reported"] = True
+
+
+def exit_status(code: Any) -> tuple[int, bool]:
+    """The status to exit with after the command ended with `code` (a SystemExit code), and
+    whether an interrupt still needs its line: 130 for SIGINT and 143 for SIGTERM wherever
+    they arrived (typer turns both into 130), after any work the command finished."""
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    last = _interrupts["last"]
+    if last is None:
+        return code, False
+    return (143 if last == signal.SIGTERM else 130), not _interrupts["reported"]
+
+
+def ignore_interrupts() -> None:
+    """Leave SIGINT and SIGTERM pending from here on, and stop raising one again: the process
+    is exiting."""
+    if hasattr(signal, "setitimer"):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 @contextlib.contextmanager
@@ -65,7 +92,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     if _interrupts["held"]:
         _interrupts["pending"] = signum
         return
-    _interrupts["received"] = signum
+    _interrupts["received"] = _interrupts["last"] = signum
     if hasattr(signal, "setitimer"):
         signal.setitimer(signal.ITIMER_REAL, REPEAT_SECONDS)
     raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt

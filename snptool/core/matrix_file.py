@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import ConfigDict, Field
 
 from snptool.core import console
-from snptool.core.files import atomic_path, require_file, strict_json
+from snptool.core.files import atomic_path, require_file, require_space, strict_json
 from snptool.core.schema import (
     Count,
     FileReference,
@@ -211,6 +211,7 @@ def edit_matrix_file(source: str | Path, destination: str | Path) -> Iterator[h5
     """Edit a copy of `source` and rename it to `destination`: an interruption loses nothing."""
     with open_matrix_file(source):
         pass
+    require_space(destination, Path(source).stat().st_size)
     with atomic_path(destination) as temporary:
         shutil.copyfile(source, temporary)
         with h5py.File(temporary, "r+") as handle, _read_errors(Path(source)):

@@ -20,6 +20,7 @@ from torch import nn
 
 from model_defs._blocks import HeadOutputs
 from snptool.config import InputSpec
+from snptool.core.architectures import DUMMY_BATCH
 from snptool.core.tracing import forward_hooks, trace
 from snptool.errors import LayerError
 
@@ -168,6 +169,18 @@ class TracedTensor:
     shape: tuple[int, ...]
     calls: int = 1
     channels_last: bool = False
+
+    @property
+    def folded(self) -> str | None:
+        """Why its units cannot be read per image, if its first axis is not the batch (timm's
+        MobileViT folds patches into it), else None."""
+        if self.shape and self.shape[0] == DUMMY_BATCH:
+            return None
+        first = self.shape[0] if self.shape else "none"
+        return (
+            f"its first axis is not the batch ({DUMMY_BATCH} images gave {first}: the module "
+            "folds patches or tokens into it)"
+        )
 
 
 @torch.no_grad()
@@ -383,6 +396,11 @@ def _tap_of(
         raise LayerError(
             f"{layer} runs {traced.calls} times per forward pass, so its output is ambiguous; "
             "tap a module that runs once."
+        )
+    if traced.folded:
+        raise LayerError(
+            f"{where} has shape {list(traced.shape)} and cannot be probed: {traced.folded}; "
+            "tap the block around it (see `snptool layers`)."
         )
     module, shape = model.get_submodule(layer), traced.shape
     readings = unit_readings(module, shape, channels_last=traced.channels_last)

@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import stat
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -29,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from snptool.config import DataConfig, InputSpec, check_split
+from snptool.core import console
 from snptool.core.files import require_file, sha256_file
 from snptool.data.cifar_binary import binary_folder, read_binary_batches
 from snptool.errors import DataError, InputFileError, first_line
@@ -483,47 +486,91 @@ def _imagefolder(spec: str, argument: str, split: str, config: DataConfig) -> Da
         raise DataError(f"data folder {root} does not exist; check the path in --data.")
     test_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if (root / "train").is_dir() and test_dir is not None:
-        dirs = {"train": [root / "train"], "test": [test_dir], "all": [root / "train", test_dir]}[
-            split
-        ]
-        _same_classes(root / "train", test_dir)
-        folders = [_image_folder(d) for d in dirs]
+        train, test = scan_image_folder(root / "train"), scan_image_folder(test_dir)
+        _same_classes(train, test)
+        _disjoint(train, test)
+        folders = {"train": [train], "test": [test], "all": [train, test]}[split]
         samples = [s for f in folders for s in f.samples]
-        classes = folders[0].classes
+        classes = train.classes
         images = _file_images(samples)
     elif kind == "imagenet":
         raise DataError(f"imagenet:{root} needs train/ and val/ subfolders of class folders.")
     else:
-        folder = _image_folder(root)
+        folder = scan_image_folder(root)
         classes, samples = folder.classes, folder.samples
         labels = np.array([label for _, label in samples], dtype=np.int64)
         images = _select(_file_images(samples), labels, split, config)
     return DataSplit(spec, split, images, list(classes), None, config)
 
 
-def _same_classes(train: Path, test: Path) -> None:
-    """Refuse train/ and test/ folders whose class folders differ (labels would not agree)."""
-    from torchvision.datasets.folder import find_classes
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of class folders: class names (sorted) and (image path, label) samples, with
+    each file's (device, inode) so that no file is counted twice."""
 
-    try:
-        names = [find_classes(str(d))[0] for d in (train, test)]
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(f"{train.parent} holds no class folders of images ({error}).") from None
-    if names[0] != names[1]:
-        only = sorted(set(names[0]) ^ set(names[1]))[:3]
+    root: Path
+    classes: list[str]
+    samples: list[tuple[str, int]]
+    files: dict[tuple[int, int], str]
+
+
+def scan_image_folder(root: Path) -> ImageFolder:
+    """The class folders of `root` and their image files, found without following symbolic
+    links (none may lead out of the folder or back into it; a warning counts them), every file
+    once however often it is hard-linked, special files (FIFOs, devices) left out."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    with os.scandir(root) as entries:
+        classes = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    samples, files, skipped = [], {}, 0
+    for label, name in enumerate(classes):
+        for folder, subfolders, names in os.walk(root / name):  # followlinks=False
+            subfolders.sort()
+            skipped += sum(os.path.islink(os.path.join(folder, d)) for d in subfolders)
+            for file_name in sorted(names):
+                path = os.path.join(folder, file_name)
+                info = os.lstat(path)
+                if not stat.S_ISREG(info.st_mode):
+                    skipped += 1
+                    continue
+                key = (info.st_dev, info.st_ino)
+                if file_name.lower().endswith(IMG_EXTENSIONS) and key not in files:
+                    files[key] = path
+                    samples.append((path, label))
+    empty = [name for label, name in enumerate(classes) if all(lb != label for _, lb in samples)]
+    if not classes or empty:
         raise DataError(
-            f"{train} and {test} hold different class folders ({', '.join(only)} in one only); "
-            "give both the same classes."
+            f"{root} holds no class folders of images"
+            + (f" (no image in {', '.join(empty[:3])})" if empty else "")
+            + f"; give folders of {', '.join(IMG_EXTENSIONS[:4])}… files, one per class."
+        )
+    if skipped:
+        console.log(
+            f"warning: {root}: {skipped} symbolic links and special files were not read; "
+            "copy the images into the folder to use them."
+        )
+    return ImageFolder(root, classes, samples, files)
+
+
+def _same_classes(train: ImageFolder, test: ImageFolder) -> None:
+    """Refuse train/ and test/ folders whose class folders differ (labels would not agree)."""
+    if train.classes != test.classes:
+        only = sorted(set(train.classes) ^ set(test.classes))[:3]
+        raise DataError(
+            f"{train.root} and {test.root} hold different class folders ({', '.join(only)} in "
+            "one only); give both the same classes."
         )
 
 
-def _image_folder(directory: Path):
-    import torchvision.datasets as datasets
-
-    try:
-        return datasets.ImageFolder(str(directory))
-    except (FileNotFoundError, OSError) as error:
-        raise DataError(f"{directory} holds no class folders of images ({error}).") from None
+def _disjoint(train: ImageFolder, test: ImageFolder) -> None:
+    """No image file may be both a training and a test image (a hard link in both folders)."""
+    shared = train.files.keys() & test.files.keys()
+    if shared:
+        first = next(iter(shared))
+        raise DataError(
+            f"{train.files[first]} and {test.files[first]} are one file, in both the training "
+            f"and the test images ({len(shared)} such files); keep each image in one split."
+        )
 
 
 def _file_images(samples: list[tuple[str, int]]) -> FileImages:

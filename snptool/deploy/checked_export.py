@@ -168,6 +168,12 @@ def export_onnx(
             f"the ONNX graph exported from {source} is invalid: {_first_line(error)}; "
             "try another --opset."
         ) from None
+    written = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != config.opset:  # the dynamo exporter converts to the opsets it supports
+        raise ExportError(
+            f"the exporter wrote {source} at opset {written}, not the --opset {config.opset} "
+            f"asked for; give --opset {written} (or another opset it writes)."
+        )
     return graph
 
 

@@ -165,10 +165,11 @@ def test_layers_of_an_imported_torchvision_model(tmp_path: Path) -> None:
         "positions",
         "calls",
         "probe tap",
+        "note",
     ]
     assert cells == [
-        ["layer1.0.conv1", "Conv2d", "64×8×8", "channel", "64", "64", "1", ""],
-        ["layer1.0.relu", "ReLU", "64×8×8", "channel", "64", "64", "2", ""],  # twice per block
+        ["layer1.0.conv1", "Conv2d", "64×8×8", "channel", "64", "64", "1", "", ""],
+        ["layer1.0.relu", "ReLU", "64×8×8", "channel", "64", "64", "2", "", ""],  # twice a block
     ]
 
 
