@@ -23,12 +23,20 @@ from snptool.analysis.clusters import run_clusters
 from snptool.analysis.matrix import run_matrix
 from snptool.analysis.probe import ProbeResult, run_probe
 from snptool.cli import app
-from snptool.config import ClustersConfig, InputSpec, MatrixConfig, ProbeConfig, TrainConfig
+from snptool.config import (
+    ClustersConfig,
+    ExportConfig,
+    InputSpec,
+    MatrixConfig,
+    ProbeConfig,
+    TrainConfig,
+)
 from snptool.core.architectures import build_model
 from snptool.core.checkpoint import make_metadata, write_checkpoint
 from snptool.core.files import sha256_file
 from snptool.core.matrix_file import create_layer, create_matrix_file
 from snptool.core.trust import trust_code
+from snptool.deploy.export import run_export
 from snptool.training.train import InputOverrides, TrainResult, run_train
 
 TESTS = Path(__file__).resolve().parent  # the helper files (_tiny_resnet.py, …) lie here
@@ -81,6 +89,7 @@ THIRD_PARTY = REPO_ROOT / "examples" / "third_party"
 TINY_RESNET = f"{TESTS / '_tiny_resnet.py'}:tiny_resnet"
 TINY_CONVNEXT = f"{TESTS / '_tiny_convnext.py'}:tiny_convnext"
 FIXED_WIDTH = f"{TESTS / '_fixed_width.py'}:fixed_width"
+FOLDING_NET = f"{TESTS / '_folding.py'}:folding_net"
 # The code specs of the project's own test helpers and examples: a checkpoint may make snptool
 # run a module or file factory only when the user trusts it (core/trust.py), and every test
 # trusts these, as a user passing `--arch SPEC` would. tests/core/test_trust.py checks that
@@ -90,6 +99,7 @@ TRUSTED_SPECS = (
     TINY_RESNET,
     TINY_CONVNEXT,
     FIXED_WIDTH,
+    FOLDING_NET,
     *(
         f"{THIRD_PARTY / name}"
         for name in ("cifar_resnet.py:resnet20", "cifar_resnet.py:resnet56", "tutorial_net.py:net")
@@ -340,6 +350,8 @@ class Inputs:
     onnx: Path
     npz: Path
     pt: Path
+    clustered: Path  # the matrices with clusters
+    exported: Path  # the checkpoint exported to ONNX (with snptool metadata)
 
 
 @pytest.fixture(scope="session")
@@ -347,6 +359,10 @@ def valid(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> Inputs:
     directory = tmp_path_factory.mktemp("valid_inputs")
     matrices = directory / "matrices.h5"
     run_matrix(checkpoint_path, probes_path, matrices, MatrixConfig(device="cpu"))
+    clustered = directory / "clustered.h5"
+    run_clusters(matrices, ClustersConfig(), output=clustered)
+    exported = directory / "exported.onnx"
+    run_export(checkpoint_path, exported, ExportConfig(device="cpu", parity_samples=8))
     return Inputs(
         checkpoint_path,
         probes_path,
@@ -354,6 +370,8 @@ def valid(checkpoint_path: Path, probes_path: Path, tmp_path_factory) -> Inputs:
         write_tiny_onnx(directory / "tiny.onnx"),
         write_npz(directory / "data.npz"),
         write_pt(directory / "foreign.pt"),
+        clustered,
+        exported,
     )
 
 

@@ -106,7 +106,7 @@ def _reports_errors(command: Callable) -> Callable:
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt as interrupt:
             interrupt_reported()
-            console.error("interrupted; the file being written was discarded, no input changed.")
+            console.error("interrupted; no half-written file is left and no input changed.")
             raise typer.Exit(143 if isinstance(interrupt, Terminated) else 130) from None
 
     return wrapper

@@ -33,7 +33,12 @@ from snptool.config import DataConfig, EvaluateConfig, InputSpec, TrainConfig
 def train(
     output: OutputOpt,
     arch: Annotated[
-        str | None, typer.Option("--arch", help="Architecture spec (see `snptool models`).")
+        str | None,
+        typer.Option(
+            "--arch",
+            help="Architecture spec (see `snptool models`); a code spec named here runs, and "
+            "with --resume it trusts the same spec in the checkpoint.",
+        ),
     ] = None,
     data: Annotated[
         str | None,
@@ -99,7 +104,12 @@ def train(
 def import_weights(
     weights: Annotated[Path, typer.Argument(help="Third-party .pt/.pth/.th or .safetensors file.")],
     output: OutputOpt,
-    arch: Annotated[str, typer.Option("--arch", help="Architecture spec of the weights.")] = "",
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch", help="Architecture spec of the weights (a code spec named here runs)."
+        ),
+    ] = "",
     arch_kwargs: ArchKwargsOpt = None,
     num_classes: Annotated[
         int | None, typer.Option(help="Number of classes (checked against the model).")

@@ -152,10 +152,15 @@ def build_model_from_record(
     dirs = search_dirs
     if source.get("path"):
         dirs = (*dirs, Path(source["path"]).parent)
-    factory, _ = resolve_factory(spec, dirs, expected_sha256=source.get("sha256"), where=where)
-    with torch.device(device) if device else contextlib.nullcontext():
-        model, _ = build_model(spec, record.get("kwargs", {}), factory=factory)
-        return _apply_pruning_records(model, record)
+    try:
+        factory, _ = resolve_factory(spec, dirs, expected_sha256=source.get("sha256"), where=where)
+        with torch.device(device) if device else contextlib.nullcontext():
+            model, _ = build_model(spec, record.get("kwargs", {}), factory=factory)
+            return _apply_pruning_records(model, record)
+    except ArchitectureError as error:  # name the file the record came from
+        if where in str(error):
+            raise
+        raise ArchitectureError(f"{where}: {error}") from None
 
 
 def _apply_pruning_records(model: nn.Module, record: dict[str, Any]) -> nn.Module:

@@ -60,10 +60,19 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "special file")
 
 
+_SYSTEM_FOLDERS = {("dev",), ("proc",), ("sys",)}  # devices and kernel files: never replaced
+
+
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
     """Refuse an output path that is not a regular file or a new name in an existing, writable
     directory, that is read-only, or that would overwrite one of the inputs."""
     output = Path(output)
+    real = Path(os.path.realpath(output))
+    if any(part in _SYSTEM_FOLDERS for part in (output.absolute().parts[1:2], real.parts[1:2])):
+        raise OutputFileError(
+            f"output {output} is a system path (under /dev, /proc or /sys); snptool writes "
+            "regular files atomically, so give a file name (--json prints results on stdout)."
+        )
     try:
         info = output.stat() if output.exists() or output.is_symlink() else None
     except OSError as error:  # a symlink loop
@@ -126,6 +135,23 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         raise OutputFileError(f"cannot write {destination}: {problem}.") from None
 
 
+@contextlib.contextmanager
+def scratch_directory(prefix: str) -> Iterator[Path]:
+    """A temporary directory (removed afterwards) for a library that writes files of its own;
+    a write there that fails (a full or read-only TMPDIR) is one line."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+            yield Path(directory)
+    except OSError as error:
+        problem = write_problem(error)
+        if problem is None:
+            raise
+        raise OutputFileError(
+            f"cannot write temporary files in {tempfile.gettempdir()}: {problem} (or set "
+            "TMPDIR to another folder)."
+        ) from None
+
+
 def require_space(destination: str | os.PathLike, size: int) -> None:
     """Refuse to start a write of about `size` bytes that the destination's file system has no
     room for (HDF5 may crash, not raise, when a disk fills up under it)."""
@@ -136,6 +162,22 @@ def require_space(destination: str | os.PathLike, size: int) -> None:
             f"cannot write {destination}: it needs about {needed / 2**20:.1f} MiB and its file "
             f"system has {free / 2**20:.1f} MiB free; free some space or write elsewhere (-o)."
         )
+    limit = _file_size_limit()
+    if limit is not None and needed > limit:
+        raise OutputFileError(
+            f"cannot write {destination}: it needs about {needed / 2**20:.1f} MiB, beyond the "
+            f"file size limit of {limit / 2**20:.2f} MiB (ulimit -f); raise the limit."
+        )
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE), if limited."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _mode_for(destination: Path) -> int:
@@ -165,8 +207,8 @@ def write_problem(error: BaseException) -> str | None:
     e.g. safetensors' "(os error 28)"), or None for any other error."""
     number = error.errno if isinstance(error, OSError) else None
     if number is None:
-        found = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(error))
-        number = int(found.group(1) or found.group(2)) if found else None
+        found = re.search(r"os error (\d+)|\[Errno (\d+)\]|errno = (\d+)", str(error))
+        number = int(next(g for g in found.groups() if g)) if found else None
     return _WRITE_ERRORS.get(number) if number is not None else None
 
 

@@ -64,10 +64,15 @@ def record_problem(record_type: type[BaseModel], data: Any, where: str) -> str |
     return None
 
 
+# pydantic names the member of a union it tried in the location: a class or a type name
+_UNION_TAG = re.compile(r"^([A-Z]\w*|str|int|float|bool|none|list\[.*\]|dict\[.*\])$")
+
+
 def describe_error(error: ValidationError) -> str:
     """The first problem pydantic found, as "field.path what, got value"."""
     first = error.errors(include_url=False)[0]
-    kind, field = first["type"], ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    field = ".".join(str(p) for p in first["loc"] if not _UNION_TAG.match(str(p)))
     if kind == "missing":
         return f"{field} is missing"
     message = first["msg"].removeprefix("Value error, ").removeprefix("Input ")

@@ -31,7 +31,7 @@ from torch import nn
 
 from snptool.config import DataConfig, ExportConfig
 from snptool.core.checkpoint import Checkpoint, masks_of
-from snptool.core.files import atomic_path
+from snptool.core.files import atomic_path, scratch_directory
 from snptool.core.macs import count_macs
 from snptool.data.checkpoint_data import load_checkpoint_data
 from snptool.data.datasets import DataSplit, prepare_batch
@@ -148,8 +148,8 @@ def export_onnx(
 ) -> onnx.ModelProto:
     """Export `model` for (batch, *shape) inputs; a checked graph with all weights inside."""
     example = torch.zeros(2, *shape)  # batch 2: a batch of 1 could be traced as a constant
-    with tempfile.TemporaryDirectory(prefix="snptool-export-") as directory:
-        path = Path(directory) / "model.onnx"
+    with scratch_directory("snptool-export-") as directory:
+        path = directory / "model.onnx"
         try:
             with _exporter_output_to_log():
                 options = _exporter_options(config, output_name)

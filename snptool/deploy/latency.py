@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import onnxruntime as ort
 
 from snptool.config import LatencyConfig, config_to_dict
 from snptool.core import console
-from snptool.core.files import require_file
+from snptool.core.files import require_file, scratch_directory
 from snptool.deploy.onnx_file import ORT_ERRORS, run_session
 from snptool.errors import InputFileError, UsageError
 
@@ -332,7 +331,7 @@ def profile_operators(
     """The `config.profile_top` operator types that take the most kernel time per run, from
     onnxruntime's profiler over `config.runs` runs after `config.warmup` untimed ones:
     [{op, ms (per run), share (of the kernel time), nodes}], slowest first."""
-    with tempfile.TemporaryDirectory(prefix="snptool-profile-") as directory:
+    with scratch_directory("snptool-profile-") as directory:
         options = session_options(config.threads)
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(directory) / "profile")

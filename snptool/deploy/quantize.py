@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from onnxruntime.quantization import (
 
 from snptool.config import DataConfig, InputSpec, QuantizeConfig, config_to_dict
 from snptool.core import console
-from snptool.core.files import check_output_path, provenance
+from snptool.core.files import check_output_path, provenance, scratch_directory
 from snptool.data.datasets import DataSplit, prepare_batch
 from snptool.deploy.checked_export import METADATA_KEY, write_onnx
 from snptool.deploy.onnx_evaluate import OnnxModel, check_onnx_classes, onnx_data
@@ -103,8 +102,8 @@ def quantize_graph(
 ) -> tuple[onnx.ModelProto, bool]:
     """(the int8 graph, whether onnxruntime's pre-processing ran): symbolic shape inference
     and graph optimisation first, as onnxruntime advises, then static or dynamic quantization."""
-    with tempfile.TemporaryDirectory(prefix="snptool-quantize-") as directory:
-        source, prepared, target = (Path(directory) / n for n in ("f.onnx", "p.onnx", "q.onnx"))
+    with scratch_directory("snptool-quantize-") as directory:
+        source, prepared, target = (directory / n for n in ("f.onnx", "p.onnx", "q.onnx"))
         onnx.save_model(file.graph, str(source))
         try:
             quant_pre_process(str(source), str(prepared))

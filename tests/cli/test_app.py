@@ -73,7 +73,7 @@ def test_interrupted_command_exits_130_and_keeps_output(tmp_path: Path) -> None:
     assert result.exit_code == 130
     assert (
         result.stderr.strip()
-        == "error: interrupted; the file being written was discarded, no input changed."
+        == "error: interrupted; no half-written file is left and no input changed."
     )
     assert out.read_bytes() == b"an earlier result" and part_files(tmp_path) == []
 

@@ -44,10 +44,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc-per-node 2 -m snptool ARGS` in `cwd`."""
+def torchrun(*args: str, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc-per-node PROCESSES -m snptool ARGS` in `cwd`."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "-m", "snptool", *args]
+    command += ["--nproc-per-node", str(processes), "-m", "snptool", *args]
     return subprocess.run(
         command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
     )
@@ -200,16 +200,16 @@ def test_output_paths_that_differ_between_ranks_are_one_error(steps):
 
 @pytest.mark.long
 def test_more_ranks_than_images_is_one_error(tmp_path):
-    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)  # one image of the one class
-    np.savez(tmp_path / "one.npz", images=images, labels=np.array([0]), class_names=["only"])
-    result = torchrun("train", "--arch", "lenet5", "--data", "npz:one.npz,one.npz",
-                      "--device", "cpu", "--epochs", "1", "-o", "m.safetensors",
-                      cwd=tmp_path)  # fmt: skip
+    images = np.zeros((2, 32, 32, 3), dtype=np.uint8)  # one image of each of two classes
+    np.savez(tmp_path / "two.npz", images=images, labels=np.array([0, 1]), class_names=["a", "b"])
+    result = torchrun("train", "--arch", "lenet5", "--data", "npz:two.npz,two.npz",
+                      "--device", "cpu", "--epochs", "1", "--batch-size", "3",
+                      "-o", "m.safetensors", cwd=tmp_path, processes=3)  # fmt: skip
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
-        "error: the training split has 1 samples, fewer than the 2 processes; "
-        "run torchrun with --nproc-per-node at most 1."
+        "error: the training split has 2 samples, fewer than the 3 processes; "
+        "run torchrun with --nproc-per-node at most 2."
     ]
     assert not (tmp_path / "m.safetensors").exists()
 

@@ -253,6 +253,59 @@ def test_export_sigint(checkpoint_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_starting_up_is_one_line(sent: signal.Signals, tmp_path: Path) -> None:
+    """Before torch is loaded (typer and the commands are still being imported)."""
+    run = Running(["train", "--arch", "tiny_vgg", "-o", tmp_path / "m.safetensors"], tmp_path)
+    time.sleep(0.05)
+    run.process.send_signal(sent)
+    returncode, lines = run.finish()
+    assert returncode == (130 if sent == signal.SIGINT else 143), lines
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+AFTER_THE_WRITE = """
+import os, signal, sys
+from snptool.cli import main
+from snptool.core import console
+
+emit = console.emit_json
+
+
+def emit_then_signal(value):  # --json prints after the output was renamed into place
+    emit(value)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+console.emit_json = emit_then_signal
+sys.argv = ["snptool", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.long
+def test_a_signal_after_the_output_is_written_exits_143(
+    checkpoint_path: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "model.onnx"
+    done = subprocess.run(
+        [sys.executable, "-c", AFTER_THE_WRITE, "export", str(checkpoint_path), "-o", str(output)]
+        + ["--json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=WAIT_SECONDS,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 143, done.stderr[-1500:]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert json.loads(done.stdout)["output"] == str(output)  # the whole result was written
+    onnx_bytes = output.read_bytes()
+    assert onnx_bytes and not list(tmp_path.glob(".*.part"))
+
+
+@pytest.mark.long
 def test_two_writers_of_one_output(tmp_path: Path) -> None:
     """Both finish; the output is one of their whole files, and no temporary file is left."""
     matrices = write_random_matrices(tmp_path / "matrices.h5", 3_000)
