@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
+from pydantic import Field, JsonValue, ValidationInfo, field_validator, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
@@ -27,9 +27,10 @@ from snptool.core.files import atomic_path, read_header, require_file, sha256_fi
 from snptool.core.schema import (
     MAX_WIDTH,
     Count,
-    Fraction,
+    DataRecord,
     Index,
     InputRecord,
+    LenientRecord,
     Name,
     Record,
     Sha256,
@@ -79,10 +80,9 @@ class ResizedRecord(Record):
     tensors: dict[str, list[Annotated[int, Field(ge=0, le=MAX_WIDTH)]]] = {}
 
 
-class ArchRecord(Record):
+class ArchRecord(LenientRecord):
     """How to rebuild the model (core/architectures.py), and what pruning changed in it."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     spec: Name
     kwargs: dict[str, JsonValue] = {}
     source: SourceRecord | None = None
@@ -100,20 +100,9 @@ class ArchRecord(Record):
         return self
 
 
-class DataRecord(Record):
-    """The data a split came from (DataSplit.record)."""
-
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-    spec: str | None = None
-    test_fraction: Fraction | None = None
-    split_seed: Index | None = None
-    classes: list[Name] | None = None
-
-
-class EpochRow(Record):
+class EpochRow(LenientRecord):
     """One epoch of a training history; a diverged epoch's NaN loss is kept as it was."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     epoch: Count
     learning_rate: float | None = None
     loss: float | None = None
@@ -124,8 +113,7 @@ class EpochRow(Record):
     images_per_second: float | None = None
 
 
-class TrainingRecord(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
+class TrainingRecord(LenientRecord):
     config: dict[str, JsonValue] | None = None
     history: list[EpochRow] = []
     saved: Literal["last", "best"] | None = None
@@ -169,19 +157,17 @@ class GroupsRecord(Record):
         return units
 
 
-class PruningRecord(Record):
+class PruningRecord(LenientRecord):
     """What `snptool prune` did; the parts later steps rebuild from are typed."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     connections: list[ConnectionRecord] | None = None
     heads: list[HeadRemovalRecord] | None = None
     groups: GroupsRecord | None = None
 
 
-class CheckpointRecord(Record):
+class CheckpointRecord(LenientRecord):
     """The `snptool` metadata document of a checkpoint."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     format_version: Annotated[int, Field(ge=1, le=FORMAT_VERSION)]
     arch: ArchRecord
     num_classes: Count

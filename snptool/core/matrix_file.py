@@ -24,13 +24,14 @@ from typing import Annotated, Any, Literal
 
 import h5py
 import numpy as np
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from snptool.core import console
 from snptool.core.files import atomic_path, require_file, require_space, strict_json
 from snptool.core.schema import (
     Count,
     FileReference,
+    LenientRecord,
     Name,
     Record,
     check_class_names,
@@ -113,20 +114,18 @@ def _read_errors(path: Path) -> Iterator[None]:
         ) from error
 
 
-class MatrixFileRecord(Record):
+class MatrixFileRecord(LenientRecord):
     """The root `snptool` attribute: what the matrices were computed from."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     checkpoint: FileReference | None = None
     probes: FileReference | None = None
     split: Literal["train", "test", "all"] | None = None
     data: str | None = None
 
 
-class LayerRecord(Record):
+class LayerRecord(LenientRecord):
     """A layer's matrix attributes (create_layer)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     layer: Name | None = None
     unit: Name | None = None
     units: Count | None = None
@@ -341,7 +340,6 @@ def read_layer_clusters(group) -> LayerClusters:
 class ClusterStatistics(Record):
     """A layer's cluster statistics (`clusters` attribute `statistics`; null: not defined)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     units: Annotated[int, Field(ge=0)]
     units_without_clusters: Annotated[int, Field(ge=0)]
     mean_cluster_size: float | None

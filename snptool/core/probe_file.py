@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from safetensors import safe_open
 
 from snptool.core.files import read_header, require_file
 from snptool.core.schema import (
     Count,
     FileReference,
+    LenientRecord,
     Name,
     Record,
     Share,
@@ -37,20 +38,17 @@ class ProbeTapRecord(Record):
 
 
 class SplitRecord(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     spec: Name
 
 
 class ProbeDataRecord(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
     train: SplitRecord
     test: SplitRecord | None = None
 
 
-class ProbeFileRecord(Record):
+class ProbeFileRecord(LenientRecord):
     """The `snptool` metadata document of a probe file."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     kind: Literal["probes"]
     format_version: Annotated[int, Field(ge=1, le=FORMAT_VERSION)] = 1
     checkpoint: FileReference

@@ -32,6 +32,13 @@ class Record(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
 
 
+class LenientRecord(Record):
+    """A record of measured values and logs, whose numbers may be NaN or infinite (a diverged
+    epoch's loss is what happened, not damage)."""
+
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
 # Sizes above these are not a network's: a crafted record must not make snptool allocate them.
 MAX_SIDE = 1 << 14  # pixels of an input side
 MAX_WIDTH = 1 << 20  # channels, units, features, classes
@@ -134,3 +141,12 @@ class FileReference(Record):
 
     path: str | None = None
     sha256: Sha256
+
+
+class DataRecord(Record):
+    """The data a split came from (data.DataSplit.record): its spec and how it was split."""
+
+    spec: str | None = None
+    test_fraction: Fraction | None = None
+    split_seed: Index | None = None
+    classes: list[Name] | None = None

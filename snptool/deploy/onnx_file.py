@@ -15,17 +15,15 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-from pydantic import ConfigDict
 
 from snptool.config import DataConfig, InputSpec
 from snptool.core.files import require_file, sha256_file
 from snptool.core.schema import (
     Count,
-    Fraction,
-    Index,
+    DataRecord,
     InputRecord,
+    LenientRecord,
     Name,
-    Record,
     check_class_names,
     short_repr,
     validate_record,
@@ -61,23 +59,13 @@ QUANTIZED_OPS = {
 }
 
 
-class ParityDataRecord(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
-    spec: Name | None = None
-    test_fraction: Fraction | None = None
-    split_seed: Index | None = None
-    classes: list[Name] | None = None
+class ParityRecord(LenientRecord):
+    data: DataRecord | str | None = None  # a string: random inputs (RANDOM_INPUTS)
 
 
-class ParityRecord(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
-    data: ParityDataRecord | str | None = None  # a string: random inputs (RANDOM_INPUTS)
-
-
-class OnnxRecord(Record):
+class OnnxRecord(LenientRecord):
     """The `snptool` metadata document of an exported (or quantized, or committee) graph."""
 
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
     num_classes: Count | None = None
     class_names: list[Name] | None = None
     input: InputRecord | None = None

@@ -10,11 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from snptool.core.files import read_header, require_file
 from snptool.core.matrix_file import open_matrix_file
-from snptool.core.schema import Name, Record, validate_record
+from snptool.core.schema import (
+    LenientRecord,
+    Name,
+    validate_record,
+)
 from snptool.errors import InputFileError
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -25,11 +29,7 @@ Number = float | None  # JSON's null where a value was not measured (NaN written
 NonNegative = Annotated[float, Field(ge=0)]
 
 
-class Lenient(Record):
-    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=True)
-
-
-class LatencyRow(Lenient):
+class LatencyRow(LenientRecord):
     path: Name
     batch: Annotated[int, Field(ge=1)]
     p50_ms: NonNegative
@@ -38,12 +38,12 @@ class LatencyRow(Lenient):
     ratio: NonNegative
 
 
-class HeadRow(Lenient):
+class HeadRow(LenientRecord):
     head: Name
     labels: list[str]
 
 
-class HeadsLayer(Lenient):
+class HeadsLayer(LenientRecord):
     layer: Name
     label_heads: dict[str, Any]
     heads: list[HeadRow]
@@ -51,12 +51,12 @@ class HeadsLayer(Lenient):
     heads_per_label: float
 
 
-class PrunedLayer(Lenient):
+class PrunedLayer(LenientRecord):
     module: Name
     dilution: float
 
 
-class PruneOutput(Lenient):
+class PruneOutput(LenientRecord):
     method: Name
     output: str
     layers: list[PrunedLayer]
@@ -65,7 +65,7 @@ class PruneOutput(Lenient):
     accuracy_after: Number
 
 
-class PruningRecord(Lenient):
+class PruningRecord(LenientRecord):
     """A pruned checkpoint's `pruning` record, as the report reads it."""
 
     method: Name
@@ -76,21 +76,21 @@ class PruningRecord(Lenient):
     accuracy_after: Number
 
 
-class PrunedCheckpoint(Lenient):
+class PrunedCheckpoint(LenientRecord):
     pruning: PruningRecord
 
 
-class ProbeTap(Lenient):
+class ProbeTap(LenientRecord):
     name: Name
     test_accuracy: Number = None
     train_accuracy: Number = None
 
 
-class ProbeMetadata(Lenient):
+class ProbeMetadata(LenientRecord):
     taps: list[ProbeTap]
 
 
-class ExportOutput(Lenient):
+class ExportOutput(LenientRecord):
     output: str | None = None
     params: Annotated[int, Field(ge=0)]
     macs: Annotated[int, Field(ge=0)]
@@ -98,19 +98,19 @@ class ExportOutput(Lenient):
     argmax_agreement: Number = None
 
 
-class CommitteeMember(Lenient):
+class CommitteeMember(LenientRecord):
     path: Name
     accuracy: float
 
 
-class CommitteeOutput(Lenient):
+class CommitteeOutput(LenientRecord):
     committee_accuracy: float
     members: Annotated[list[CommitteeMember], Field(min_length=1)]
     data: str
     split: str
 
 
-class Fit(Lenient):
+class Fit(LenientRecord):
     rho: float
     prefactor: float
     rho_ci: Annotated[list[float], Field(min_length=2, max_length=2)] | None = None
@@ -118,12 +118,12 @@ class Fit(Lenient):
     method: str | None = None
 
 
-class SweepPoint(Lenient):
+class SweepPoint(LenientRecord):
     d1: float
     error: float
 
 
-class SweepOutput(Lenient):
+class SweepOutput(LenientRecord):
     fit: Fit
     points: list[SweepPoint]
 
