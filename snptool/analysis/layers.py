@@ -72,9 +72,10 @@ def discover_layers(model: nn.Module, spec: InputSpec) -> list[LayerInfo]:
     for name, traced in trace_tensors(model, spec).items():
         module = model.get_submodule(name)
         if traced.folded:
-            kind = type(module).__name__
-            layers.append(LayerInfo(name, kind, traced.shape[1:], "-", 0, 0, traced.calls))
-            layers[-1] = replace(layers[-1], not_probeable=traced.folded)
+            shape, kind = traced.shape[1:], type(module).__name__
+            layers.append(
+                LayerInfo(name, kind, shape, "-", 0, 0, traced.calls, not_probeable=traced.folded)
+            )
             continue
         readings = unit_readings(module, traced.shape, channels_last=traced.channels_last)
         for index, reading in enumerate(readings):

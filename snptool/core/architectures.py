@@ -345,6 +345,12 @@ def is_code_spec(spec: str) -> bool:
     return bool(sep) and prefix not in ("torchvision", "timm")
 
 
+def is_file_spec(spec: str) -> bool:
+    """Whether a spec names a factory in a Python file (`path/to/file.py:factory`)."""
+    prefix, sep, _ = spec.partition(":")
+    return bool(sep) and (prefix.endswith(".py") or "/" in prefix or "\\" in prefix)
+
+
 # Builder arguments that read files or fetch weights: never from a record, never from --arch.
 LOADING_KWARGS = {
     "torchvision": ("weights", "weights_backbone", "progress"),
@@ -384,7 +390,7 @@ def resolve_factory(
         return _torchvision_factory(rest), None
     if sep and prefix == "timm":
         return _timm_factory(rest), None
-    if sep and (prefix.endswith(".py") or "/" in prefix or "\\" in prefix):
+    if is_file_spec(spec):
         return _file_factory(prefix, rest, search_dirs, expected_sha256, where)
     if sep:
         return _module_factory(prefix, rest), None

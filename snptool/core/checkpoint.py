@@ -22,7 +22,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from snptool.config import InputSpec
-from snptool.core.architectures import build_model_from_record, is_code_spec, run_dummy_input
+from snptool.core.architectures import (
+    DUMMY_BATCH,
+    build_model_from_record,
+    is_file_spec,
+    run_dummy_input,
+)
 from snptool.core.files import atomic_path, read_header, require_file, sha256_file
 from snptool.core.schema import (
     MAX_WIDTH,
@@ -93,9 +98,7 @@ class ArchRecord(LenientRecord):
 
     @model_validator(mode="after")
     def _file_factories_have_a_hash(self) -> ArchRecord:
-        prefix = self.spec.partition(":")[0]
-        is_file = prefix.endswith(".py") or "/" in prefix
-        if is_code_spec(self.spec) and is_file and self.source is None:
+        if is_file_spec(self.spec) and self.source is None:
             raise ValueError(f"file factory {self.spec} has no source record with its sha256")
         return self
 
@@ -337,11 +340,11 @@ def check_input_fits(checkpoint: Checkpoint) -> None:
     spec, where = checkpoint.input_spec, f"checkpoint {checkpoint.path}"
     fix = "its input record does not fit its network; re-create the checkpoint"
     logits = run_dummy_input(checkpoint.model, spec.shape, where, fix=fix, fill="normal")
-    expected = (2, checkpoint.num_classes)
+    expected = (DUMMY_BATCH, checkpoint.num_classes)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != expected:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise CheckpointMismatchError(
-            f"{where}: its model gives {got} outputs for a batch of 2, but it names "
+            f"{where}: its model gives {got} outputs for a batch of {DUMMY_BATCH}, but it names "
             f"{checkpoint.num_classes} classes; re-create the checkpoint."
         )
     if not bool(torch.isfinite(logits).all()):

@@ -318,13 +318,17 @@ def write_layer_clusters(group, layer: LayerClusters, threshold: float, statisti
     target.attrs["statistics"] = json.dumps(strict_json(statistics), allow_nan=False)
 
 
-def read_layer_clusters(group) -> LayerClusters:
-    """A layer's clusters, checked against its matrix (lengths, offsets, label indices)."""
+def _clusters_group(group) -> h5py.Group:
     if "clusters" not in group:
         raise UsageError(
             "the matrix file has no clusters yet; run `snptool clusters MATRICES.h5` first."
         )
-    target = group["clusters"]
+    return group["clusters"]
+
+
+def read_layer_clusters(group) -> LayerClusters:
+    """A layer's clusters, checked against its matrix (lengths, offsets, label indices)."""
+    target = _clusters_group(group)
     missing = [name for name in ARRAYS if not isinstance(target.get(name), h5py.Dataset)]
     layer = None if missing else LayerClusters(**{name: target[name][()] for name in ARRAYS})
     units, classes = group["matrix"].shape[:2]
@@ -351,10 +355,9 @@ class ClusterStatistics(Record):
 
 def read_layer_statistics(group: h5py.Group) -> dict[str, Any]:
     """The statistics `clusters` wrote for a layer, validated."""
-    read_layer_clusters(group)
     where = f"{group.file.filename}: the cluster statistics of {group.name.removeprefix('/')}"
     try:
-        statistics = json.loads(group["clusters"].attrs.get("statistics", ""))
+        statistics = json.loads(_clusters_group(group).attrs.get("statistics", ""))
     except (ValueError, TypeError):
         raise InputFileError(
             f"{where} are not JSON; run `snptool clusters` on the file again."

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 from safetensors import safe_open
 
 from snptool.core.files import read_header, require_file
@@ -58,12 +58,12 @@ class ProbeFileRecord(LenientRecord):
 
     @field_validator("class_names")
     @classmethod
-    def _distinct(cls, names: list[str], info: ValidationInfo) -> list[str]:
+    def _distinct(cls, names: list[str]) -> list[str]:
         return check_class_names(names, None)
 
     @field_validator("taps")
     @classmethod
-    def _distinct_taps(cls, taps: list[ProbeTapRecord], info: ValidationInfo):
+    def _distinct_taps(cls, taps: list[ProbeTapRecord]) -> list[ProbeTapRecord]:
         names = [tap.name for tap in taps]
         if len(set(names)) != len(names):
             raise ValueError("names a tap twice")

@@ -537,7 +537,8 @@ def scan_image_folder(root: Path) -> ImageFolder:
                 if file_name.lower().endswith(IMG_EXTENSIONS) and key not in files:
                     files[key] = path
                     samples.append((path, label))
-    empty = [name for label, name in enumerate(classes) if all(lb != label for _, lb in samples)]
+    found = {label for _, label in samples}
+    empty = [name for label, name in enumerate(classes) if label not in found]
     if not classes or empty:
         raise DataError(
             f"{root} holds no class folders of images"
